@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# glibc's allocator otherwise maps and unmaps every large tensor (see DESIGN.md): ~3x on CPU.
+export MALLOC_MMAP_MAX_ := 0
+export MALLOC_TRIM_THRESHOLD_ := 100000000000
+
+.PHONY: demo test lint bench install dev data clean
+
+$(BIN)/headstart: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(BIN)/headstart
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/headstart
+dev: $(VENV)/.dev
+
+# The demo's data set: Fashion-MNIST as Debian packages it (real photos, offline).
+data:
+	@test -d /usr/share/datasets/fashion-mnist || \
+	  { command -v apt-get >/dev/null && \
+	    { apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; }; } || \
+	  echo "could not install dataset-fashion-mnist (needs root and apt); the demo will say what is missing"
+
+demo: install data
+	$(BIN)/headstart demo
+
+test: dev data
+	$(BIN)/ruff check headstart tests bench
+	$(BIN)/python -m pytest -q
+
+bench: install data
+	$(BIN)/python bench/features.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,28 @@
+"""headstart: transfer learning that explains itself.
+
+    import headstart as hs
+    clf = hs.ImageClassifier(backbone="efficientnet_lite0", strategy="two-stage").fit("data/train")
+    clf.evaluate("data/test"); clf.predict(["a.jpg"]); clf.save("pets.hs"); hs.load("pets.hs")
+"""
+
+__version__ = "0.1.0"
+
+from .backbones import create_backbone, list_backbones, register_backbone  # noqa: E402
+from .errors import BackboneUnavailable, BundleError, DataError, HeadstartError  # noqa: E402
+from .estimator import ImageClassifier, ImageRegressor, load  # noqa: E402
+from .strategies import STRATEGIES  # noqa: E402
+
+__all__ = [
+    "STRATEGIES",
+    "BackboneUnavailable",
+    "BundleError",
+    "DataError",
+    "HeadstartError",
+    "ImageClassifier",
+    "ImageRegressor",
+    "__version__",
+    "create_backbone",
+    "list_backbones",
+    "load",
+    "register_backbone",
+]

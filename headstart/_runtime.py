@@ -1,0 +1,42 @@
+"""Process-level set-up that makes CPU training fast and runs repeatable."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+
+import numpy as np
+import torch
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def tune_allocator() -> bool:
+    """Stop glibc from mapping and unmapping memory for every large tensor.
+
+    Measured here (DESIGN.md): page faults otherwise outweigh compute and CPU throughput swings 2-3x between
+    runs; with mmap disabled and trimming effectively off, Lite0 inference goes from ~24 to ~81 images/s.
+    Only our own process is affected. Returns False where glibc is not the C library.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    ok = libc.mallopt(_M_MMAP_MAX, 0) == 1
+    return ok and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 40) == 1
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch, and return a generator for data shuffling."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def cache_root() -> str:
+    """Where feature caches live: $HEADSTART_CACHE, else ~/.cache/headstart."""
+    default = os.path.join(os.path.expanduser("~"), ".cache", "headstart")
+    return os.environ.get("HEADSTART_CACHE", default)

@@ -1,0 +1,47 @@
+"""Helpers shared by the CLI and scripts: the things a command does beyond calling one estimator method."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .backbones import BackboneSpec, available_offline, list_backbones
+from .data.images import list_image_files
+from .estimator import ImageClassifier, ImageRegressor, TransferEstimator, load
+
+__all__ = ["backbone_table", "estimator_for", "load", "prediction_rows", "summary_line"]
+
+
+def estimator_for(task: str) -> type[TransferEstimator]:
+    return ImageRegressor if task == "regression" else ImageClassifier
+
+
+def summary_line(metrics: dict, prefix: str = "") -> str:
+    keys = [k for k in ("accuracy", "macro_f1", "micro_f1", "mae", "rmse", "r2") if k in metrics]
+    body = "  ".join(f"{k} {metrics[k]:.4f}" for k in keys)
+    return f"{prefix}: {body}  (n={metrics.get('n', '?')})".strip()
+
+
+def prediction_rows(model: TransferEstimator, inputs: Sequence[str], with_probs: bool = False) -> list[dict]:
+    """One dict per input file: path, prediction, score (and per-class probabilities); `error` if unreadable."""
+    paths = list_image_files(inputs)
+    scores, ok = model._raw_scores(paths)
+    rows = []
+    for path, row, good in zip(paths, scores, ok):
+        r: dict = {"path": path, "prediction": "", "score": "", "error": "" if good else "unreadable image"}
+        if good:
+            decoded = model._decode(row)
+            if model._task == "classification":
+                r["prediction"], r["score"] = decoded, round(float(row.max()), 6)
+            elif model._task == "multilabel":
+                r["prediction"] = ";".join(decoded)
+            else:
+                r["prediction"] = round(decoded, 6)
+        if with_probs and model._task != "regression":
+            for c, p in zip(model.classes_, row):
+                r[f"p_{c}"] = round(float(p), 6) if good else ""
+        rows.append(r)
+    return rows
+
+
+def backbone_table() -> list[tuple[BackboneSpec, bool]]:
+    return [(spec, available_offline(spec)) for spec in list_backbones()]

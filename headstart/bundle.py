@@ -1,0 +1,125 @@
+"""Model bundles: one zip file holding `config.json` and `model.safetensors`. Data only, never pickles.
+
+Written atomically (temporary file in the same folder, then rename), so a crash never leaves a half bundle
+under the real name. A bundle folder holding the same two files is read too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from . import __version__
+from .backbones import Backbone, BackboneSpec, create_backbone
+from .errors import BundleError
+
+FORMAT = "headstart.bundle"
+FORMAT_VERSION = 1
+CONFIG, WEIGHTS = "config.json", "model.safetensors"
+_MAX_CONFIG_BYTES = 16 << 20
+
+
+def write_bundle(path: str, config: dict, state_dict: dict[str, torch.Tensor]) -> str:
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "headstart_version": __version__, **config}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".bundle-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED) as zf:
+            zf.writestr(CONFIG, json.dumps(config, indent=2, sort_keys=True))
+            zf.writestr(WEIGHTS, save_safetensors(tensors))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _read_members(path: str) -> tuple[bytes, bytes]:
+    if os.path.isdir(path):
+        names = set(os.listdir(path))
+        if CONFIG not in names or WEIGHTS not in names:
+            raise BundleError(f"{path}: not a headstart bundle (needs {CONFIG} and {WEIGHTS})")
+        with open(os.path.join(path, CONFIG), "rb") as f:
+            config = f.read(_MAX_CONFIG_BYTES)
+        with open(os.path.join(path, WEIGHTS), "rb") as f:
+            return config, f.read()
+    if not os.path.isfile(path):
+        raise BundleError(f"{path}: no such bundle")
+    if not zipfile.is_zipfile(path):
+        raise BundleError(f"{path}: not a headstart bundle (expected a zip of {CONFIG} + {WEIGHTS}); "
+                          "headstart never loads pickled models")
+    with zipfile.ZipFile(path) as zf:
+        names = set(zf.namelist())
+        if CONFIG not in names or WEIGHTS not in names:
+            raise BundleError(f"{path}: not a headstart bundle (needs {CONFIG} and {WEIGHTS}, found {sorted(names)})")
+        if zf.getinfo(CONFIG).file_size > _MAX_CONFIG_BYTES:
+            raise BundleError(f"{path}: {CONFIG} is implausibly large; refusing to read it")
+        return zf.read(CONFIG), zf.read(WEIGHTS)
+
+
+def read_bundle_config(path: str) -> dict:
+    raw, _ = _read_members(path)
+    return _check_config(path, raw)
+
+
+def _check_config(path: str, raw: bytes) -> dict:
+    try:
+        config = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{path}: {CONFIG} is not valid JSON ({err}); the bundle is damaged") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise BundleError(f"{path}: not a headstart bundle ({CONFIG} lacks format '{FORMAT}')")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise BundleError(f"{path}: bundle format version {version!r} is invalid; the bundle is damaged")
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: written by headstart {config.get('headstart_version', '?')} (bundle format {version}); "
+            f"this is headstart {__version__}, which reads format {FORMAT_VERSION}: upgrade headstart"
+        )
+    for key in ("modality", "task", "backbone", "head"):
+        if key not in config:
+            raise BundleError(f"{path}: {CONFIG} lacks '{key}'; the bundle is damaged")
+    return config
+
+
+def read_bundle(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    raw_config, raw_weights = _read_members(path)
+    config = _check_config(path, raw_config)
+    try:
+        state = load_safetensors(raw_weights)
+    except Exception as err:  # safetensors raises its own error type for any malformed header
+        raise BundleError(f"{path}: {WEIGHTS} is damaged ({err})") from None
+    return config, state
+
+
+def read_backbone_spec(path: str) -> BackboneSpec:
+    """A bundle (or bundle folder) used as a backbone: its trained backbone, under a `local` spec."""
+    config = read_bundle_config(path)
+    base = BackboneSpec.from_dict(config["backbone"])
+    return BackboneSpec(
+        name=os.path.abspath(path), source="local", arch=os.path.abspath(path), modality=base.modality,
+        preprocess=base.preprocess, feature_dim=base.feature_dim, description=f"backbone of {path}",
+        offline=True, options={"base": base.to_dict()},
+    )
+
+
+def build_local_backbone(spec: BackboneSpec, pretrained: bool) -> Backbone:
+    base = BackboneSpec.from_dict(spec.options["base"])
+    backbone = create_backbone(base, pretrained=False)
+    if pretrained:
+        _, state = read_bundle(spec.arch)
+        prefix = "backbone."
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        missing, unexpected = backbone.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise BundleError(f"{spec.arch}: backbone weights do not fit {base.name} ({len(missing)} missing)")
+    return backbone

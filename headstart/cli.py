@@ -1,0 +1,148 @@
+"""The command line: parses arguments, calls the Python API, prints. Errors are one line, exit code 2."""
+
+from __future__ import annotations
+
+from ._runtime import tune_allocator
+
+tune_allocator()  # before torch allocates anything large (DESIGN.md: ~3x on CPU)
+
+import csv  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import typer  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from . import api  # noqa: E402
+from .errors import HeadstartError  # noqa: E402
+from .progress import console  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="headstart: transfer learning from a pretrained backbone to your data.")
+out_console = console.__class__()  # stdout, for tables and results
+
+
+@app.command()
+def fit(
+    data: str = typer.Argument(..., help="folder with one sub-folder per class, or a CSV with path,label"),
+    out: str = typer.Option("runs/latest", "--out", "-o", help="writes model.hs, metrics.jsonl, report/"),
+    backbone: str = typer.Option("efficientnet_lite0", help="registered name, timm:NAME, torchvision:NAME, "
+                                 "hf:ORG/NAME or a bundle path (see `headstart models`)"),
+    strategy: str = typer.Option("features", help="features | finetune | full | two-stage"),
+    epochs: int = typer.Option(3, help="epochs of stages that train backbone layers"),
+    head_epochs: int = typer.Option(60, help="epochs of head-only stages (on cached features; cheap)"),
+    lr: float = typer.Option(1e-3, help="head learning rate; backbone groups get less"),
+    batch_size: int = typer.Option(32),
+    image_size: Optional[int] = typer.Option(None, help="input size (default: the backbone's own)"),
+    task: str = typer.Option("classification", help="classification | multilabel | regression"),
+    head: str = typer.Option("linear", help="linear | mlp"),
+    last_n: int = typer.Option(2, help="layer groups `finetune` unfreezes"),
+    valid: Optional[str] = typer.Option(None, help="validation data (default: a stratified split)"),
+    val_fraction: float = typer.Option(0.2),
+    scratch: bool = typer.Option(False, "--scratch", help="random initial weights (no transfer)"),
+    strict: bool = typer.Option(False, "--strict", help="stop at the first unreadable file instead of skipping"),
+    seed: int = typer.Option(0),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train a model on DATA and write the bundle, metrics and report to --out."""
+    est = api.estimator_for(task)(
+        backbone=backbone, strategy=strategy, task=task, epochs=epochs, head_epochs=head_epochs, lr=lr,
+        batch_size=batch_size, image_size=image_size, head=head, last_n=last_n, val_fraction=val_fraction,
+        pretrained=not scratch, strict=strict, seed=seed, out_dir=out, verbose=not quiet,
+    )
+    est.fit(data, valid=valid)
+    out_console.print(api.summary_line(est.metrics_["validation"], prefix="validation"))
+
+
+@app.command()
+def evaluate(
+    bundle: str = typer.Argument(..., help="a model.hs bundle"),
+    data: str = typer.Argument(..., help="labeled data, given as for fit"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Score a bundle on labeled data."""
+    model = api.load(bundle)
+    model.verbose = not (quiet or as_json)
+    metrics = model.evaluate(data)
+    if as_json:
+        sys.stdout.write(json.dumps(metrics) + "\n")
+    else:
+        out_console.print(api.summary_line(metrics, prefix="test"))
+
+
+@app.command()
+def predict(
+    bundle: str = typer.Argument(..., help="a model.hs bundle"),
+    inputs: list[str] = typer.Argument(..., help="image files and/or folders"),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="a .csv or .jsonl file (default: CSV on stdout)"),
+    probs: bool = typer.Option(False, "--probs", help="add one probability column per class"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Predict labels (or values) for images."""
+    model = api.load(bundle)
+    model.verbose = not quiet
+    rows = api.prediction_rows(model, inputs, with_probs=probs)
+    fmt = "jsonl" if out and out.endswith(".jsonl") else "csv"
+    stream = open(out, "w", newline="", encoding="utf-8") if out else sys.stdout
+    try:
+        if fmt == "jsonl":
+            for r in rows:
+                stream.write(json.dumps(r) + "\n")
+        else:
+            writer = csv.DictWriter(stream, fieldnames=list(rows[0]) if rows else ["path", "prediction"])
+            writer.writeheader()
+            writer.writerows(rows)
+    finally:
+        if out:
+            stream.close()
+    bad = sum(1 for r in rows if r.get("error"))
+    if out:
+        console.print(f"wrote {len(rows)} predictions to {out}" + (f" ({bad} unreadable)" if bad else ""))
+
+
+@app.command()
+def models() -> None:
+    """The backbone registry, with which backbones work offline right now."""
+    table = Table(title="backbones")
+    for col in ("name", "modality", "source", "features", "offline now", "description"):
+        table.add_column(col)
+    for spec, ok in api.backbone_table():
+        table.add_row(spec.name, spec.modality, f"{spec.source}:{spec.arch}", str(spec.feature_dim or "?"),
+                      "[green]yes[/]" if ok else "[red]no[/]", spec.description)
+    out_console.print(table)
+    out_console.print("Any timm model (timm:NAME), torchvision model, Hugging Face id (hf:ORG/NAME) or bundle path "
+                      "also works where its weights can be downloaded or are cached.")
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("runs/demo", "--out", "-o"),
+    per_class: int = typer.Option(100, help="training images per class (the small-data scenario)"),
+    test_per_class: int = typer.Option(100),
+    seed: int = typer.Option(0),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """The embedded default: Fashion-MNIST, packaged EfficientNet-Lite0 weights, no network."""
+    from .demo import run_demo
+
+    run_demo(out, per_class=per_class, test_per_class=test_per_class, seed=seed, verbose=not quiet)
+
+
+def main() -> None:
+    try:
+        app()
+    except HeadstartError as err:
+        console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        raise SystemExit(130) from None
+    except OSError as err:  # disk full, permission denied, ...: still one line
+        console.print(f"[red]error:[/] {err.filename or ''}: {err.strerror or err}", highlight=False)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""The estimator facade: `fit / predict / predict_proba / evaluate / save`, parameters stored in `__init__`.
+
+Fitted state ends in `_` (scikit-learn's convention). `fit` walks the strategy's plan: stages that train only
+the head run on cached features; stages that unfreeze layer groups run the images through the backbone.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from . import __version__
+from ._runtime import seed_everything
+from .backbones import Backbone, BackboneSpec, create_backbone, resolve_backbone
+from .bundle import read_bundle, write_bundle
+from .data.images import (
+    ImageRowsDataset,
+    LabeledImages,
+    collate_skipping,
+    eval_transform,
+    list_image_files,
+    load_images,
+    stratified_split,
+    train_transform,
+)
+from .errors import DataError, HeadstartError
+from .heads import HeadConfig, TransferModel, build_head, loss_for, outputs_to_scores
+from .inference import embed_images, run_over_images
+from .metrics import task_metrics
+from .progress import say
+from .strategies import get_strategy
+from .train import LoopConfig, run_stage
+
+
+class TransferEstimator:
+    """Shared machinery of the image estimators; use `ImageClassifier` or `ImageRegressor`."""
+
+    modality = "image"
+    default_task = "classification"
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        strategy: str = "features",
+        *,
+        task: str | None = None,
+        head: str = "linear",
+        epochs: int = 3,
+        head_epochs: int = 60,
+        lr: float = 1e-3,
+        batch_size: int = 32,
+        image_size: int | None = None,
+        val_fraction: float = 0.2,
+        patience: int = 3,
+        last_n: int = 2,
+        pretrained: bool = True,
+        seed: int = 0,
+        strict: bool = False,
+        num_workers: int = 0,
+        mixed_precision: str = "no",
+        cache_dir: str | None = None,
+        use_cache: bool = True,
+        out_dir: str | None = None,
+        verbose: bool = True,
+    ) -> None:
+        self.backbone = backbone
+        self.strategy = strategy
+        self.task = task
+        self.head = head
+        self.epochs = epochs
+        self.head_epochs = head_epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.last_n = last_n
+        self.pretrained = pretrained
+        self.seed = seed
+        self.strict = strict
+        self.num_workers = num_workers
+        self.mixed_precision = mixed_precision
+        self.cache_dir = cache_dir
+        self.use_cache = use_cache
+        self.out_dir = out_dir
+        self.verbose = verbose
+
+    # --- scikit-learn conventions -------------------------------------------------------------------------
+    def get_params(self, deep: bool = True) -> dict:
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {n: getattr(self, n) for n in names}
+
+    def set_params(self, **params) -> TransferEstimator:
+        for k, v in params.items():
+            if k not in self.get_params():
+                raise ValueError(f"unknown parameter '{k}' for {type(self).__name__}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v)
+        return f"{type(self).__name__}({changed})"
+
+    @property
+    def _task(self) -> str:
+        return self.task or self.default_task
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise HeadstartError(f"this {type(self).__name__} is not fitted yet: call fit() or hs.load() first")
+
+    # --- data -------------------------------------------------------------------------------------------
+    def _load(self, data) -> LabeledImages:
+        return load_images(data, self._task, strict=self.strict)
+
+    def _align(self, data: LabeledImages, classes: list[str]) -> LabeledImages:
+        """Re-index an evaluation set's labels onto the training classes, by name."""
+        if data.task == "regression" or data.classes == classes:
+            return data
+        unknown = sorted(set(data.classes) - set(classes))
+        if unknown:
+            raise DataError(f"{data.source}: label '{unknown[0]}' was not among the training classes {classes}")
+        pos = np.array([classes.index(c) for c in data.classes])
+        if data.task == "classification":
+            targets = pos[data.targets]
+        else:
+            targets = np.zeros((len(data), len(classes)), dtype=np.float32)
+            targets[:, pos] = data.targets
+        return LabeledImages(data.paths, targets, classes, data.task, data.source, data.skipped)
+
+    def _target_tensor(self, targets: np.ndarray) -> torch.Tensor:
+        if self._task == "classification":
+            return torch.as_tensor(targets, dtype=torch.long)
+        if self._task == "regression":
+            mean, std = self.target_scaling_["mean"], self.target_scaling_["std"]
+            return torch.as_tensor((targets - mean) / std, dtype=torch.float32).reshape(-1, 1)
+        return torch.as_tensor(targets, dtype=torch.float32)
+
+    # --- fit --------------------------------------------------------------------------------------------
+    def fit(self, data, valid=None) -> TransferEstimator:
+        """Train on `data` (a folder per class or a CSV); hold out a stratified split unless `valid` is given."""
+        started = time.perf_counter()
+        seed_everything(self.seed)
+        full = self._load(data)
+        if valid is not None:
+            train, val = full, self._align(self._load(valid), full.classes)
+        else:
+            tr_idx, va_idx = stratified_split(full, self.val_fraction, self.seed)
+            train, val = full.subset(tr_idx), full.subset(va_idx)
+        self.classes_ = list(full.classes)
+        if self._task == "regression":
+            self.target_scaling_ = {"mean": float(train.targets.mean()), "std": float(train.targets.std() or 1.0)}
+        say(self.verbose, f"data: {len(train)} training and {len(val)} validation images"
+            + (f", {len(self.classes_)} classes" if self.classes_ else "")
+            + (f"; skipped {len(full.skipped)} unreadable file(s), e.g. {full.skipped[0][0]}" if full.skipped else ""))
+        spec = resolve_backbone(self.backbone)
+        backbone = create_backbone(spec, pretrained=self.pretrained, image_size=self.image_size)
+        head_cfg = HeadConfig(kind=self.head)
+        head = build_head(head_cfg, backbone.feature_dim, max(1, len(self.classes_)))
+        model = TransferModel(backbone, head)
+        strategy = get_strategy(self.strategy, last_n=self.last_n)
+        stages = strategy.plan(backbone.group_names(), self.epochs, self.lr, self.head_epochs)
+        say(self.verbose, f"backbone {backbone.spec.name} ({backbone.feature_dim} features, "
+            f"{len(backbone.group_names())} layer groups); strategy {strategy.name}: "
+            + " -> ".join(f"{s.name} x{s.epochs}" for s in stages))
+        loop = LoopConfig(patience=self.patience, mixed_precision=self.mixed_precision,
+                          freeze_bn_stats=self.pretrained, verbose=self.verbose)
+        log = self._open_log()
+        self.history_: list[dict] = []
+        backbone_trained = False
+        for i, stage in enumerate(stages):
+            generator = seed_everything(self.seed + i)  # each stage repeatable whatever the cache held
+            if stage.backbone_frozen and not backbone_trained:
+                loaders = self._feature_loaders(backbone, train, val, generator)
+                records = run_stage(head, stage, *loaders, loss_for(self._task), self._task, loop, log)
+            else:
+                loaders = self._image_loaders(backbone, train, val, generator)
+                records = run_stage(model, stage, *loaders, loss_for(self._task), self._task, loop, log)
+                backbone_trained = True
+            self.history_.extend(records)
+        self.model_ = model.eval()
+        self.spec_ = backbone.spec
+        self.backbone_trained_ = backbone_trained
+        self.strategy_ = {"name": strategy.name, "stages": [s.to_dict() for s in stages]}
+        self.data_summary_ = {"train": len(train), "validation": len(val), "class_counts": full.class_counts(),
+                              "skipped": [{"path": p, "reason": r} for p, r in full.skipped]}
+        self.metrics_ = {"validation": self._score(val), "fit_seconds": round(time.perf_counter() - started, 2)}
+        if self.out_dir:
+            self._write_outputs(val)
+        return self
+
+    def _open_log(self):
+        if not self.out_dir:
+            return None
+        os.makedirs(self.out_dir, exist_ok=True)
+        path = os.path.join(self.out_dir, "metrics.jsonl")
+        open(path, "w").close()
+
+        def log(record: dict) -> None:  # one line per epoch, flushed: a crash keeps what was learned so far
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+        return log
+
+    def _feature_loaders(self, backbone: Backbone, train: LabeledImages, val: LabeledImages, gen):
+        def loader(part: LabeledImages, shuffle: bool) -> DataLoader:
+            feats, ok = embed_images(backbone, part.paths, batch_size=max(self.batch_size, 64),
+                                     num_workers=self.num_workers, use_cache=self.use_cache,
+                                     cache_dir=self.cache_dir, verbose=self.verbose)
+            keep = np.flatnonzero(ok)
+            ds = TensorDataset(torch.as_tensor(keep), torch.as_tensor(feats[keep]),
+                               self._target_tensor(part.targets[keep]))
+            return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, generator=gen)
+
+        return loader(train, True), loader(val, False)
+
+    def _image_loaders(self, backbone: Backbone, train: LabeledImages, val: LabeledImages, gen):
+        pre = backbone.spec.preprocess
+
+        def loader(part: LabeledImages, tf, shuffle: bool) -> DataLoader:
+            ds = ImageRowsDataset(part.paths, self._target_tensor(part.targets).numpy(), tf)
+            return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, generator=gen,
+                              num_workers=self.num_workers, collate_fn=collate_skipping)
+
+        return loader(train, train_transform(pre), True), loader(val, eval_transform(pre), False)
+
+    # --- predict ----------------------------------------------------------------------------------------
+    def _raw_scores(self, paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Model outputs per path (probabilities, or standardised values) and a mask of readable images."""
+        self._check_fitted()
+        if not self.backbone_trained_:
+            feats, ok = embed_images(self.model_.backbone, paths, batch_size=max(self.batch_size, 64),
+                                     num_workers=self.num_workers, use_cache=self.use_cache,
+                                     cache_dir=self.cache_dir, verbose=self.verbose)
+            with torch.inference_mode():
+                logits = self.model_.head.eval()(torch.as_tensor(feats))
+        else:
+            out, ok = run_over_images(self.model_, paths, self.spec_.preprocess, max(self.batch_size, 64),
+                                      self.num_workers, self.verbose, description="predict")
+            logits = torch.as_tensor(out)
+        scores = outputs_to_scores(self._task, logits.float()).numpy().astype(np.float64)
+        scores[~ok] = np.nan
+        return scores, ok
+
+    def predict_proba(self, inputs: str | Sequence[str]) -> np.ndarray:
+        """Class (or per-label) probabilities, one row per image; rows of unreadable images are NaN."""
+        self._check_fitted()
+        paths = list_image_files([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+        return self._raw_scores(paths)[0]
+
+    def predict(self, inputs: str | Sequence[str]) -> list:
+        """Labels (classification), label lists (multi-label) or values (regression); None if unreadable."""
+        self._check_fitted()
+        paths = list_image_files([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+        scores, ok = self._raw_scores(paths)
+        return [self._decode(s) if k else None for s, k in zip(scores, ok)]
+
+    def _decode(self, row: np.ndarray):
+        if self._task == "classification":
+            return self.classes_[int(row.argmax())]
+        if self._task == "multilabel":
+            return [c for c, p in zip(self.classes_, row) if p >= 0.5]
+        return float(row[0] * self.target_scaling_["std"] + self.target_scaling_["mean"])
+
+    def _score(self, data: LabeledImages) -> dict:
+        scores, ok = self._raw_scores(data.paths)
+        targets = data.targets[ok]
+        scores = scores[ok]
+        if self._task == "regression":
+            scores = scores * self.target_scaling_["std"] + self.target_scaling_["mean"]
+        result = task_metrics(self._task, targets, scores, self.classes_)
+        result["unreadable"] = int((~ok).sum())
+        return result
+
+    def evaluate(self, data) -> dict:
+        """Metrics on labeled data given like `fit`'s: accuracy, macro_f1, n, per-class numbers, confusion."""
+        self._check_fitted()
+        return self._score(self._align(self._load(data), self.classes_))
+
+    # --- persistence ------------------------------------------------------------------------------------
+    def _config(self) -> dict:
+        return {
+            "modality": self.modality, "task": self._task, "estimator": type(self).__name__,
+            "backbone": self.spec_.to_dict(), "backbone_trained": self.backbone_trained_,
+            "head": {**HeadConfig(kind=self.head).to_dict(), "out_dim": max(1, len(self.classes_))},
+            "labels": self.classes_, "target_scaling": getattr(self, "target_scaling_", None),
+            "strategy": self.strategy_, "metrics": self.metrics_, "data": self.data_summary_,
+            "params": {k: v for k, v in self.get_params().items() if k not in ("out_dir", "cache_dir")},
+        }
+
+    def save(self, path: str) -> str:
+        """Write the bundle (zip of config.json + model.safetensors) atomically; returns the path."""
+        self._check_fitted()
+        return write_bundle(path, self._config(), self.model_.state_dict())
+
+    @classmethod
+    def _from_bundle(cls, config: dict, state: dict[str, torch.Tensor]) -> TransferEstimator:
+        params = {k: v for k, v in config.get("params", {}).items() if k in inspect.signature(cls).parameters}
+        est = cls(**params)
+        spec = BackboneSpec.from_dict(config["backbone"])
+        backbone = create_backbone(spec, pretrained=False)  # the architecture only; weights come from the bundle
+        head_cfg = config["head"]
+        head = build_head(HeadConfig(kind=head_cfg["kind"], hidden=head_cfg.get("hidden", 512)),
+                          backbone.feature_dim, head_cfg["out_dim"])
+        model = TransferModel(backbone, head)
+        model.load_state_dict(state, strict=True)
+        est.model_, est.spec_ = model.eval(), spec
+        est.classes_ = list(config["labels"])
+        est.backbone_trained_ = bool(config["backbone_trained"])
+        est.strategy_, est.metrics_ = config.get("strategy"), config.get("metrics", {})
+        est.data_summary_ = config.get("data", {})
+        if config.get("target_scaling"):
+            est.target_scaling_ = config["target_scaling"]
+        est.headstart_version_ = config.get("headstart_version", __version__)
+        return est
+
+    def _write_outputs(self, val: LabeledImages) -> None:
+        from .report import write_report
+
+        bundle = self.save(os.path.join(self.out_dir, "model.hs"))
+        report = write_report(os.path.join(self.out_dir, "report"), self.history_, self.metrics_["validation"],
+                              self.classes_, title=f"{self.spec_.name} / {self.strategy_['name']}")
+        say(self.verbose, f"bundle: {bundle}\nreport: {report}")
+
+
+class ImageClassifier(TransferEstimator):
+    """Image classification (task='classification') or multi-label tagging (task='multilabel')."""
+
+    default_task = "classification"
+
+
+class ImageRegressor(TransferEstimator):
+    """Image regression: one number per image, from a CSV of path,value."""
+
+    default_task = "regression"
+
+
+def load(path: str) -> TransferEstimator:
+    """A saved bundle, ready to predict. Reads only JSON and safetensors; refuses newer bundle formats."""
+    config, state = read_bundle(path)
+    cls = ImageRegressor if config["task"] == "regression" else ImageClassifier
+    if config["modality"] != "image":
+        raise HeadstartError(f"{path}: a {config['modality']} bundle; this headstart reads image bundles")
+    return cls._from_bundle(config, state)

@@ -1,0 +1,104 @@
+"""Strategies: which layer groups train, at which learning rate, in which stage.
+
+A strategy only plans; the trainer carries the plan out. A stage whose only trainable group is the head runs on
+cached features (the backbone is never run twice on the same image). Learning rates are given per group name,
+never by child index, so a plan reads the same for every backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .errors import HeadstartError
+
+HEAD = "head"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    epochs: int
+    lrs: dict[str, float] = field(default_factory=dict)  # group -> learning rate; groups left out stay frozen
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return set(self.lrs) == {HEAD}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _discriminative(groups: list[str], top_lr: float, spread: float) -> dict[str, float]:
+    """Geometric learning rates: `top_lr` for the last group down to `top_lr / spread` for the first."""
+    n = len(groups)
+    if n == 1:
+        return {groups[0]: top_lr}
+    return {g: top_lr * spread ** (-(n - 1 - i) / (n - 1)) for i, g in enumerate(groups)}
+
+
+@dataclass(frozen=True)
+class Features:
+    """Frozen backbone: features computed once (and cached), only the head trains. Fast, hard to overfit."""
+
+    name: str = "features"
+
+    def plan(self, groups: list[str], epochs: int, lr: float, head_epochs: int) -> list[Stage]:
+        return [Stage("head", head_epochs, {HEAD: lr})]
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """The last `last_n` layer groups train with the head; earlier, more generic groups stay frozen."""
+
+    last_n: int = 2
+    backbone_lr_scale: float = 0.1
+    name: str = "finetune"
+
+    def plan(self, groups: list[str], epochs: int, lr: float, head_epochs: int) -> list[Stage]:
+        if self.last_n < 1:
+            raise HeadstartError("finetune needs last_n >= 1 (use strategy 'features' to train the head only)")
+        top = groups[-self.last_n :]
+        return [Stage("finetune", epochs, {HEAD: lr, **{g: lr * self.backbone_lr_scale for g in top}})]
+
+
+@dataclass(frozen=True)
+class Full:
+    """Every layer trains. `backbone_lr_scale=1` is training from scratch's setting."""
+
+    backbone_lr_scale: float = 0.1
+    name: str = "full"
+
+    def plan(self, groups: list[str], epochs: int, lr: float, head_epochs: int) -> list[Stage]:
+        return [Stage("full", epochs, {HEAD: lr, **{g: lr * self.backbone_lr_scale for g in groups}})]
+
+
+@dataclass(frozen=True)
+class TwoStage:
+    """Linear probe on frozen (cached) features, then fine-tune everything from it with discriminative rates.
+
+    Starting the fine-tune from a trained head keeps random head gradients from wrecking pretrained features
+    (Kumar et al., 2022, LP-FT); lower rates for earlier, more generic groups follow fastai's `fine_tune`.
+    """
+
+    backbone_lr_scale: float = 0.1
+    spread: float = 10.0
+    name: str = "two-stage"
+
+    def plan(self, groups: list[str], epochs: int, lr: float, head_epochs: int) -> list[Stage]:
+        ft_lr = lr * self.backbone_lr_scale
+        return [
+            Stage("head", head_epochs, {HEAD: lr}),
+            Stage("finetune", epochs, {HEAD: ft_lr, **_discriminative(groups, ft_lr, self.spread)}),
+        ]
+
+
+STRATEGIES = {"features": Features, "finetune": Finetune, "full": Full, "two-stage": TwoStage}
+
+
+def get_strategy(name: str, **options) -> Features | Finetune | Full | TwoStage:
+    """A strategy by name; options not taken by it (e.g. last_n for full) are ignored."""
+    if name not in STRATEGIES:
+        raise HeadstartError(f"unknown strategy '{name}': choose one of {', '.join(STRATEGIES)}")
+    cls = STRATEGIES[name]
+    fields = cls.__dataclass_fields__
+    return cls(**{k: v for k, v in options.items() if k in fields and k != "name" and v is not None})

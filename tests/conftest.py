@@ -1,0 +1,52 @@
+"""Shared fixtures: a private feature cache, tiny random backbones, synthetic and real (Fashion-MNIST) images."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# A tiny randomly initialised timm model: fast, and enough where the behaviour does not depend on weights.
+TINY = "timm:test_efficientnet"
+TINY_SIZE = 32
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def make_class_images(root: str, classes: dict[str, tuple[int, int, int]], per_class: int, seed: int = 0) -> str:
+    """Noisy images whose mean colour depends on the class: learnable even by a random backbone."""
+    rng = np.random.default_rng(seed)
+    for name, colour in classes.items():
+        folder = os.path.join(root, name)
+        os.makedirs(folder, exist_ok=True)
+        for i in range(per_class):
+            noise = rng.normal(0, 25, size=(24, 24, 3))
+            pixels = np.clip(np.array(colour)[None, None, :] + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(os.path.join(folder, f"{name}_{i}.png"))
+    return root
+
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+
+
+@pytest.fixture
+def colour_folder(tmp_path) -> str:
+    return make_class_images(str(tmp_path / "train"), COLOURS, per_class=12)
+
+
+@pytest.fixture(scope="session")
+def fashion(tmp_path_factory) -> tuple[str, str]:
+    """Real Fashion-MNIST photos: 20 per class to train on, 30 per class to test on."""
+    from headstart.data import fashion_mnist
+
+    if not fashion_mnist.available():
+        pytest.fail("Fashion-MNIST missing: run `make data` (apt-get install dataset-fashion-mnist)")
+    root = tmp_path_factory.mktemp("fashion")
+    train = fashion_mnist.export_subset(str(root / "train"), "train", 20, seed=0)
+    test = fashion_mnist.export_subset(str(root / "test"), "test", 30, seed=1)
+    return train, test

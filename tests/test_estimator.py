@@ -1,0 +1,159 @@
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, TINY_SIZE
+
+import headstart as hs
+from headstart import inference
+from headstart.bundle import read_bundle
+
+
+def _clf(**kw):
+    params = dict(backbone=TINY, pretrained=False, image_size=TINY_SIZE, epochs=2, head_epochs=15, lr=1e-2,
+                  batch_size=8, verbose=False, seed=0)
+    params.update(kw)
+    return hs.ImageClassifier(**params)
+
+
+@pytest.mark.parametrize("strategy", ["features", "finetune", "two-stage", "full"])
+def test_fit_predict_save_load_round_trip(colour_folder, tmp_path, strategy):
+    clf = _clf(strategy=strategy).fit(colour_folder)
+    assert clf.classes_ == ["blue", "green", "red"]
+    assert clf.metrics_["validation"]["n"] > 0
+    proba = clf.predict_proba(colour_folder)
+    assert proba.shape == (36, 3) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    path = clf.save(str(tmp_path / "m.hs"))
+    again = hs.load(path)
+    assert np.array_equal(again.predict_proba(colour_folder), proba), "a reloaded bundle must predict identically"
+    assert again.predict(colour_folder) == clf.predict(colour_folder)
+
+
+def test_colours_are_learned_from_random_features(colour_folder):
+    clf = _clf(strategy="features", head_epochs=40).fit(colour_folder)
+    assert clf.evaluate(colour_folder)["accuracy"] >= 0.8
+
+
+def test_evaluate_reports_the_required_numbers(colour_folder):
+    m = _clf().fit(colour_folder).evaluate(colour_folder)
+    assert {"accuracy", "macro_f1", "n", "per_class", "confusion_matrix"} <= set(m)
+    assert m["n"] == 36 and np.array(m["confusion_matrix"]).sum() == 36
+
+
+def test_same_seed_same_metrics_on_cpu(colour_folder):
+    a = _clf(strategy="two-stage", seed=3).fit(colour_folder)
+    b = _clf(strategy="two-stage", seed=3).fit(colour_folder)
+    assert [r["val_loss"] for r in a.history_] == [r["val_loss"] for r in b.history_]
+    assert np.array_equal(a.predict_proba(colour_folder), b.predict_proba(colour_folder))
+
+
+def test_second_extraction_hits_the_cache(colour_folder, monkeypatch):
+    backbone = hs.create_backbone(TINY, pretrained=False, image_size=TINY_SIZE)
+    paths = sorted(os.path.join(r, f) for r, _, fs in os.walk(colour_folder) for f in fs)
+    first, ok = inference.embed_images(backbone, paths, verbose=False)
+    calls = []
+    real = inference.run_over_images
+    monkeypatch.setattr(inference, "run_over_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    second, ok2 = inference.embed_images(backbone, paths, verbose=False)
+    assert calls == [] and ok.all() and ok2.all()
+    assert np.array_equal(first, second)
+    # new weights mean a new cache key: nothing is reused
+    with torch.no_grad():
+        next(backbone.parameters()).mul_(2)
+    inference.embed_images(backbone, paths[:3], verbose=False)
+    assert calls == [1]
+
+
+def test_half_written_cache_shard_is_recomputed(colour_folder):
+    backbone = hs.create_backbone(TINY, pretrained=False, image_size=TINY_SIZE)
+    paths = sorted(os.path.join(r, f) for r, _, fs in os.walk(colour_folder) for f in fs)[:5]
+    first, _ = inference.embed_images(backbone, paths, verbose=False)
+    cache = inference.feature_cache_for(backbone)
+    for name in os.listdir(cache.dir):
+        if name.endswith(".npy"):
+            path = os.path.join(cache.dir, name)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)  # a crash mid-write
+    again, ok = inference.embed_images(backbone, paths, verbose=False)
+    assert ok.all() and np.allclose(first, again)
+
+
+def test_unreadable_image_at_predict_is_a_nan_row(colour_folder, tmp_path):
+    clf = _clf().fit(colour_folder)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    good = os.path.join(colour_folder, "red", "red_0.png")
+    proba = clf.predict_proba([good, str(bad)])
+    assert np.isfinite(proba[0]).all() and np.isnan(proba[1]).all()
+    assert clf.predict([good, str(bad)])[1] is None
+
+
+def test_regression_and_multilabel_from_csv(colour_folder, tmp_path):
+    rows = [(f"train/{c}/{c}_{i}.png", v, tags) for c, v, tags in
+            [("red", 1.0, "warm"), ("green", 2.0, "cool;natural"), ("blue", 3.0, "cool")] for i in range(12)]
+    reg_csv, ml_csv = tmp_path / "reg.csv", tmp_path / "ml.csv"
+    reg_csv.write_text("path,label\n" + "\n".join(f"{p},{v}" for p, v, _ in rows))
+    ml_csv.write_text("path,label\n" + "\n".join(f"{p},{t}" for p, _, t in rows))
+    reg = hs.ImageRegressor(backbone=TINY, pretrained=False, image_size=TINY_SIZE, head_epochs=40, lr=1e-2,
+                            batch_size=8, verbose=False).fit(str(reg_csv))
+    m = reg.evaluate(str(reg_csv))
+    assert {"mae", "rmse", "r2"} <= set(m) and m["r2"] > 0.3  # the mean alone scores 0
+    reloaded = hs.load(reg.save(str(tmp_path / "reg.hs")))
+    assert reloaded.predict(os.path.join(colour_folder, "blue")) == reg.predict(os.path.join(colour_folder, "blue"))
+    ml = _clf(task="multilabel", head_epochs=40).fit(str(ml_csv))
+    assert ml.classes_ == ["cool", "natural", "warm"]
+    assert ml.evaluate(str(ml_csv))["micro_f1"] > 0.8
+    assert set(ml.predict([os.path.join(colour_folder, "red", "red_0.png")])[0]) <= {"cool", "natural", "warm"}
+
+
+def test_bundle_is_safetensors_and_json_and_records_the_run(colour_folder, tmp_path):
+    path = _clf().fit(colour_folder).save(str(tmp_path / "m.hs"))
+    with zipfile.ZipFile(path) as zf:
+        assert sorted(zf.namelist()) == ["config.json", "model.safetensors"]
+        config = json.loads(zf.read("config.json"))
+    assert config["labels"] == ["blue", "green", "red"] and config["backbone"]["arch"] == "test_efficientnet"
+    assert config["backbone"]["preprocess"]["size"] == TINY_SIZE
+    assert config["headstart_version"] == hs.__version__ and "accuracy" in config["metrics"]["validation"]
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")], "no temporary file is left behind"
+
+
+def _rewrite(path, out, mutate):
+    config, state = read_bundle(path)
+    from headstart.bundle import write_bundle
+
+    mutate(config)
+    write_bundle(out, {k: v for k, v in config.items() if k not in ("format", "headstart_version")}, state)
+    with zipfile.ZipFile(out) as zf:  # write_bundle stamps the current format: patch it back in
+        files = {n: zf.read(n) for n in zf.namelist()}
+    config_bytes = json.loads(files["config.json"])
+    mutate(config_bytes)
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("config.json", json.dumps(config_bytes))
+        zf.writestr("model.safetensors", files["model.safetensors"])
+
+
+def test_bundle_from_a_newer_version_is_refused(colour_folder, tmp_path):
+    path = _clf().fit(colour_folder).save(str(tmp_path / "m.hs"))
+    newer = str(tmp_path / "newer.hs")
+    _rewrite(path, newer, lambda c: c.update(format_version=99, headstart_version="9.0"))
+    with pytest.raises(hs.BundleError, match="headstart 9.0 .*upgrade headstart"):
+        hs.load(newer)
+
+
+def test_pickles_are_never_loaded(tmp_path):
+    evil = tmp_path / "model.hs"
+    torch.save({"weights": torch.zeros(2)}, evil)  # a torch pickle, zip-based
+    with pytest.raises(hs.BundleError, match="not a headstart bundle"):
+        hs.load(str(evil))
+    plain = tmp_path / "model.pkl"
+    plain.write_bytes(b"\x80\x04\x95 pickle bytes")
+    with pytest.raises(hs.BundleError, match="never loads pickled"):
+        hs.load(str(plain))
+
+
+def test_unfitted_model_says_so():
+    with pytest.raises(hs.HeadstartError, match="not fitted"):
+        _clf().predict(["x.png"])
