@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Sequence
+from typing import TextIO
 
 from .backbones import BackboneSpec, available_offline, list_backbones
 from .data.images import list_image_files
 from .estimator import ImageClassifier, ImageRegressor, TransferEstimator, load
 
-__all__ = ["backbone_table", "estimator_for", "load", "prediction_rows", "summary_line"]
+__all__ = ["backbone_table", "estimator_for", "load", "prediction_rows", "summary_line", "write_predictions"]
 
 
 def estimator_for(task: str) -> type[TransferEstimator]:
@@ -41,6 +44,17 @@ def prediction_rows(model: TransferEstimator, inputs: Sequence[str], with_probs:
                 r[f"p_{c}"] = round(float(p), 6) if good else ""
         rows.append(r)
     return rows
+
+
+def write_predictions(rows: list[dict], stream: TextIO, fmt: str) -> None:
+    """Predictions as CSV (a header, one row per file) or JSONL (one object per line)."""
+    if fmt == "jsonl":
+        for r in rows:
+            stream.write(json.dumps(r) + "\n")
+        return
+    writer = csv.DictWriter(stream, fieldnames=list(rows[0]) if rows else ["path", "prediction"])
+    writer.writeheader()
+    writer.writerows(rows)
 
 
 def backbone_table() -> list[tuple[BackboneSpec, bool]]:

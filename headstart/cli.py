@@ -6,12 +6,11 @@ from ._runtime import tune_allocator
 
 tune_allocator()  # before torch allocates anything large (DESIGN.md: ~3x on CPU)
 
-import csv  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
-from typing import Optional  # noqa: E402
 
 import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from . import api  # noqa: E402
@@ -20,7 +19,9 @@ from .progress import console  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="headstart: transfer learning from a pretrained backbone to your data.")
-out_console = console.__class__()  # stdout, for tables and results
+out_console = Console()  # stdout, for tables and results
+if not out_console.is_terminal:
+    out_console = Console(width=200)  # piped output: never cut backbone names to fit 80 columns
 
 
 @app.command()
@@ -34,11 +35,11 @@ def fit(
     head_epochs: int = typer.Option(60, help="epochs of head-only stages (on cached features; cheap)"),
     lr: float = typer.Option(1e-3, help="head learning rate; backbone groups get less"),
     batch_size: int = typer.Option(32),
-    image_size: Optional[int] = typer.Option(None, help="input size (default: the backbone's own)"),
+    image_size: int | None = typer.Option(None, help="input size (default: the backbone's own)"),
     task: str = typer.Option("classification", help="classification | multilabel | regression"),
     head: str = typer.Option("linear", help="linear | mlp"),
     last_n: int = typer.Option(2, help="layer groups `finetune` unfreezes"),
-    valid: Optional[str] = typer.Option(None, help="validation data (default: a stratified split)"),
+    valid: str | None = typer.Option(None, help="validation data (default: a stratified split)"),
     val_fraction: float = typer.Option(0.2),
     scratch: bool = typer.Option(False, "--scratch", help="random initial weights (no transfer)"),
     strict: bool = typer.Option(False, "--strict", help="stop at the first unreadable file instead of skipping"),
@@ -76,7 +77,7 @@ def evaluate(
 def predict(
     bundle: str = typer.Argument(..., help="a model.hs bundle"),
     inputs: list[str] = typer.Argument(..., help="image files and/or folders"),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="a .csv or .jsonl file (default: CSV on stdout)"),
+    out: str | None = typer.Option(None, "--out", "-o", help="a .csv or .jsonl file (default: CSV on stdout)"),
     probs: bool = typer.Option(False, "--probs", help="add one probability column per class"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -84,19 +85,11 @@ def predict(
     model = api.load(bundle)
     model.verbose = not quiet
     rows = api.prediction_rows(model, inputs, with_probs=probs)
-    fmt = "jsonl" if out and out.endswith(".jsonl") else "csv"
-    stream = open(out, "w", newline="", encoding="utf-8") if out else sys.stdout
-    try:
-        if fmt == "jsonl":
-            for r in rows:
-                stream.write(json.dumps(r) + "\n")
-        else:
-            writer = csv.DictWriter(stream, fieldnames=list(rows[0]) if rows else ["path", "prediction"])
-            writer.writeheader()
-            writer.writerows(rows)
-    finally:
-        if out:
-            stream.close()
+    if out:
+        with open(out, "w", newline="", encoding="utf-8") as stream:
+            api.write_predictions(rows, stream, "jsonl" if out.endswith(".jsonl") else "csv")
+    else:
+        api.write_predictions(rows, sys.stdout, "csv")
     bad = sum(1 for r in rows if r.get("error"))
     if out:
         console.print(f"wrote {len(rows)} predictions to {out}" + (f" ({bad} unreadable)" if bad else ""))
@@ -106,8 +99,9 @@ def predict(
 def models() -> None:
     """The backbone registry, with which backbones work offline right now."""
     table = Table(title="backbones")
-    for col in ("name", "modality", "source", "features", "offline now", "description"):
-        table.add_column(col)
+    for col in ("name", "modality", "source", "features", "offline now"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("description")
     for spec, ok in api.backbone_table():
         table.add_row(spec.name, spec.modality, f"{spec.source}:{spec.arch}", str(spec.feature_dim or "?"),
                       "[green]yes[/]" if ok else "[red]no[/]", spec.description)

@@ -6,6 +6,7 @@ the head run on cached features; stages that unfreeze layer groups run the image
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -178,12 +179,13 @@ class TransferEstimator:
         backbone_trained = False
         for i, stage in enumerate(stages):
             generator = seed_everything(self.seed + i)  # each stage repeatable whatever the cache held
+            stage_loop = dataclasses.replace(loop, keep_start=i > 0)
             if stage.backbone_frozen and not backbone_trained:
                 loaders = self._feature_loaders(backbone, train, val, generator)
-                records = run_stage(head, stage, *loaders, loss_for(self._task), self._task, loop, log)
+                records = run_stage(head, stage, *loaders, loss_for(self._task), self._task, stage_loop, log)
             else:
                 loaders = self._image_loaders(backbone, train, val, generator)
-                records = run_stage(model, stage, *loaders, loss_for(self._task), self._task, loop, log)
+                records = run_stage(model, stage, *loaders, loss_for(self._task), self._task, stage_loop, log)
                 backbone_trained = True
             self.history_.extend(records)
         self.model_ = model.eval()

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_learning_curves(history: list[dict], path: str) -> str:
@@ -20,6 +21,7 @@ def plot_learning_curves(history: list[dict], path: str) -> str:
     ax.plot(x, [r["train_loss"] for r in history], "o-", label="train loss")
     ax.plot(x, [r["val_loss"] for r in history], "s-", label="validation loss")
     ax.set_xlabel("epoch (all stages)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss")
     stages = [r["stage"] for r in history]
     for i in range(1, len(stages)):

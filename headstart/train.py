@@ -32,6 +32,7 @@ class LoopConfig:
     grad_clip: float = 1.0
     mixed_precision: str = "no"
     freeze_bn_stats: bool = True  # Keras' rule for small data: pretrained BatchNorm keeps its statistics
+    keep_start: bool = False  # count the starting weights as a candidate for "best" (stages after the first)
     verbose: bool = True
 
 
@@ -112,7 +113,12 @@ def run_stage(
         opt, max_lr=[g["lr"] for g in groups], total_steps=steps, pct_start=cfg.pct_start
     )
     model, opt, train_loader, val_loader, sched = accel.prepare(model, opt, train_loader, val_loader, sched)
+    # The weights a stage starts from are a candidate too: a fine-tune that never beats the linear probe it
+    # started from must not leave a worse model behind.
     best_loss, best_state, stale, history = math.inf, None, 0, []
+    if cfg.keep_start:
+        best_loss = evaluate_loss(model, val_loader, loss_fn, task, accel)["val_loss"]
+        best_state = {k: v.detach().clone() for k, v in accel.unwrap_model(model).state_dict().items()}
     trainable = [p for g in groups for p in g["params"]]
     with make_progress(cfg.verbose and accel.is_main_process) as bar:
         task_id = bar.add_task(f"{stage.name}", total=stage.epochs * len(train_loader), info="")

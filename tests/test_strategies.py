@@ -99,3 +99,18 @@ def test_early_stopping_keeps_the_best_epoch(colour_folder):
     with torch.no_grad():
         final = loss_for("classification")(head(feats), labels.roll(1)).item()
     assert final == pytest.approx(best, rel=1e-4), "the best epoch's weights must be restored"
+
+
+def test_a_stage_never_leaves_weights_worse_than_it_started_with(colour_folder):
+    torch.manual_seed(0)
+    backbone, loader = _loaders(colour_folder)
+    model = TransferModel(backbone, build_head(HeadConfig(), backbone.feature_dim, 3))
+    (probe,) = get_strategy("finetune", last_n=1).plan(backbone.group_names(), 3, 1e-2, 1)
+    run_stage(model, probe, loader, loader, loss_for("classification"), "classification", LoopConfig(verbose=False))
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    # an absurd learning rate wrecks every epoch: the stage must hand back the weights it started from
+    (wreck,) = get_strategy("full").plan(backbone.group_names(), 2, 1e3, 1)
+    history = run_stage(model, wreck, loader, loader, loss_for("classification"), "classification",
+                        LoopConfig(verbose=False, keep_start=True, grad_clip=0))
+    assert all(not np.isfinite(r["val_loss"]) or r["val_loss"] > 0 for r in history)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in trained.items())
