@@ -32,7 +32,7 @@ demo: install data
 	$(BIN)/headstart demo
 
 test: dev data
-	$(BIN)/ruff check headstart tests bench
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: install data

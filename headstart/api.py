@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from .backbones import BackboneSpec, available_offline, list_backbones
-from .data.images import list_image_files
 from .estimator import ImageClassifier, ImageRegressor, TransferEstimator, load
 
 __all__ = ["backbone_table", "estimator_for", "load", "prediction_rows", "summary_line", "write_predictions"]
@@ -26,7 +25,7 @@ def summary_line(metrics: dict, prefix: str = "") -> str:
 
 def prediction_rows(model: TransferEstimator, inputs: Sequence[str], with_probs: bool = False) -> list[dict]:
     """One dict per input file: path, prediction, score (and per-class probabilities); `error` if unreadable."""
-    paths = list_image_files(inputs)
+    paths = model._inputs(inputs)
     scores, ok = model._raw_scores(paths)
     rows = []
     for path, row, good in zip(paths, scores, ok):

@@ -21,20 +21,12 @@ from . import __version__
 from ._runtime import seed_everything
 from .backbones import Backbone, BackboneSpec, create_backbone, resolve_backbone
 from .bundle import read_bundle, write_bundle
-from .data.images import (
-    ImageRowsDataset,
-    LabeledImages,
-    collate_skipping,
-    eval_transform,
-    list_image_files,
-    load_images,
-    stratified_split,
-    train_transform,
-)
+from .data.labeled import LabeledData, stratified_split
 from .errors import DataError, HeadstartError
 from .heads import HeadConfig, TransferModel, build_head, loss_for, outputs_to_scores
-from .inference import embed_images, run_over_images
+from .inference import embed, run_over
 from .metrics import task_metrics
+from .modalities import MODALITIES, Modality
 from .progress import say
 from .strategies import get_strategy
 from .train import LoopConfig, run_stage
@@ -119,10 +111,20 @@ class TransferEstimator:
             raise HeadstartError(f"this {type(self).__name__} is not fitted yet: call fit() or hs.load() first")
 
     # --- data -------------------------------------------------------------------------------------------
-    def _load(self, data) -> LabeledImages:
-        return load_images(data, self._task, strict=self.strict)
+    @property
+    def _modality(self) -> Modality:
+        return MODALITIES[self.modality]
 
-    def _align(self, data: LabeledImages, classes: list[str]) -> LabeledImages:
+    def _load(self, data) -> LabeledData:
+        return self._modality.load(data, self._task, self.strict, self._columns())
+
+    def _columns(self) -> dict[str, str]:
+        return {}
+
+    def _inputs(self, inputs) -> list:
+        return self._modality.list_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
+
+    def _align(self, data: LabeledData, classes: list[str]) -> LabeledData:
         """Re-index an evaluation set's labels onto the training classes, by name."""
         if data.task == "regression" or data.classes == classes:
             return data
@@ -135,7 +137,7 @@ class TransferEstimator:
         else:
             targets = np.zeros((len(data), len(classes)), dtype=np.float32)
             targets[:, pos] = data.targets
-        return LabeledImages(data.paths, targets, classes, data.task, data.source, data.skipped)
+        return LabeledData(data.items, targets, classes, data.task, data.source, data.skipped)
 
     def _target_tensor(self, targets: np.ndarray) -> torch.Tensor:
         if self._task == "classification":
@@ -159,7 +161,7 @@ class TransferEstimator:
         self.classes_ = list(full.classes)
         if self._task == "regression":
             self.target_scaling_ = {"mean": float(train.targets.mean()), "std": float(train.targets.std() or 1.0)}
-        say(self.verbose, f"data: {len(train)} training and {len(val)} validation images"
+        say(self.verbose, f"data: {len(train)} training and {len(val)} validation {self._modality.noun}"
             + (f", {len(self.classes_)} classes" if self.classes_ else "")
             + (f"; skipped {len(full.skipped)} unreadable file(s), e.g. {full.skipped[0][0]}" if full.skipped else ""))
         spec = resolve_backbone(self.backbone)
@@ -184,7 +186,7 @@ class TransferEstimator:
                 loaders = self._feature_loaders(backbone, train, val, generator)
                 records = run_stage(head, stage, *loaders, loss_for(self._task), self._task, stage_loop, log)
             else:
-                loaders = self._image_loaders(backbone, train, val, generator)
+                loaders = self._input_loaders(backbone, train, val, generator)
                 records = run_stage(model, stage, *loaders, loss_for(self._task), self._task, stage_loop, log)
                 backbone_trained = True
             self.history_.extend(records)
@@ -212,9 +214,9 @@ class TransferEstimator:
 
         return log
 
-    def _feature_loaders(self, backbone: Backbone, train: LabeledImages, val: LabeledImages, gen):
-        def loader(part: LabeledImages, shuffle: bool) -> DataLoader:
-            feats, ok = embed_images(backbone, part.paths, batch_size=max(self.batch_size, 64),
+    def _feature_loaders(self, backbone: Backbone, train: LabeledData, val: LabeledData, gen):
+        def loader(part: LabeledData, shuffle: bool) -> DataLoader:
+            feats, ok = embed(backbone, part.items, batch_size=self.batch_size,
                                      num_workers=self.num_workers, use_cache=self.use_cache,
                                      cache_dir=self.cache_dir, verbose=self.verbose)
             keep = np.flatnonzero(ok)
@@ -224,29 +226,29 @@ class TransferEstimator:
 
         return loader(train, True), loader(val, False)
 
-    def _image_loaders(self, backbone: Backbone, train: LabeledImages, val: LabeledImages, gen):
-        pre = backbone.spec.preprocess
+    def _input_loaders(self, backbone: Backbone, train: LabeledData, val: LabeledData, gen):
+        modality = self._modality
 
-        def loader(part: LabeledImages, tf, shuffle: bool) -> DataLoader:
-            ds = ImageRowsDataset(part.paths, self._target_tensor(part.targets).numpy(), tf)
-            return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, generator=gen,
-                              num_workers=self.num_workers, collate_fn=collate_skipping)
+        def loader(part: LabeledData, is_train: bool) -> DataLoader:
+            ds = modality.dataset(part.items, self._target_tensor(part.targets).numpy(), backbone, is_train)
+            return DataLoader(ds, batch_size=self.batch_size, shuffle=is_train, generator=gen,
+                              num_workers=self.num_workers, collate_fn=modality.collate(backbone))
 
-        return loader(train, train_transform(pre), True), loader(val, eval_transform(pre), False)
+        return loader(train, True), loader(val, False)
 
     # --- predict ----------------------------------------------------------------------------------------
-    def _raw_scores(self, paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _raw_scores(self, items: Sequence) -> tuple[np.ndarray, np.ndarray]:
         """Model outputs per path (probabilities, or standardised values) and a mask of readable images."""
         self._check_fitted()
         if not self.backbone_trained_:
-            feats, ok = embed_images(self.model_.backbone, paths, batch_size=max(self.batch_size, 64),
+            feats, ok = embed(self.model_.backbone, items, batch_size=self.batch_size,
                                      num_workers=self.num_workers, use_cache=self.use_cache,
                                      cache_dir=self.cache_dir, verbose=self.verbose)
             with torch.inference_mode():
                 logits = self.model_.head.eval()(torch.as_tensor(feats))
         else:
-            out, ok = run_over_images(self.model_, paths, self.spec_.preprocess, max(self.batch_size, 64),
-                                      self.num_workers, self.verbose, description="predict")
+            out, ok = run_over(self.model_, items, self.batch_size, self.num_workers, self.verbose,
+                               description="predict")
             logits = torch.as_tensor(out)
         scores = outputs_to_scores(self._task, logits.float()).numpy().astype(np.float64)
         scores[~ok] = np.nan
@@ -255,14 +257,12 @@ class TransferEstimator:
     def predict_proba(self, inputs: str | Sequence[str]) -> np.ndarray:
         """Class (or per-label) probabilities, one row per image; rows of unreadable images are NaN."""
         self._check_fitted()
-        paths = list_image_files([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
-        return self._raw_scores(paths)[0]
+        return self._raw_scores(self._inputs(inputs))[0]
 
     def predict(self, inputs: str | Sequence[str]) -> list:
         """Labels (classification), label lists (multi-label) or values (regression); None if unreadable."""
         self._check_fitted()
-        paths = list_image_files([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
-        scores, ok = self._raw_scores(paths)
+        scores, ok = self._raw_scores(self._inputs(inputs))
         return [self._decode(s) if k else None for s, k in zip(scores, ok)]
 
     def _decode(self, row: np.ndarray):
@@ -272,8 +272,8 @@ class TransferEstimator:
             return [c for c, p in zip(self.classes_, row) if p >= 0.5]
         return float(row[0] * self.target_scaling_["std"] + self.target_scaling_["mean"])
 
-    def _score(self, data: LabeledImages) -> dict:
-        scores, ok = self._raw_scores(data.paths)
+    def _score(self, data: LabeledData) -> dict:
+        scores, ok = self._raw_scores(data.items)
         targets = data.targets[ok]
         scores = scores[ok]
         if self._task == "regression":
@@ -324,7 +324,7 @@ class TransferEstimator:
         est.headstart_version_ = config.get("headstart_version", __version__)
         return est
 
-    def _write_outputs(self, val: LabeledImages) -> None:
+    def _write_outputs(self, val: LabeledData) -> None:
         from .report import write_report
 
         bundle = self.save(os.path.join(self.out_dir, "model.hs"))

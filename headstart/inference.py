@@ -1,4 +1,4 @@
-"""Running a backbone or a whole model over images: batched, cached where the backbone is frozen."""
+"""Running a backbone or a whole model over inputs: batched, cached where the backbone is frozen."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from torch.utils.data import DataLoader
 
 from ._runtime import cache_root
 from .backbones import Backbone
-from .backbones.base import ImagePreprocess
-from .cache import FeatureCache, file_digests, model_key
-from .data.images import ImageRowsDataset, collate_skipping, eval_transform
+from .cache import FeatureCache, model_key
+from .modalities import modality_of
 from .progress import make_progress
 
 
@@ -21,38 +20,45 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _to(x, device: torch.device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    return {k: v.to(device, non_blocking=True) for k, v in x.items()}  # tokenized text
+
+
 @torch.inference_mode()
-def run_over_images(
+def run_over(
     module: nn.Module,
-    paths: Sequence[str],
-    preprocess: ImagePreprocess,
-    batch_size: int = 64,
+    items: Sequence,
+    batch_size: int = 32,
     num_workers: int = 0,
     verbose: bool = True,
     description: str = "features",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Outputs of `module` for each image, and a mask of the images that decoded (their rows are zeros)."""
+    """Outputs of `module` (a Backbone, or a model holding one as `.backbone`) for each input, and a mask of the
+    inputs that could be read (their rows are zeros)."""
+    backbone: Backbone = module if isinstance(module, Backbone) else module.backbone
+    modality = modality_of(backbone)
     device = _device()
     module = module.to(device).eval()
-    ds = ImageRowsDataset(paths, None, eval_transform(preprocess))
     # Its own generator: iterating a loader draws a seed, and must not shift the global RNG that training
     # augmentations use (else a cache hit would change the next stage's results).
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping,
-                        generator=torch.Generator())
+    loader = DataLoader(modality.dataset(items, None, backbone, train=False), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=modality.collate(backbone), generator=torch.Generator())
     out: np.ndarray | None = None
-    ok = np.zeros(len(paths), dtype=bool)
+    ok = np.zeros(len(items), dtype=bool)
     with make_progress(verbose) as bar:
-        task = bar.add_task(description, total=len(paths), info="")
+        task = bar.add_task(description, total=len(items), info="")
         for idx, x, _ in loader:
             if x is not None and len(idx):
-                y = module(x.to(device, non_blocking=True)).float().cpu().numpy()
+                y = module(_to(x, device)).float().cpu().numpy()
                 if out is None:
-                    out = np.zeros((len(paths), y.shape[1]), dtype=np.float32)
+                    out = np.zeros((len(items), y.shape[1]), dtype=np.float32)
                 out[idx.numpy()] = y
                 ok[idx.numpy()] = True
-            bar.update(task, completed=min(len(paths), bar.tasks[task].completed + batch_size))
+            bar.update(task, completed=min(len(items), bar.tasks[task].completed + batch_size))
     if out is None:
-        out = np.zeros((len(paths), 0), dtype=np.float32)
+        out = np.zeros((len(items), 0), dtype=np.float32)
     return out, ok
 
 
@@ -61,35 +67,33 @@ def feature_cache_for(backbone: Backbone, root: str | None = None) -> FeatureCac
     return FeatureCache(root or cache_root(), key)
 
 
-def embed_images(
+def embed(
     backbone: Backbone,
-    paths: Sequence[str],
-    batch_size: int = 64,
+    items: Sequence,
+    batch_size: int = 32,
     num_workers: int = 0,
     use_cache: bool = True,
     cache_dir: str | None = None,
     verbose: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features of a frozen backbone for each image, computed once and then read from the cache.
+    """Pooled features of a frozen backbone for each input, computed once and then read from the cache.
 
-    Returns (features, ok): rows of undecodable images are zeros with ok=False.
+    Returns (features, ok): rows of unreadable inputs are zeros with ok=False.
     """
-    paths = list(paths)
+    items = list(items)
     if not use_cache:
-        return run_over_images(backbone, paths, backbone.spec.preprocess, batch_size, num_workers, verbose)
+        return run_over(backbone, items, batch_size, num_workers, verbose)
     cache = feature_cache_for(backbone, cache_dir)
-    digests = file_digests(paths)
+    digests = modality_of(backbone).digests(items)
     feats, found = cache.get(digests)
-    missing = [i for i in range(len(paths)) if not found[i]]
+    missing = [i for i in range(len(items)) if not found[i]]
     if feats is None:
-        feats = np.zeros((len(paths), backbone.feature_dim), dtype=np.float32)
+        feats = np.zeros((len(items), backbone.feature_dim), dtype=np.float32)
     ok = found.copy()
     if missing:
-        new, new_ok = run_over_images(
-            backbone, [paths[i] for i in missing], backbone.spec.preprocess, batch_size, num_workers, verbose
-        )
+        new, new_ok = run_over(backbone, [items[i] for i in missing], batch_size, num_workers, verbose)
         good = [j for j in range(len(missing)) if new_ok[j]]
-        # Identical files share one digest: store each digest once.
+        # Identical inputs share one digest: store each digest once.
         unique: dict[str, int] = {}
         for j in good:
             unique.setdefault(digests[missing[j]], j)
@@ -98,3 +102,6 @@ def embed_images(
             feats[missing[j]] = new[j]
             ok[missing[j]] = True
     return feats, ok
+
+
+embed_images = embed  # the name the image benchmarks and older callers use

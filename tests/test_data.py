@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from conftest import COLOURS, make_class_images
 
-from headstart.data.images import load_images, read_image_csv, scan_image_folder, stratified_split
+from headstart.data.images import load_images, read_image_csv, scan_image_folder
+from headstart.data.labeled import stratified_split
 from headstart.errors import DataError
 
 
@@ -69,7 +70,7 @@ def test_csv_with_relative_paths(colour_folder, tmp_path):
     rows = ["path,label"] + [f"train/{c}/{c}_{i}.png,{c}" for c in COLOURS for i in range(3)]
     data = read_image_csv(_csv(tmp_path, "\n".join(rows)))
     assert data.classes == ["blue", "green", "red"] and len(data) == 9
-    assert all(os.path.isabs(p) and os.path.exists(p) for p in data.paths)
+    assert all(os.path.isabs(p) and os.path.exists(p) for p in data.items)
 
 
 def test_csv_missing_column_names_the_columns(tmp_path):
@@ -114,5 +115,5 @@ def test_stratified_split_keeps_proportions(tmp_path):
 def test_split_refuses_a_class_of_one(tmp_path):
     make_class_images(str(tmp_path), {"a": (0, 0, 0)}, 1)
     make_class_images(str(tmp_path), {"b": (255, 255, 255)}, 5)
-    with pytest.raises(DataError, match="class 'a' has 1 image"):
+    with pytest.raises(DataError, match="class 'a' has 1 example"):
         stratified_split(scan_image_folder(str(tmp_path)), 0.2, seed=0)

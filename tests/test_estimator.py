@@ -55,8 +55,8 @@ def test_second_extraction_hits_the_cache(colour_folder, monkeypatch):
     paths = sorted(os.path.join(r, f) for r, _, fs in os.walk(colour_folder) for f in fs)
     first, ok = inference.embed_images(backbone, paths, verbose=False)
     calls = []
-    real = inference.run_over_images
-    monkeypatch.setattr(inference, "run_over_images", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = inference.run_over
+    monkeypatch.setattr(inference, "run_over", lambda *a, **k: calls.append(1) or real(*a, **k))
     second, ok2 = inference.embed_images(backbone, paths, verbose=False)
     assert calls == [] and ok.all() and ok2.all()
     assert np.array_equal(first, second)

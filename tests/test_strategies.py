@@ -47,7 +47,7 @@ def test_unknown_strategy():
 def _loaders(folder):
     data = scan_image_folder(folder)
     backbone = create_backbone("timm:test_efficientnet", pretrained=False, image_size=32)
-    ds = ImageRowsDataset(data.paths, data.targets, eval_transform(backbone.spec.preprocess))
+    ds = ImageRowsDataset(data.items, data.targets, eval_transform(backbone.spec.preprocess))
     loader = DataLoader(ds, batch_size=8, shuffle=True, collate_fn=collate_skipping,
                         generator=torch.Generator().manual_seed(0))
     return backbone, loader

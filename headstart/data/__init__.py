@@ -2,18 +2,17 @@
 
 from .images import (
     ImageRowsDataset,
-    LabeledImages,
     collate_skipping,
     eval_transform,
     list_image_files,
     load_images,
-    stratified_split,
     train_transform,
 )
+from .labeled import LabeledData, stratified_split
 
 __all__ = [
     "ImageRowsDataset",
-    "LabeledImages",
+    "LabeledData",
     "collate_skipping",
     "eval_transform",
     "list_image_files",

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-import math
 import os
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,36 +15,7 @@ from torchvision.transforms import v2 as T
 
 from ..backbones.base import ImagePreprocess
 from ..errors import DataError
-
-TASKS = ("classification", "multilabel", "regression")
-MULTILABEL_SEPARATOR = ";"
-
-
-@dataclass
-class LabeledImages:
-    """Image paths with their targets. `targets` holds class indices, multi-hot rows or floats by task."""
-
-    paths: list[str]
-    targets: np.ndarray
-    classes: list[str]
-    task: str = "classification"
-    source: str = ""
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def subset(self, idx: Sequence[int]) -> LabeledImages:
-        idx = list(idx)
-        return LabeledImages([self.paths[i] for i in idx], self.targets[idx], self.classes, self.task, self.source)
-
-    def class_counts(self) -> dict[str, int]:
-        if self.task == "classification":
-            counts = Counter(int(t) for t in self.targets)
-            return {c: counts.get(i, 0) for i, c in enumerate(self.classes)}
-        if self.task == "multilabel":
-            return {c: int(n) for c, n in zip(self.classes, self.targets.sum(axis=0))}
-        return {}
+from .labeled import LabeledData, build_labeled, check_task, parse_label, read_csv_rows, require_classes
 
 
 def image_problem(path: str) -> str | None:
@@ -90,16 +57,7 @@ def _visible_files(folder: str) -> list[str]:
     return found
 
 
-def _require_classes(classes: list[str], counts: dict[str, int], where: str) -> None:
-    empty = [c for c in classes if counts.get(c, 0) == 0]
-    if empty:
-        raise DataError(f"{where}: class '{empty[0]}' has no readable images; add images or remove that class")
-    if len(classes) < 2:
-        only = f" ('{classes[0]}')" if classes else ""
-        raise DataError(f"{where}: only one class{only}; classification needs at least two classes")
-
-
-def scan_image_folder(root: str, strict: bool = False) -> LabeledImages:
+def scan_image_folder(root: str, strict: bool = False) -> LabeledData:
     """A folder with one sub-folder per class (nested folders inside a class are included)."""
     if not os.path.isdir(root):
         raise DataError(f"{root}: no such folder")
@@ -116,86 +74,33 @@ def scan_image_folder(root: str, strict: bool = False) -> LabeledImages:
     ok, skipped = _keep_readable(paths, strict)
     paths = [p for p, k in zip(paths, ok) if k]
     targets = np.array([t for t, k in zip(labels, ok) if k], dtype=np.int64)
-    data = LabeledImages(paths, targets, classes, "classification", root, skipped)
-    _require_classes(classes, data.class_counts(), root)
+    data = LabeledData(paths, targets, classes, "classification", root, skipped)
+    require_classes(classes, data.class_counts(), root)
     return data
-
-
-def _read_csv_rows(path: str, columns: Sequence[str]) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            header = reader.fieldnames or []
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from None
-    except csv.Error as err:
-        raise DataError(f"{path}: malformed CSV ({err}); check quoting on that line") from None
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise DataError(f"{path}: missing column '{missing[0]}' (found: {', '.join(header) or 'no header'})")
-    if not rows:
-        raise DataError(f"{path}: no rows; add one row per image")
-    return rows
-
-
-def _label_error(path: str, line: int, label_col: str, why: str) -> DataError:
-    return DataError(f"{path}, line {line}: {why} in column '{label_col}'; fix or remove that row")
 
 
 def read_image_csv(
     path: str, task: str = "classification", path_col: str = "path", label_col: str = "label", strict: bool = False
-) -> LabeledImages:
+) -> LabeledData:
     """A CSV with an image path column (relative to the CSV's folder) and a label column."""
-    rows = _read_csv_rows(path, (path_col, label_col))
+    rows = read_csv_rows(path, (path_col, label_col))
     base = os.path.dirname(os.path.abspath(path))
-    paths, raw = [], []
-    for line, row in enumerate(rows, start=2):
-        label = (row.get(label_col) or "").strip()
-        if label == "" or label.lower() in ("nan", "none", "null"):
-            raise _label_error(path, line, label_col, "missing label")
-        if task == "regression":
-            try:
-                value = float(label)
-            except ValueError:
-                raise _label_error(path, line, label_col, f"'{label}' is not a number") from None
-            if not math.isfinite(value):
-                raise _label_error(path, line, label_col, f"'{label}' is not finite")
-            raw.append(value)
-        else:
-            raw.append(label)
-        paths.append(os.path.join(base, row[path_col].strip()))
+    raw = [parse_label(row.get(label_col), task, path, line, label_col) for line, row in enumerate(rows, start=2)]
+    paths = [os.path.join(base, (row.get(path_col) or "").strip()) for row in rows]
     ok, skipped = _keep_readable(paths, strict)
     paths = [p for p, k in zip(paths, ok) if k]
     raw = [r for r, k in zip(raw, ok) if k]
     if not paths:
         raise DataError(f"{path}: none of the listed images could be read (first: {skipped[0][0]}: {skipped[0][1]})")
-    if task == "regression":
-        return LabeledImages(paths, np.array(raw, dtype=np.float32), [], task, path, skipped)
-    if task == "multilabel":
-        sets = [[s.strip() for s in r.split(MULTILABEL_SEPARATOR) if s.strip()] for r in raw]
-        classes = sorted({c for s in sets for c in s})
-        index = {c: i for i, c in enumerate(classes)}
-        targets = np.zeros((len(sets), len(classes)), dtype=np.float32)
-        for row, s in enumerate(sets):
-            targets[row, [index[c] for c in s]] = 1.0
-        if len(classes) < 2:
-            raise DataError(f"{path}: multi-label data needs at least two distinct labels")
-        return LabeledImages(paths, targets, classes, task, path, skipped)
-    classes = sorted(set(raw))
-    index = {c: i for i, c in enumerate(classes)}
-    data = LabeledImages(paths, np.array([index[r] for r in raw], dtype=np.int64), classes, task, path, skipped)
-    _require_classes(classes, data.class_counts(), path)
-    return data
+    return build_labeled(paths, raw, task, path, skipped)
 
 
-def load_images(data: str | os.PathLike | LabeledImages, task: str = "classification", strict: bool = False,
-                path_col: str = "path", label_col: str = "label") -> LabeledImages:
+def load_images(data: str | os.PathLike | LabeledData, task: str = "classification", strict: bool = False,
+                path_col: str = "path", label_col: str = "label") -> LabeledData:
     """Dispatch on what the user gave: a folder per class, a CSV file, or already loaded data."""
-    if isinstance(data, LabeledImages):
+    if isinstance(data, LabeledData):
         return data
-    if task not in TASKS:
-        raise DataError(f"unknown task '{task}': choose one of {', '.join(TASKS)}")
+    check_task(task)
     data = os.fspath(data)
     if not os.path.exists(data):
         raise DataError(f"{data}: no such file or folder")
@@ -220,28 +125,6 @@ def list_image_files(inputs: Sequence[str | os.PathLike]) -> list[str]:
         else:
             raise DataError(f"{item}: no such file or folder")
     return out
-
-
-def stratified_split(data: LabeledImages, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Hold out `val_fraction` of the rows, keeping class proportions for classification."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(data))
-    stratify = None
-    if data.task == "classification":
-        counts = data.class_counts()
-        small = [c for c, n in counts.items() if n < 2]
-        if small:
-            raise DataError(
-                f"{data.source}: class '{small[0]}' has {counts[small[0]]} image; at least 2 per class are needed to "
-                "hold one out for validation (or pass a validation set)"
-            )
-        stratify = data.targets
-    n_val = max(int(round(len(data) * val_fraction)), len(data.classes) if stratify is not None else 1)
-    if n_val >= len(data):
-        raise DataError(f"{data.source}: too few images ({len(data)}) to hold out a validation set")
-    train, val = train_test_split(idx, test_size=n_val, random_state=seed, stratify=stratify)
-    return sorted(train.tolist()), sorted(val.tolist())
 
 
 _INTERP = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR,
