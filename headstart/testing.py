@@ -7,13 +7,22 @@ import torch
 from .backbones import Backbone
 
 
+def example_inputs(backbone: Backbone, batch: int = 2):
+    """A batch the backbone accepts: zero images, or tokenized sample sentences for text encoders."""
+    if backbone.spec.modality == "text":
+        assert backbone.tokenizer is not None, "a text backbone must carry its tokenizer"
+        texts = ["transfer learning reuses what a model already knows", "short"] * batch
+        return dict(backbone.tokenizer(texts[:batch], padding=True, return_tensors="pt"))
+    size = backbone.spec.preprocess.size
+    return torch.zeros(batch, 3, size, size)
+
+
 def check_backbone(backbone: Backbone, batch: int = 2) -> None:
     """Raise AssertionError where `backbone` breaks the contract strategies and the trainer rely on."""
     assert isinstance(backbone, Backbone), f"{type(backbone).__name__} is not a headstart Backbone"
-    size = backbone.spec.preprocess.size
     backbone.eval()
     with torch.no_grad():
-        out = backbone(torch.zeros(batch, 3, size, size))
+        out = backbone(example_inputs(backbone, batch))
     assert out.shape == (batch, backbone.feature_dim), f"features {tuple(out.shape)} != ({batch}, feature_dim)"
     names = backbone.group_names()
     assert len(names) >= 2, "a backbone needs at least two layer groups to unfreeze gradually"

