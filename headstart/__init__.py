@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 from .backbones import create_backbone, list_backbones, register_backbone  # noqa: E402
 from .errors import BackboneUnavailable, BundleError, DataError, HeadstartError  # noqa: E402
 from .estimator import ImageClassifier, ImageRegressor, TextClassifier, TextRegressor, load  # noqa: E402
+from .rank import rank  # noqa: E402
 from .strategies import STRATEGIES  # noqa: E402
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "create_backbone",
     "list_backbones",
     "load",
+    "rank",
     "register_backbone",
 ]

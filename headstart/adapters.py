@@ -16,8 +16,9 @@ from .errors import HeadstartError
 
 # Attention projections by the names the common encoders give them (BERT/RoBERTa/ViT-HF; LLaMA-style; T5/MPNet;
 # DistilBERT). LoRA on these alone is the original paper's recipe and the cheapest one that works.
-ATTENTION_NAMES = frozenset({"query", "key", "value", "q_proj", "k_proj", "v_proj", "q", "k", "v", "q_lin", "k_lin",
-                             "v_lin"})
+ATTENTION_NAMES = frozenset(
+    {"query", "key", "value", "q_proj", "k_proj", "v_proj", "q", "k", "v", "q_lin", "k_lin", "v_lin"}
+)
 LORA_MARKER = "lora_"  # peft names every adapter parameter lora_A / lora_B / lora_embedding_*
 
 
@@ -67,9 +68,7 @@ def default_lora_targets(module: nn.Module) -> list[str]:
         return attention
     if linears:
         return linears
-    pointwise = [
-        n for n, m in named if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and m.groups == 1
-    ]
+    pointwise = [n for n, m in named if isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and m.groups == 1]
     if pointwise:
         return pointwise
     raise HeadstartError(

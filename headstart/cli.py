@@ -35,7 +35,9 @@ def fit(
     modality: str = typer.Option("auto", help="auto | image | text (auto: from what DATA holds)"),
     input_col: str | None = typer.Option(None, help="table column with the image path or the text"),
     label_col: str = typer.Option("label", help="table column with the label"),
-    strategy: str = typer.Option("features", help="features | finetune | full | two-stage"),
+    strategy: str = typer.Option("auto", help="auto | features | finetune | full | two-stage | truncate | lora "
+                                 "(auto measures your data and says why it chose)"),
+    time_limit: float | None = typer.Option(None, help="seconds auto may plan for fine-tuning"),
     epochs: int = typer.Option(3, help="epochs of stages that train backbone layers"),
     head_epochs: int = typer.Option(60, help="epochs of head-only stages (on cached features; cheap)"),
     lr: float = typer.Option(1e-3, help="head learning rate; backbone groups get less"),
@@ -56,7 +58,7 @@ def fit(
         modality = api.detect_modality(data, input_col)
     est = api.estimator_for(task, modality)(
         backbone=backbone, strategy=strategy, input_col=input_col, label_col=label_col, task=task, epochs=epochs,
-        head_epochs=head_epochs, lr=lr,
+        head_epochs=head_epochs, lr=lr, time_limit=time_limit,
         batch_size=batch_size, image_size=image_size, head=head, last_n=last_n, val_fraction=val_fraction,
         pretrained=not scratch, strict=strict, seed=seed, out_dir=out, verbose=not quiet,
     )
@@ -102,6 +104,36 @@ def predict(
     bad = sum(1 for r in rows if r.get("error"))
     if out:
         console.print(f"wrote {len(rows)} predictions to {out}" + (f" ({bad} unreadable)" if bad else ""))
+
+
+@app.command("rank")
+def rank_backbones(
+    data: str = typer.Argument(..., help="labeled data, given as for fit"),
+    backbones: str = typer.Option("", help="comma-separated candidates (default: every offline backbone of the "
+                                  "data's modality)"),
+    modality: str = typer.Option("auto", help="auto | image | text"),
+    image_size: int | None = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json", help="one JSON list on stdout"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Score candidate backbones on DATA from frozen features (LogME, LEEP, linear probe), best first."""
+    from .rank import rank
+
+    if modality == "auto":
+        modality = api.detect_modality(data)
+    names = [b.strip() for b in backbones.split(",") if b.strip()] or [
+        spec.name for spec, ok in api.backbone_table() if ok and spec.modality == modality]
+    results = rank(data, names, modality=modality, image_size=image_size, verbose=not (quiet or as_json))
+    if as_json:
+        sys.stdout.write(json.dumps(results) + "\n")
+        return
+    table = Table(title=f"transferability on {data} (higher is better)")
+    for col in ("backbone", "LogME", "LEEP", "probe accuracy", "seconds"):
+        table.add_column(col, no_wrap=True)
+    for r in results:
+        leep = f"{r['leep']:.3f}" if "leep" in r else "-"
+        table.add_row(r["backbone"], f"{r['logme']:.3f}", leep, f"{r['probe_accuracy']:.3f}", f"{r['seconds']:.1f}")
+    out_console.print(table)
 
 
 @app.command()

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from . import __version__
 from ._runtime import seed_everything
+from .adapters import LoraSettings, inject_lora, merge_lora
 from .backbones import Backbone, BackboneSpec, create_backbone, resolve_backbone
 from .bundle import read_bundle, write_bundle
 from .data.labeled import LabeledData, stratified_split
@@ -42,7 +43,7 @@ class TransferEstimator:
     def __init__(
         self,
         backbone: str | None = None,
-        strategy: str = "features",
+        strategy: str = "auto",
         *,
         task: str | None = None,
         head: str = "linear",
@@ -62,6 +63,7 @@ class TransferEstimator:
         cache_dir: str | None = None,
         use_cache: bool = True,
         out_dir: str | None = None,
+        time_limit: float | None = None,
         input_col: str | None = None,
         label_col: str = "label",
         verbose: bool = True,
@@ -86,6 +88,7 @@ class TransferEstimator:
         self.cache_dir = cache_dir
         self.use_cache = use_cache
         self.out_dir = out_dir
+        self.time_limit = time_limit
         self.input_col = input_col
         self.label_col = label_col
         self.verbose = verbose
@@ -179,7 +182,10 @@ class TransferEstimator:
         head_cfg = HeadConfig(kind=self.head)
         head = build_head(head_cfg, backbone.feature_dim, max(1, len(self.classes_)))
         model = TransferModel(backbone, head)
-        strategy = get_strategy(self.strategy, last_n=self.last_n)
+        if self.strategy == "auto":
+            strategy, self.advice_ = self._advise(backbone, train)
+        else:
+            strategy, self.advice_ = get_strategy(self.strategy, last_n=self.last_n), None
         stages = strategy.plan(backbone.group_names(), self.epochs, self.lr, self.head_epochs)
         say(self.verbose, f"backbone {backbone.spec.name} ({backbone.feature_dim} features, "
             f"{len(backbone.group_names())} layer groups); strategy {strategy.name}: "
@@ -197,7 +203,11 @@ class TransferEstimator:
                 records = run_stage(head, stage, *loaders, loss_for(self._task), self._task, stage_loop, log)
             else:
                 loaders = self._input_loaders(backbone, train, val, generator)
+                if stage.lora is not None:
+                    inject_lora(backbone, LoraSettings.from_dict(stage.lora))
                 records = run_stage(model, stage, *loaders, loss_for(self._task), self._task, stage_loop, log)
+                if stage.lora is not None:
+                    merge_lora(backbone)  # plain weights again: the bundle loads like any other
                 backbone_trained = True
             self.history_.extend(records)
         self.model_ = model.eval()
@@ -210,6 +220,33 @@ class TransferEstimator:
         if self.out_dir:
             self._write_outputs(val)
         return self
+
+    def _advise(self, backbone: Backbone, train: LabeledData):
+        """Measure, then let the advisor pick the strategy (see advisor.py for the rules and why)."""
+        from .advisor import Advice, decide, raw_input_accuracy, subsample, time_forward
+        from .rank import logme, probe_accuracy
+
+        if self._task != "classification":
+            big = len(train) >= 1000
+            advice = Advice("two-stage" if big else "features", reasons=[
+                f"{self._task} with {len(train)} training examples -> "
+                + ("two-stage: enough data to fine-tune" if big else "features: too few to fine-tune safely")])
+        else:
+            feats, ok = embed(backbone, train.items, batch_size=self.batch_size, num_workers=self.num_workers,
+                              use_cache=self.use_cache, cache_dir=self.cache_dir, verbose=self.verbose)
+            rows = np.flatnonzero(ok)
+            rows = rows[subsample(len(rows), train.targets[rows], self.seed)]
+            f, y = feats[rows], train.targets[rows]
+            items = [train.items[i] for i in rows]
+            advice = decide(
+                per_class=int(min(train.class_counts().values())), n_train=len(train), n_classes=len(self.classes_),
+                probe=probe_accuracy(f, y, seed=self.seed), baseline=raw_input_accuracy(self.modality, items, y,
+                                                                                       self.seed),
+                logme_score=logme(f, y), seconds_per_item=time_forward(backbone, self._modality, train.items),
+                epochs=self.epochs, time_limit=self.time_limit)
+        for line in advice.reasons:
+            say(self.verbose, f"auto: {line}")
+        return get_strategy(advice.strategy, **advice.options), advice
 
     def _open_log(self):
         if not self.out_dir:
@@ -305,6 +342,7 @@ class TransferEstimator:
             "head": {**HeadConfig(kind=self.head).to_dict(), "out_dim": max(1, len(self.classes_))},
             "labels": self.classes_, "target_scaling": getattr(self, "target_scaling_", None),
             "strategy": self.strategy_, "metrics": self.metrics_, "data": self.data_summary_,
+            "advisor": self.advice_.to_dict() if getattr(self, "advice_", None) else None,
             "params": {k: v for k, v in self.get_params().items() if k not in ("out_dir", "cache_dir")},
         }
 
@@ -329,6 +367,11 @@ class TransferEstimator:
         est.backbone_trained_ = bool(config["backbone_trained"])
         est.strategy_, est.metrics_ = config.get("strategy"), config.get("metrics", {})
         est.data_summary_ = config.get("data", {})
+        est.advice_ = None
+        if config.get("advisor"):
+            from .advisor import Advice
+
+            est.advice_ = Advice(**config["advisor"])
         if config.get("target_scaling"):
             est.target_scaling_ = config["target_scaling"]
         est.headstart_version_ = config.get("headstart_version", __version__)
@@ -339,7 +382,8 @@ class TransferEstimator:
 
         bundle = self.save(os.path.join(self.out_dir, "model.hs"))
         report = write_report(os.path.join(self.out_dir, "report"), self.history_, self.metrics_["validation"],
-                              self.classes_, title=f"{self.spec_.name} / {self.strategy_['name']}")
+                              self.classes_, title=f"{self.spec_.name} / {self.strategy_['name']}",
+                              notes=self.advice_.reasons if self.advice_ else [])
         say(self.verbose, f"bundle: {bundle}\nreport: {report}")
 
 

@@ -70,7 +70,8 @@ def _img(path: str) -> str:
     return f'<img alt="{html.escape(os.path.basename(path))}" src="data:image/png;base64,{data}">'
 
 
-def write_report(folder: str, history: list[dict], metrics: dict, classes: list[str], title: str = "") -> str:
+def write_report(folder: str, history: list[dict], metrics: dict, classes: list[str], title: str = "",
+                 notes: list[str] | None = None) -> str:
     """PNGs plus `index.html` (images embedded, so the page opens anywhere with no network)."""
     os.makedirs(folder, exist_ok=True)
     pngs = [plot_learning_curves(history, os.path.join(folder, "learning_curves.png"))] if history else []
@@ -79,7 +80,10 @@ def write_report(folder: str, history: list[dict], metrics: dict, classes: list[
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in metrics.items()
                    if isinstance(v, float))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>headstart report</title></head><body>"
-            f"<h1>headstart report</h1><p>{html.escape(title)}</p><h2>validation metrics</h2>"
+            f"<h1>headstart report</h1><p>{html.escape(title)}</p>"
+            + ("<h2>why this strategy</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
+               if notes else "")
+            + "<h2>validation metrics</h2>"
             f"<table>{rows}</table>" + "".join(f"<p>{_img(p)}</p>" for p in pngs) + "</body></html>")
     index = os.path.join(folder, "index.html")
     with open(index, "w", encoding="utf-8") as f:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from .errors import HeadstartError
 
 HEAD = "head"
+LORA = "lora"
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,8 @@ class Stage:
     name: str
     epochs: int
     lrs: dict[str, float] = field(default_factory=dict)  # group -> learning rate; groups left out stay frozen
+    reinit: tuple[str, ...] = ()  # groups re-initialised before the stage (new upper layers, trained from scratch)
+    lora: dict | None = None  # LoRA settings: adapters injected for the stage, trained at lrs[LORA], then merged
 
     @property
     def backbone_frozen(self) -> bool:
@@ -92,10 +95,47 @@ class TwoStage:
         ]
 
 
-STRATEGIES = {"features": Features, "finetune": Finetune, "full": Full, "two-stage": TwoStage}
+@dataclass(frozen=True)
+class Truncate:
+    """For targets unlike the source: keep the early, generic groups frozen, re-initialise the later, source-
+    specific groups and train them (and the head) from scratch. `keep` = how many groups to keep (default: the
+    first half, rounded up)."""
+
+    keep: int | None = None
+    name: str = "truncate"
+
+    def plan(self, groups: list[str], epochs: int, lr: float, head_epochs: int) -> list[Stage]:
+        keep = self.keep if self.keep is not None else (len(groups) + 1) // 2
+        if not 1 <= keep < len(groups):
+            raise HeadstartError(f"truncate keeps between 1 and {len(groups) - 1} of the {len(groups)} layer groups")
+        upper = tuple(groups[keep:])
+        return [Stage("truncate", epochs, {HEAD: lr, **{g: lr for g in upper}}, reinit=upper)]
 
 
-def get_strategy(name: str, **options) -> Features | Finetune | Full | TwoStage:
+@dataclass(frozen=True)
+class Lora:
+    """Linear probe, then low-rank adapters (peft's LoRA) on the backbone's projections, merged back afterwards.
+
+    Trains ~1% of the weights: cheaper optimiser state, and less forgetting of what the source taught. The
+    bundle holds the merged weights, so it loads and predicts like any other.
+    """
+
+    r: int = 8
+    alpha: int = 16
+    name: str = "lora"
+
+    def plan(self, groups: list[str], epochs: int, lr: float, head_epochs: int) -> list[Stage]:
+        return [
+            Stage("head", head_epochs, {HEAD: lr}),
+            Stage("lora", epochs, {HEAD: lr * 0.1, LORA: lr}, lora={"r": self.r, "alpha": self.alpha}),
+        ]
+
+
+STRATEGIES = {"features": Features, "finetune": Finetune, "full": Full, "two-stage": TwoStage, "truncate": Truncate,
+              "lora": Lora}
+
+
+def get_strategy(name: str, **options) -> Features | Finetune | Full | TwoStage | Truncate | Lora:
     """A strategy by name; options not taken by it (e.g. last_n for full) are ignored."""
     if name not in STRATEGIES:
         raise HeadstartError(f"unknown strategy '{name}': choose one of {', '.join(STRATEGIES)}")

@@ -17,9 +17,10 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .adapters import lora_parameters
 from .heads import TransferModel
 from .progress import make_progress
-from .strategies import HEAD, Stage
+from .strategies import HEAD, LORA, Stage
 
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -46,6 +47,12 @@ def param_groups(model: nn.Module, stage: Stage) -> list[dict]:
             p.requires_grad_(True)
         return [{"params": params, "lr": stage.lrs[HEAD], "name": HEAD}]
     groups = [{"params": list(model.head.parameters()), "lr": stage.lrs[HEAD], "name": HEAD}]
+    if stage.lora is not None:  # adapters only: the injected body's own weights stay frozen
+        groups.append({"params": lora_parameters(model.backbone), "lr": stage.lrs[LORA], "name": LORA})
+        for g in groups:
+            for p in g["params"]:
+                p.requires_grad_(True)
+        return groups
     for name, params in model.backbone.layer_groups().items():
         if name in stage.lrs:
             groups.append({"params": params, "lr": stage.lrs[name], "name": name})
@@ -61,14 +68,29 @@ def set_train_mode(model: nn.Module, stage: Stage, freeze_bn_stats: bool) -> Non
     if not isinstance(model, TransferModel):
         return
     backbone = model.backbone
+    if stage.lora is not None:  # the base weights are frozen: so is every BatchNorm's statistics
+        for m in backbone.modules():
+            if isinstance(m, _BATCHNORM):
+                m.eval()
+        return
     if stage.backbone_frozen:
         backbone.eval()
         return
     frozen = [g for g in backbone.group_names() if g not in stage.lrs]
-    keep_eval = backbone.group_names() if freeze_bn_stats else frozen
+    pretrained = [g for g in backbone.group_names() if g not in stage.reinit]
+    keep_eval = pretrained if freeze_bn_stats else frozen
     for m in backbone.modules_in_groups(keep_eval):
         if isinstance(m, _BATCHNORM):
             m.eval()
+
+
+def reinitialise(model: nn.Module, stage: Stage) -> None:
+    """Fresh weights (and BatchNorm statistics) for the stage's `reinit` groups: new layers to train from scratch."""
+    if not stage.reinit or not isinstance(model, TransferModel):
+        return
+    for m in model.backbone.modules_in_groups(stage.reinit):
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
 
 
 def _batches(loader: DataLoader):
@@ -106,12 +128,18 @@ def run_stage(
 ) -> list[dict]:
     """Train one stage; returns one record per epoch and leaves the best (lowest validation loss) weights."""
     accel = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    reinitialise(model, stage)
     groups = param_groups(model, stage)
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     steps = max(1, stage.epochs * max(1, len(train_loader)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[g["lr"] for g in groups], total_steps=steps, pct_start=cfg.pct_start
-    )
+    if steps >= 4:
+        # one-cycle needs at least one whole step of warm-up: very short stages get a longer warm-up share
+        warmup = min(0.5, max(cfg.pct_start, 2.5 / steps))
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=[g["lr"] for g in groups], total_steps=steps, pct_start=warmup
+        )
+    else:  # a handful of steps: a constant rate is all a schedule could give
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     model, opt, train_loader, val_loader, sched = accel.prepare(model, opt, train_loader, val_loader, sched)
     # The weights a stage starts from are a candidate too: a fine-tune that never beats the linear probe it
     # started from must not leave a worse model behind.

@@ -1,0 +1,149 @@
+"""`strategy="auto"`: the practitioners' rules of thumb, turned into decisions made from measurements.
+
+Measured on the user's data before any fine-tuning (all from cached features, or cheap):
+- examples per class (smallest class) and in total;
+- probe accuracy: cross-validated logistic regression on the frozen features, and its gain over chance,
+  gain = (probe - chance) / (1 - chance): how far the source features already go on this target;
+- LogME of the frozen features (reported; the probe is what the thresholds use, being in accuracy units);
+- a from-scratch reference: the same classifier on raw inputs (16x16 grey pixels for images, TF-IDF for texts).
+  If the frozen features do no better, transfer is not helping (negative transfer) and we say so;
+- the cost of one training step on this hardware (a timed forward pass, x3 for forward + backward).
+
+Rules, in order (thresholds are in the code below, each with its reason printed):
+1. fewer than 10 examples in a class: train the head only; fine-tuning would memorise them.
+2. frozen features no better than the raw-input reference: say so; with >= 500 per class, `truncate` (keep the
+   early, generic layers, retrain the rest); with less, retraining layers from scratch would overfit, so the
+   size rules below decide.
+3. fine-tuning would not fit the time limit: the head only.
+4. small (< 50 per class): similar to the source (gain >= 0.6) -> head only; unlike it -> `finetune` the top
+   two groups (the source's most specific layers adapt, the generic ones stay).
+5. medium (< 1000 per class): `two-stage` (probe, then fine-tune everything with discriminative rates), unless
+   the probe is near its ceiling (gain >= 0.9) and fine-tuning would cost over 5 minutes: then the head only.
+6. large: `full` fine-tuning when unlike the source (gain < 0.6), else `two-stage`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+SMALL_PER_CLASS, LARGE_PER_CLASS, TINY_PER_CLASS, TRUNCATE_PER_CLASS = 50, 1000, 10, 500
+SIMILAR_GAIN, CEILING_GAIN = 0.6, 0.9
+NEGATIVE_MARGIN = 0.02
+EXPENSIVE_SECONDS = 300
+MAX_MEASURE_ROWS = 2000  # the probe and LogME run on a subsample of at most this many rows
+
+
+@dataclass
+class Advice:
+    strategy: str
+    options: dict = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    measurements: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def raw_input_accuracy(modality: str, items: list, labels: np.ndarray, seed: int = 0) -> float:
+    """A from-scratch reference: logistic regression on raw inputs (tiny grey images, or TF-IDF of texts)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = StratifiedKFold(max(2, min(3, int(np.bincount(labels).min()))), shuffle=True, random_state=seed)
+    if modality == "text":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=1), LogisticRegression(max_iter=300))
+        return float(cross_val_score(model, list(items), labels, cv=folds).mean())
+    from PIL import Image
+
+    def pixels(path: str) -> np.ndarray:
+        try:
+            with Image.open(path) as img:
+                return np.asarray(img.convert("L").resize((16, 16)), dtype=np.float32).ravel() / 255
+        except Exception:  # unreadable files were skipped when loading; keep rows aligned
+            return np.zeros(256, dtype=np.float32)
+
+    x = np.stack([pixels(p) for p in items])
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.5))
+    return float(cross_val_score(model, x, labels, cv=folds).mean())
+
+
+def subsample(n: int, labels: np.ndarray, seed: int, limit: int = MAX_MEASURE_ROWS) -> np.ndarray:
+    if n <= limit:
+        return np.arange(n)
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(np.arange(n), train_size=limit, random_state=seed, stratify=labels)
+    return np.sort(keep)
+
+
+def decide(*, per_class: int, n_train: int, n_classes: int, probe: float, baseline: float, logme_score: float,
+           seconds_per_item: float, epochs: int, time_limit: float | None) -> Advice:
+    """Apply the rules above to the measurements; every branch says why, with the numbers it used."""
+    chance = 1.0 / n_classes
+    gain = (probe - chance) / (1 - chance)
+    finetune_seconds = epochs * n_train * seconds_per_item * 3
+    m = {"per_class_min": per_class, "n_train": n_train, "chance": round(chance, 4), "probe_accuracy": round(probe, 4),
+         "probe_gain": round(gain, 4), "raw_input_accuracy": round(baseline, 4), "logme": round(logme_score, 4),
+         "seconds_per_item_forward": round(seconds_per_item, 5), "finetune_seconds_estimate": round(finetune_seconds)}
+    said = [f"smallest class has {per_class} examples ({n_train} training in all, {n_classes} classes)",
+            f"frozen features: probe accuracy {probe:.3f} vs chance {chance:.3f} (gain {gain:.2f}), LogME "
+            f"{logme_score:.3f}; raw-input reference {baseline:.3f}",
+            f"fine-tuning {epochs} epoch(s) would take about {finetune_seconds:.0f} s here"]
+
+    def advice(strategy: str, why: str, **options) -> Advice:
+        return Advice(strategy, options, [*said, f"-> {strategy}: {why}"], m)
+
+    if per_class < TINY_PER_CLASS:
+        return advice("features", f"fewer than {TINY_PER_CLASS} examples in a class: fine-tuning would memorise them")
+    if probe <= baseline + NEGATIVE_MARGIN:
+        said.append(f"negative transfer: the frozen features ({probe:.3f}) fit no better than a from-scratch model "
+                    f"on raw inputs ({baseline:.3f})")
+        if per_class >= TRUNCATE_PER_CLASS:
+            return advice("truncate", "keep the early, generic layers and retrain the rest for this target")
+        said.append(f"too few examples (< {TRUNCATE_PER_CLASS} per class) to retrain upper layers from scratch: "
+                    "the size rules decide, and fine-tuning may let the features adapt")
+    if time_limit is not None and finetune_seconds > time_limit:
+        return advice("features", f"fine-tuning would not fit the time limit of {time_limit:.0f} s")
+    if per_class < SMALL_PER_CLASS:
+        if gain >= SIMILAR_GAIN:
+            return advice("features", f"small data similar to the source (gain >= {SIMILAR_GAIN}): train the head only")
+        return advice("finetune", f"small data unlike the source (gain < {SIMILAR_GAIN}): adapt the top layers",
+                      last_n=2)
+    if per_class < LARGE_PER_CLASS:
+        if gain >= CEILING_GAIN and finetune_seconds > EXPENSIVE_SECONDS:
+            return advice("features", f"the probe is near its ceiling (gain >= {CEILING_GAIN}) and fine-tuning "
+                          f"would cost over {EXPENSIVE_SECONDS} s")
+        return advice("two-stage", "medium data: probe first, then fine-tune all layers with discriminative rates")
+    if gain < SIMILAR_GAIN:
+        return advice("full", f"large data unlike the source (gain < {SIMILAR_GAIN}): retrain the whole network")
+    return advice("two-stage", "large data similar to the source: probe, then fine-tune everything")
+
+
+def time_forward(backbone, modality, items: list, batch: int = 8) -> float:
+    """Seconds per item of one forward pass on this hardware (median of two timed batches after a warm-up)."""
+    import torch
+
+    from .inference import _device, _to
+
+    sample = items[: batch * 3]
+    collate = modality.collate(backbone)
+    ds = modality.dataset(sample, None, backbone, train=False)
+    batches = [collate([ds[i] for i in range(j, min(j + batch, len(ds)))]) for j in range(0, len(ds), batch)]
+    device = _device()
+    backbone = backbone.to(device).eval()
+    times = []
+    with torch.inference_mode():
+        for idx, x, _ in batches:
+            if x is None:
+                continue
+            t = time.perf_counter()
+            backbone(_to(x, device))
+            times.append((time.perf_counter() - t) / max(len(idx), 1))
+    return float(np.median(times[1:] if len(times) > 1 else times)) if times else 0.0

@@ -1,0 +1,115 @@
+"""Transferability before training: how well a backbone's frozen features fit the target, measured three ways.
+
+- LogME (You et al., ICML 2021): the log marginal evidence of a Bayesian linear model on the features, per
+  class (one-vs-rest targets), averaged. Higher is better; comparable across backbones on the same data.
+- LEEP (Nguyen et al., ICML 2020): how well the source classifier's predictions, mapped to target labels
+  through their empirical joint distribution, explain the target labels. Only where the source head exists.
+- Cross-validated linear-probe accuracy: logistic regression on standardised features, stratified folds.
+All three read cached features, so ranking after a fit (or fitting after a ranking) costs no extra forward pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def logme(features: np.ndarray, labels: np.ndarray, iterations: int = 11) -> float:
+    """LogME of integer class labels given features (N, D), by the paper's fixed-point evidence maximisation."""
+    f = np.asarray(features, dtype=np.float64)
+    n, d = f.shape
+    s, v = np.linalg.eigh(f.T @ f)  # eigenvalues of F^T F (D of them, >= 0 up to rounding)
+    s = np.clip(s, 0, None)
+    evidences = []
+    for k in np.unique(labels):
+        y = (labels == k).astype(np.float64)
+        proj = v.T @ (f.T @ y)  # F^T y in the eigenbasis
+        alpha, beta = 1.0, 1.0
+        for _ in range(iterations):
+            gamma = float((beta * s / (alpha + beta * s)).sum())
+            m = v @ (proj * beta / (alpha + beta * s))  # posterior mean of the weights
+            alpha_de = float(m @ m)
+            beta_de = float(((y - f @ m) ** 2).sum())
+            new_alpha = gamma / (alpha_de + 1e-5)
+            new_beta = (n - gamma) / (beta_de + 1e-5)
+            converged = abs(new_alpha / new_beta - alpha / beta) / (alpha / beta) < 0.01
+            alpha, beta = new_alpha, new_beta
+            if converged:
+                break
+        evidence = (d / 2 * np.log(alpha) + n / 2 * np.log(beta) - 0.5 * np.log(alpha + beta * s).sum()
+                    - beta / 2 * beta_de - alpha / 2 * alpha_de - n / 2 * np.log(2 * np.pi))
+        evidences.append(evidence / n)
+    return float(np.mean(evidences))
+
+
+def leep(source_probs: np.ndarray, labels: np.ndarray) -> float:
+    """LEEP score from source-class probabilities (N, Z) and target labels (N,). Higher is better, <= 0."""
+    n = len(labels)
+    classes = np.unique(labels)
+    onehot = (labels[:, None] == classes[None, :]).astype(np.float64)
+    joint = source_probs.T @ onehot / n  # (Z, Y): empirical P(z, y)
+    conditional = joint / np.clip(joint.sum(axis=1, keepdims=True), 1e-12, None)  # P(y | z)
+    expected = source_probs @ conditional  # (N, Y): P(y | x) through the source labels
+    picked = expected[np.arange(n), np.searchsorted(classes, labels)]
+    return float(np.mean(np.log(np.clip(picked, 1e-12, None))))
+
+
+def probe_accuracy(features: np.ndarray, labels: np.ndarray, folds: int = 3, seed: int = 0) -> float:
+    """Mean cross-validated accuracy of logistic regression on standardised features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = max(2, min(folds, int(np.bincount(labels).min())))
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.5))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(model, features, labels, cv=cv).mean())
+
+
+def transferability(features: np.ndarray, labels: np.ndarray, source_head: torch.nn.Module | None = None,
+                    seed: int = 0) -> dict:
+    """LogME, LEEP (when a source head is given) and probe accuracy, each with the seconds it took."""
+    out: dict = {}
+    t = time.perf_counter()
+    out["logme"] = logme(features, labels)
+    out["logme_seconds"] = round(time.perf_counter() - t, 3)
+    if source_head is not None:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            probs = source_head(torch.as_tensor(features)).softmax(-1).double().numpy()
+        out["leep"] = leep(probs, labels)
+        out["leep_seconds"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    out["probe_accuracy"] = probe_accuracy(features, labels, seed=seed)
+    out["probe_seconds"] = round(time.perf_counter() - t, 3)
+    return out
+
+
+def rank(data, backbones: Sequence[str], modality: str | None = None, image_size: int | None = None,
+         pretrained: bool = True, seed: int = 0, verbose: bool = True) -> list[dict]:
+    """Score each candidate backbone on labeled `data` from frozen (cached) features; best (LogME) first.
+
+    A candidate `NAME@random` is the same architecture with random weights: the no-transfer reference.
+    """
+    from .backbones import create_backbone, resolve_backbone
+    from .inference import embed
+    from .modalities import MODALITIES
+
+    results = []
+    for name in backbones:
+        base, _, variant = name.partition("@")  # NAME@random: the same architecture, random weights
+        spec = resolve_backbone(base, modality or "image")
+        started = time.perf_counter()
+        size = image_size if spec.modality == "image" else None
+        backbone = create_backbone(spec, pretrained=pretrained and variant != "random", image_size=size,
+                                   modality=spec.modality)
+        labeled = MODALITIES[spec.modality].load(data, "classification", False, {})
+        feats, ok = embed(backbone, labeled.items, verbose=verbose)
+        scores = transferability(feats[ok], labeled.targets[ok], backbone.source_head, seed)
+        results.append({"backbone": name, **scores, "n": int(ok.sum()),
+                        "seconds": round(time.perf_counter() - started, 2)})
+    return sorted(results, key=lambda r: r["logme"], reverse=True)

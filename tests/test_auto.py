@@ -1,0 +1,80 @@
+"""strategy='auto' and transferability: measured decisions, said out loud, stored in the bundle."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, TINY_SIZE
+
+import headstart as hs
+from headstart.advisor import decide
+from headstart.rank import leep, logme, probe_accuracy
+
+BASE = dict(n_classes=10, logme_score=0.1, seconds_per_item=0.01, epochs=3, time_limit=None)
+
+
+@pytest.mark.parametrize("per_class, probe, baseline, time_limit, expected", [
+    (5, 0.9, 0.3, None, "features"),          # tiny: fine-tuning would memorise
+    (30, 0.85, 0.3, None, "features"),        # small and similar
+    (30, 0.35, 0.2, None, "finetune"),        # small and unlike the source
+    (200, 0.8, 0.3, None, "two-stage"),       # medium
+    (200, 0.8, 0.3, 10, "features"),          # medium, but fine-tuning does not fit the time limit
+    (600, 0.3, 0.5, None, "truncate"),        # negative transfer with data enough to retrain upper layers
+    (100, 0.3, 0.5, None, "two-stage"),       # negative transfer, too little data to retrain: size rules
+    (2000, 0.4, 0.2, 10**9, "full"),          # large and unlike the source
+    (2000, 0.9, 0.2, 10**9, "two-stage"),     # large and similar
+])
+def test_rules(per_class, probe, baseline, time_limit, expected):
+    advice = decide(**{**BASE, "time_limit": time_limit}, per_class=per_class, n_train=per_class * 10, probe=probe,
+                    baseline=baseline)
+    assert advice.strategy == expected
+    assert advice.reasons[-1].startswith(f"-> {expected}:")
+    assert advice.measurements["probe_accuracy"] == probe
+    if baseline >= probe:
+        assert any("negative transfer" in r for r in advice.reasons)
+
+
+def test_scores_prefer_informative_features():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    good = np.hstack([np.eye(3)[y] * 3 + rng.normal(0, 1, (300, 3)), rng.normal(0, 1, (300, 20))])
+    noise = rng.normal(0, 1, (300, 23))
+    assert logme(good, y) > logme(noise, y)
+    assert probe_accuracy(good, y) > 0.9 > 0.5 > probe_accuracy(noise, y)
+    informative = np.eye(5)[np.where(rng.random(300) < 0.8, y, rng.integers(0, 5, 300))] * 0.9 + 0.02
+    assert leep(informative, y) > leep(np.full((300, 5), 0.2), y) == pytest.approx(np.log(1 / 3), abs=0.05)
+
+
+def test_auto_explains_itself_and_the_bundle_keeps_it(colour_folder, tmp_path, capsys):
+    clf = hs.ImageClassifier(backbone=TINY, pretrained=False, image_size=TINY_SIZE, epochs=1, head_epochs=10,
+                             batch_size=8, verbose=True).fit(colour_folder)
+    assert clf.advice_.strategy == clf.strategy_["name"]
+    assert "auto: -> " in capsys.readouterr().err
+    reloaded = hs.load(clf.save(str(tmp_path / "a.hs")))
+    assert reloaded.advice_.reasons == clf.advice_.reasons
+    assert {"probe_accuracy", "logme", "raw_input_accuracy"} <= set(reloaded.advice_.measurements)
+
+
+def test_truncate_retrains_upper_groups_and_keeps_lower(colour_folder):
+    torch.manual_seed(0)
+    ref = hs.create_backbone(TINY, pretrained=False, image_size=TINY_SIZE).state_dict()
+    clf = hs.ImageClassifier(backbone=TINY, pretrained=False, image_size=TINY_SIZE, strategy="truncate", epochs=1,
+                             batch_size=8, verbose=False, seed=0).fit(colour_folder)
+    after = clf.model_.backbone.state_dict()
+    assert torch.equal(after["body.conv_stem.weight"], ref["body.conv_stem.weight"])
+    assert not torch.equal(after["body.conv_head.weight"], ref["body.conv_head.weight"])
+
+
+def test_lora_strategy_round_trips(colour_folder, tmp_path):
+    clf = hs.ImageClassifier(backbone="timm:test_vit", pretrained=False, image_size=32, strategy="lora", epochs=1,
+                             head_epochs=5, batch_size=8, verbose=False).fit(colour_folder)
+    assert [r["stage"] for r in clf.history_][-1] == "lora"
+    reloaded = hs.load(clf.save(str(tmp_path / "l.hs")))
+    assert np.array_equal(reloaded.predict_proba(colour_folder), clf.predict_proba(colour_folder))
+
+
+def test_rank_puts_imagenet_weights_above_random_ones(fashion):
+    train, _ = fashion
+    results = hs.rank(train, ["efficientnet_lite0@random", "efficientnet_lite0"], image_size=64, verbose=False)
+    assert [r["backbone"] for r in results] == ["efficientnet_lite0", "efficientnet_lite0@random"]
+    assert results[0]["probe_accuracy"] > results[1]["probe_accuracy"]
+    assert "leep" in results[0] and results[0]["seconds"] >= 0
