@@ -15,7 +15,7 @@ from torchvision.transforms import v2 as T
 
 from ..backbones.base import ImagePreprocess
 from ..errors import DataError
-from .labeled import LabeledData, build_labeled, check_task, parse_label, read_csv_rows, require_classes
+from .labeled import LabeledData, build_labeled, load_source, parse_label, read_csv_rows, require_classes
 
 
 def image_problem(path: str) -> str | None:
@@ -97,20 +97,10 @@ def read_image_csv(
 
 def load_images(data: str | os.PathLike | LabeledData, task: str = "classification", strict: bool = False,
                 path_col: str = "path", label_col: str = "label") -> LabeledData:
-    """Dispatch on what the user gave: a folder per class, a CSV file, or already loaded data."""
-    if isinstance(data, LabeledData):
-        return data
-    check_task(task)
-    data = os.fspath(data)
-    if not os.path.exists(data):
-        raise DataError(f"{data}: no such file or folder")
-    if os.path.isdir(data):
-        if task != "classification":
-            raise DataError(f"{data}: a folder per class holds classification data; give a CSV for {task}")
-        return scan_image_folder(data, strict)
-    if data.lower().endswith(".csv"):
-        return read_image_csv(data, task, path_col, label_col, strict)
-    raise DataError(f"{data}: expected a folder with one sub-folder per class, or a .csv with path,label columns")
+    """A folder per class, a CSV of path,label, or already loaded data."""
+    return load_source(data, task, lambda d: scan_image_folder(d, strict), (".csv",),
+                       lambda f: read_image_csv(f, task, path_col, label_col, strict),
+                       "a folder with one sub-folder per class, or a .csv with path,label columns")
 
 
 def list_image_files(inputs: Sequence[str | os.PathLike]) -> list[str]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +43,24 @@ class LabeledData:
         if self.task == "multilabel":
             return {c: int(n) for c, n in zip(self.classes, self.targets.sum(axis=0))}
         return {}
+
+
+def load_source(data, task: str, read_folder: Callable[[str], LabeledData], suffixes: tuple[str, ...],
+                read_table: Callable[[str], LabeledData], expected: str) -> LabeledData:
+    """Dispatch on what the user gave: loaded data, a folder per class, or a table file. Errors name the path."""
+    if isinstance(data, LabeledData):
+        return data
+    check_task(task)
+    data = os.fspath(data)
+    if not os.path.exists(data):
+        raise DataError(f"{data}: no such file or folder")
+    if os.path.isdir(data):
+        if task != "classification":
+            raise DataError(f"{data}: a folder per class holds classification data; give a table for {task}")
+        return read_folder(data)
+    if data.lower().endswith(suffixes):
+        return read_table(data)
+    raise DataError(f"{data}: expected {expected}")
 
 
 def check_task(task: str) -> None:

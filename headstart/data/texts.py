@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .labeled import LabeledData, build_labeled, check_task, parse_label, read_csv_rows, require_columns
+from .labeled import LabeledData, build_labeled, load_source, parse_label, read_csv_rows, require_columns
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 
@@ -147,19 +147,10 @@ def scan_text_folder(root: str, strict: bool = False) -> LabeledData:
 
 def load_texts(data, task: str = "classification", strict: bool = False, text_col: str = "text",
                label_col: str = "label") -> LabeledData:
-    if isinstance(data, LabeledData):
-        return data
-    check_task(task)
-    data = os.fspath(data)
-    if not os.path.exists(data):
-        raise DataError(f"{data}: no such file or folder")
-    if os.path.isdir(data):
-        if task != "classification":
-            raise DataError(f"{data}: a folder per class holds classification data; give a table for {task}")
-        return scan_text_folder(data, strict)
-    if data.lower().endswith(TABLE_SUFFIXES):
-        return read_text_table(data, task, text_col, label_col, strict)
-    raise DataError(f"{data}: expected a .csv, .jsonl or .parquet file with text,label columns, or a folder per class")
+    """A folder of .txt files per class, a CSV/JSONL/Parquet table, or already loaded data."""
+    return load_source(data, task, lambda d: scan_text_folder(d, strict), TABLE_SUFFIXES,
+                       lambda f: read_text_table(f, task, text_col, label_col, strict),
+                       "a .csv, .jsonl or .parquet file with text,label columns, or a folder per class")
 
 
 def list_texts(inputs: Sequence, text_col: str = "text") -> list[str]:
