@@ -110,7 +110,7 @@ def is_lora_injected(backbone: nn.Module) -> bool:
 
 def lora_parameters(backbone: nn.Module) -> list[nn.Parameter]:
     """The trainable adapter parameters: what the optimizer should get while LoRA is injected."""
-    return [p for n, p in backbone.body.named_parameters() if LORA_MARKER in n and p.requires_grad]
+    return [p for n, p in backbone.body.named_parameters() if LORA_MARKER in n]
 
 
 def merge_lora(backbone: nn.Module) -> None:

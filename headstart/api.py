@@ -60,12 +60,13 @@ def summary_line(metrics: dict, prefix: str = "") -> str:
 
 
 def prediction_rows(model: TransferEstimator, inputs: Sequence[str], with_probs: bool = False) -> list[dict]:
-    """One dict per input file: path, prediction, score (and per-class probabilities); `error` if unreadable."""
+    """One dict per input: path (or text), prediction, score (and per-class probabilities); `error` if unusable."""
     paths = model._inputs(inputs)
     scores, ok = model._raw_scores(paths)
     rows = []
     for path, row, good in zip(paths, scores, ok):
-        r: dict = {"path": path, "prediction": "", "score": "", "error": "" if good else "unreadable image"}
+        key, what = ("text", "unusable text") if model.modality == "text" else ("path", "unreadable image")
+        r: dict = {key: path, "prediction": "", "score": "", "error": "" if good else what}
         if good:
             decoded = model._decode(row)
             if model._task == "classification":

@@ -200,6 +200,7 @@ class TransferEstimator:
             stage_loop = dataclasses.replace(loop, keep_start=i > 0)
             if stage.backbone_frozen and not backbone_trained:
                 loaders = self._feature_loaders(backbone, train, val, generator)
+                head[0].set_statistics(loaders[0].dataset.tensors[1])  # standardise on training features
                 records = run_stage(head, stage, *loaders, loss_for(self._task), self._task, stage_loop, log)
             else:
                 loaders = self._input_loaders(backbone, train, val, generator)

@@ -22,14 +22,36 @@ class HeadConfig:
         return asdict(self)
 
 
+class Standardize(nn.Module):
+    """Per-feature (x - mean) / std with statistics of the training features, fixed once set.
+
+    Pooled features differ in scale by orders of magnitude between backbones (unit-norm sentence embeddings vs
+    ReLU-pooled CNN maps); standardising makes one head learning rate work for all of them, as scikit-learn users
+    get from a StandardScaler in front of LogisticRegression. Identity until `set_statistics` is called.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def set_statistics(self, features: torch.Tensor) -> None:
+        self.mean.copy_(features.mean(0))
+        self.std.copy_(features.std(0).clamp(min=1e-6) if len(features) > 1 else torch.ones_like(self.std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 def _linear(cfg: HeadConfig, in_dim: int, out_dim: int) -> nn.Module:
-    return nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(in_dim, out_dim))
+    return nn.Sequential(Standardize(in_dim), nn.Dropout(cfg.dropout), nn.Linear(in_dim, out_dim))
 
 
 def _mlp(cfg: HeadConfig, in_dim: int, out_dim: int) -> nn.Module:
     return nn.Sequential(
-        nn.Dropout(cfg.dropout), nn.Linear(in_dim, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout),
-        nn.Linear(cfg.hidden, out_dim),
+        Standardize(in_dim), nn.Dropout(cfg.dropout), nn.Linear(in_dim, cfg.hidden), nn.GELU(),
+        nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, out_dim),
     )
 
 

@@ -121,3 +121,13 @@ def test_weights_id_tracks_weights():
     with torch.no_grad():
         next(a.parameters()).add_(1.0)
     assert a.weights_id() != before
+
+
+def test_weights_id_is_remembered_until_a_weight_changes():
+    backbone = create_backbone("timm:test_efficientnet", pretrained=False, image_size=32)
+    first = backbone.weights_id()
+    assert backbone.weights_id() == first
+    state = {k: v.clone() for k, v in backbone.state_dict().items()}
+    state["body.conv_stem.weight"] += 1
+    backbone.load_state_dict(state)
+    assert backbone.weights_id() != first

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import headstart as hs
 from headstart.data.texts import load_texts
@@ -127,7 +128,24 @@ def test_cli_detects_text_and_predicts_raw_strings(sentiment_csv, tmp_path):
     pred = subprocess.run([*cli, "predict", os.path.join(out, "model.hs"), "a wonderful happy day", "--quiet"],
                           capture_output=True, text=True)
     assert pred.returncode == 0, pred.stderr
+    assert pred.stdout.splitlines()[0].startswith("text,prediction")
     assert pred.stdout.splitlines()[1].split(",")[:2] == ["a wonderful happy day", "pos"]
     ev = subprocess.run([*cli, "evaluate", os.path.join(out, "model.hs"), sentiment_csv, "--json"],
                         capture_output=True, text=True)
     assert json.loads(ev.stdout)["n"] == 16
+
+
+def test_lora_on_the_packaged_encoder_round_trips(sentiment_csv, tmp_path):
+    # validating on the training texts: every LoRA epoch that fits them better counts as best, so it is kept
+    clf = hs.TextClassifier(strategy="lora", epochs=2, head_epochs=3, lr=5e-3, batch_size=8, verbose=False)
+    clf.fit(sentiment_csv, valid=sentiment_csv)
+    assert clf.history_[-1]["stage"] == "lora" and clf.backbone_trained_
+    texts = POSITIVE[:2] + NEGATIVE[:2]
+    reloaded = hs.load(clf.save(str(tmp_path / "lora.hs")))
+    assert np.array_equal(reloaded.predict_proba(texts), clf.predict_proba(texts))
+    # only the attention projections moved: embeddings are the packaged ones
+    fresh = hs.create_backbone("minilm_l6", modality="text").state_dict()
+    tuned = clf.model_.backbone.state_dict()
+    key = "body.model.embeddings.word_embeddings.weight"
+    assert torch.equal(tuned[key], fresh[key])
+    assert any(not torch.equal(tuned[k], fresh[k]) for k in tuned if k.endswith("attention.self.query.weight"))

