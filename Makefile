@@ -37,6 +37,7 @@ test: dev data
 
 bench: install data
 	$(BIN)/python bench/features.py
+	$(BIN)/python bench/text_features.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -147,3 +147,25 @@ def time_forward(backbone, modality, items: list, batch: int = 8) -> float:
             backbone(_to(x, device))
             times.append((time.perf_counter() - t) / max(len(idx), 1))
     return float(np.median(times[1:] if len(times) > 1 else times)) if times else 0.0
+
+
+def advise(backbone, modality, train, task: str, features: tuple[np.ndarray, np.ndarray] | None, *, epochs: int,
+           time_limit: float | None, seed: int = 0) -> Advice:
+    """Take the measurements on the training data (features: cached frozen features and their ok-mask)."""
+    from .rank import logme, probe_accuracy
+
+    if task != "classification" or features is None:
+        big = len(train) >= 1000
+        return Advice("two-stage" if big else "features", reasons=[
+            f"{task} with {len(train)} training examples -> "
+            + ("two-stage: enough data to fine-tune" if big else "features: too few to fine-tune safely")])
+    feats, ok = features
+    rows = np.flatnonzero(ok)
+    rows = rows[subsample(len(rows), train.targets[rows], seed)]
+    f, y = feats[rows], train.targets[rows]
+    return decide(
+        per_class=int(min(train.class_counts().values())), n_train=len(train), n_classes=len(train.classes),
+        probe=probe_accuracy(f, y, seed=seed),
+        baseline=raw_input_accuracy(modality.name, [train.items[i] for i in rows], y, seed),
+        logme_score=logme(f, y), seconds_per_item=time_forward(backbone, modality, train.items),
+        epochs=epochs, time_limit=time_limit)

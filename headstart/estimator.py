@@ -224,27 +224,14 @@ class TransferEstimator:
 
     def _advise(self, backbone: Backbone, train: LabeledData):
         """Measure, then let the advisor pick the strategy (see advisor.py for the rules and why)."""
-        from .advisor import Advice, decide, raw_input_accuracy, subsample, time_forward
-        from .rank import logme, probe_accuracy
+        from .advisor import advise
 
-        if self._task != "classification":
-            big = len(train) >= 1000
-            advice = Advice("two-stage" if big else "features", reasons=[
-                f"{self._task} with {len(train)} training examples -> "
-                + ("two-stage: enough data to fine-tune" if big else "features: too few to fine-tune safely")])
-        else:
-            feats, ok = embed(backbone, train.items, batch_size=self.batch_size, num_workers=self.num_workers,
-                              use_cache=self.use_cache, cache_dir=self.cache_dir, verbose=self.verbose)
-            rows = np.flatnonzero(ok)
-            rows = rows[subsample(len(rows), train.targets[rows], self.seed)]
-            f, y = feats[rows], train.targets[rows]
-            items = [train.items[i] for i in rows]
-            advice = decide(
-                per_class=int(min(train.class_counts().values())), n_train=len(train), n_classes=len(self.classes_),
-                probe=probe_accuracy(f, y, seed=self.seed), baseline=raw_input_accuracy(self.modality, items, y,
-                                                                                       self.seed),
-                logme_score=logme(f, y), seconds_per_item=time_forward(backbone, self._modality, train.items),
-                epochs=self.epochs, time_limit=self.time_limit)
+        feats = None
+        if self._task == "classification":  # the probe reads the same cached features the head stage will
+            feats = embed(backbone, train.items, batch_size=self.batch_size, num_workers=self.num_workers,
+                          use_cache=self.use_cache, cache_dir=self.cache_dir, verbose=self.verbose)
+        advice = advise(backbone, self._modality, train, self._task, feats, epochs=self.epochs,
+                        time_limit=self.time_limit, seed=self.seed)
         for line in advice.reasons:
             say(self.verbose, f"auto: {line}")
         return get_strategy(advice.strategy, **advice.options), advice
