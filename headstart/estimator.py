@@ -172,7 +172,8 @@ class TransferEstimator:
             self.target_scaling_ = {"mean": float(train.targets.mean()), "std": float(train.targets.std() or 1.0)}
         say(self.verbose, f"data: {len(train)} training and {len(val)} validation {self._modality.noun}"
             + (f", {len(self.classes_)} classes" if self.classes_ else "")
-            + (f"; skipped {len(full.skipped)} unreadable file(s), e.g. {full.skipped[0][0]}" if full.skipped else ""))
+            + (f"; skipped {len(full.skipped)} unusable input(s), first {full.skipped[0][0]}: {full.skipped[0][1]}"
+               if full.skipped else ""))
         spec = resolve_backbone(self.backbone or self.default_backbone, self.modality)
         if spec.modality != self.modality:
             raise HeadstartError(f"backbone '{spec.name}' is for {spec.modality}s, but {type(self).__name__} "

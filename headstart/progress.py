@@ -17,4 +17,4 @@ def make_progress(verbose: bool) -> Progress:
 
 def say(verbose: bool, message: str) -> None:
     if verbose:
-        console.print(message, highlight=False)
+        console.print(message, highlight=False, soft_wrap=True)  # long paths stay whole when piped to a log
