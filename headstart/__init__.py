@@ -8,6 +8,7 @@
 __version__ = "0.1.0"
 
 from .backbones import create_backbone, list_backbones, register_backbone  # noqa: E402
+from .compare import compare  # noqa: E402
 from .errors import BackboneUnavailable, BundleError, DataError, HeadstartError  # noqa: E402
 from .estimator import ImageClassifier, ImageRegressor, TextClassifier, TextRegressor, load  # noqa: E402
 from .rank import rank  # noqa: E402
@@ -24,6 +25,7 @@ __all__ = [
     "ImageClassifier",
     "ImageRegressor",
     "__version__",
+    "compare",
     "create_backbone",
     "list_backbones",
     "load",

@@ -136,6 +136,35 @@ def rank_backbones(
     out_console.print(table)
 
 
+@app.command("compare")
+def compare_methods(
+    data: str = typer.Argument(..., help="labeled data, given as for fit"),
+    strategies: str = typer.Option("features,two-stage", help="comma-separated transfer strategies"),
+    sizes: str = typer.Option("10,30,100", help="training examples per class, comma-separated"),
+    test: str | None = typer.Option(None, help="test data (default: a stratified 20% held out)"),
+    backbone: str | None = typer.Option(None),
+    epochs: int = typer.Option(3),
+    scratch_epochs: int = typer.Option(6),
+    image_size: int | None = typer.Option(None),
+    out: str = typer.Option("runs/compare", "--out", "-o"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Transfer vs the same architecture from scratch, at several training sizes: accuracy, time, plots."""
+    from .compare import compare
+
+    rows = compare(data, [s for s in strategies.split(",") if s], [int(s) for s in sizes.split(",") if s],
+                   test=test, backbone=backbone, epochs=epochs, scratch_epochs=scratch_epochs,
+                   image_size=image_size, out_dir=out, verbose=not quiet)
+    table = Table(title=f"transfer vs from scratch on {data}")
+    for col in ("per class", "method", "test accuracy", "macro-F1", "seconds"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["per_class"]), r["method"], f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}",
+                      f"{r['seconds']:.0f}")
+    out_console.print(table)
+    out_console.print(f"plots and numbers: {out}/comparison.png, {out}/overfitting.png, {out}/comparison.json")
+
+
 @app.command()
 def models() -> None:
     """The backbone registry, with which backbones work offline right now."""

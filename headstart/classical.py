@@ -1,0 +1,279 @@
+"""Classical machine learning on pretrained features, and a scikit-learn transformer that embeds.
+
+* `CLASSICAL_HEADS` (`logistic`, `svm`, `random-forest`, `knn`, `mlp`): scikit-learn classifiers trained on the
+  cached features of a frozen backbone. `fit_classical` trains one; `to_tensors` / `from_tensors` turn it into
+  JSON + tensors for a bundle and back.
+* `Embedder`: a transformer from image paths or texts to features, e.g.
+  `make_pipeline(hs.Embedder(backbone="minilm_l6"), LogisticRegression())`.
+
+Saving without pickle (bundles refuse pickles: they run code on load and break across scikit-learn versions):
+
+* `logistic` is stored by its parameters (scaler mean/scale, coef, intercept, in their own dtype) and rebuilt without
+  fitting: identical predictions anywhere, and no training data in the bundle.
+* `svm`, `random-forest`, `knn` and `mlp` are stored as their training set (the float32 cached features, the label
+  codes) plus their JSON hyper-parameters, and refit on load. Their fitted state is the data itself (knn) or a
+  private structure (libsvm support vectors and Platt scaling, tree node arrays, MLP weights) whose layout changes
+  between scikit-learn versions; the hyper-parameters are public and stable. Every fit is deterministic (fixed
+  random_state, n_jobs=1): the same data gives identical predict_proba. The price: the bundle holds N x D x 4 bytes
+  of features, and loading refits (seconds for thousands of rows; svm grows quadratically). As a guard against a
+  different scikit-learn or BLAS giving a different model, the probabilities of the first training rows are saved
+  and compared after the refit; a mismatch warns, naming both versions.
+
+Embedder and `sklearn.utils.estimator_checks`: its inputs are file paths or texts, so the checks that feed numeric
+matrices cannot apply; `EMBEDDER_INAPPLICABLE_CHECKS` lists them with the reason, in the form `check_estimator`'s
+`expected_failed_checks` takes. All other checks pass (tests/test_classical.py runs them).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import sklearn
+import torch
+from scipy.sparse import issparse
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from sklearn.utils.validation import check_is_fitted
+
+from .backbones import create_backbone, resolve_backbone
+from .errors import BundleError, DataError, HeadstartError
+from .inference import embed
+from .modalities import MODALITIES
+
+PREFIX = "classical."  # tensor names: they sit beside a model's own weights in model.safetensors
+CHECK_ROWS = 16
+
+
+def _scaled(model) -> Pipeline:  # margin, kernel, distance and gradient methods all assume comparable scales
+    return Pipeline([("scale", StandardScaler()), ("model", model)])
+
+
+CLASSICAL_HEADS: dict[str, Callable[[int], Pipeline]] = {
+    "logistic": lambda seed: _scaled(LogisticRegression(C=1.0, max_iter=2000)),
+    # rbf SVC + Platt scaling fit on unshuffled stratified folds (SVC(probability=True) is deprecated in 1.9)
+    "svm": lambda seed: _scaled(CalibratedClassifierCV(SVC(kernel="rbf", C=1.0), cv=5, ensemble=False)),
+    # trees ignore feature scale; n_jobs=1 keeps the fit reproducible and the machine's cores for the backbone
+    "random-forest": lambda seed: Pipeline([("model", RandomForestClassifier(n_estimators=200, random_state=seed,
+                                                                              n_jobs=1))]),
+    "knn": lambda seed: _scaled(KNeighborsClassifier(n_neighbors=5, weights="distance")),
+    "mlp": lambda seed: _scaled(MLPClassifier(hidden_layer_sizes=(256,), alpha=1e-3, max_iter=300, random_state=seed)),
+}
+_BY_PARAMETERS = {"logistic": (("scale", ("mean_", "scale_", "var_")), ("model", ("coef_", "intercept_")))}
+
+
+def _check_data(features, labels) -> tuple[np.ndarray, np.ndarray]:
+    X, y = np.asarray(features, dtype=np.float32), np.asarray(labels).astype(np.int64)
+    if X.ndim != 2 or y.shape != (len(X),):
+        raise DataError(f"classical heads need features [N, D] and N labels, got {X.shape} and {y.shape}")
+    if len(np.unique(y)) < 2:
+        raise DataError("a classifier needs at least two classes in its training data")
+    if not np.isfinite(X).all():
+        raise DataError("features contain NaN or infinity; drop the rows of unreadable inputs first")
+    return X, y
+
+
+def _fit(est: Pipeline, X: np.ndarray, y: np.ndarray) -> Pipeline:
+    with warnings.catch_warnings():  # a small dataset stopping short of max_iter is not the user's concern
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y)
+
+
+def _head(name: str, seed: int) -> Pipeline:
+    if name not in CLASSICAL_HEADS:
+        raise HeadstartError(f"unknown classical head '{name}'; choose one of {', '.join(CLASSICAL_HEADS)}")
+    return CLASSICAL_HEADS[name](int(seed))
+
+
+def fit_classical(name: str, features, labels, seed: int = 0) -> Pipeline:
+    """Train head `name` on features [N, D] and integer class codes [N]; deterministic for a given seed."""
+    X, y = _check_data(features, labels)
+    est = _head(name, seed)
+    if name == "knn":  # fewer rows than neighbours would fail; the clamped value is saved with the params
+        est.set_params(model__n_neighbors=min(5, len(y)))
+    if name == "svm":  # as many calibration folds as the rarest class allows
+        rarest = int(np.unique(y, return_counts=True)[1].min())
+        if rarest < 2:
+            raise DataError("the svm head calibrates on folds: it needs at least 2 examples of every class")
+        est.set_params(model__cv=min(5, rarest))
+    return _fit(est, X, y)
+
+
+def _json_params(est: Pipeline) -> dict:
+    """The steps' public hyper-parameters that JSON holds exactly (tuples become lists)."""
+    def ok(v) -> bool:
+        return v is None or type(v) in (bool, int, str) or (type(v) is float and np.isfinite(v))
+
+    out = {}
+    for step, model in est.steps:
+        for k, v in model.get_params(deep=True).items():  # deep: the SVC inside calibration
+            if ok(v) or (isinstance(v, (tuple, list)) and all(ok(x) for x in v)):
+                out[f"{step}__{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def to_tensors(name: str, features, labels, seed: int = 0, fitted: Pipeline | None = None
+               ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """JSON config + tensors (named `classical.*`) that `from_tensors` rebuilds the head from, with no pickle.
+
+    `fitted`: what `fit_classical(name, features, labels, seed)` returned, to avoid fitting a second time.
+    """
+    X, y = _check_data(features, labels)
+    est = fitted if fitted is not None else fit_classical(name, X, y, seed)
+    config = {"kind": "classical", "name": name, "seed": int(seed), "params": _json_params(est),
+              "classes": [int(c) for c in est.classes_], "sklearn_version": sklearn.__version__}
+    if name in _BY_PARAMETERS:
+        config["storage"] = "parameters"
+        steps = est.named_steps  # attributes kept in their own dtype: the rebuilt head computes exactly the same
+        tensors = {f"{PREFIX}{step}.{attr}": torch.from_numpy(np.ascontiguousarray(getattr(steps[step], attr)))
+                   for step, attrs in _BY_PARAMETERS[name] for attr in attrs}
+    else:
+        config["storage"] = "refit"
+        tensors = {f"{PREFIX}features": torch.from_numpy(X.copy()), f"{PREFIX}labels": torch.from_numpy(y.copy()),
+                   f"{PREFIX}check_proba": torch.from_numpy(est.predict_proba(X[:CHECK_ROWS]).astype(np.float64))}
+    return config, tensors
+
+
+def from_tensors(config: dict, tensors: dict[str, torch.Tensor]) -> Pipeline:
+    """The fitted head `to_tensors` described; other entries of `tensors` (a model's weights) are ignored."""
+    try:
+        est = _head(config["name"], config["seed"])
+        est.set_params(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["params"].items()})
+        get = {k[len(PREFIX):]: v.numpy() for k, v in tensors.items() if k.startswith(PREFIX)}
+        classes = np.asarray(config["classes"], dtype=np.int64)
+        if config["storage"] == "parameters":
+            for step, attrs in _BY_PARAMETERS[config["name"]]:
+                for attr in attrs:
+                    setattr(est.named_steps[step], attr, get[f"{step}.{attr}"].copy())
+            d = est.named_steps["model"].coef_.shape[1]
+            est.named_steps["scale"].n_features_in_ = est.named_steps["model"].n_features_in_ = d
+            est.named_steps["scale"].n_samples_seen_ = 0  # not used to predict
+            est.named_steps["model"].classes_ = classes
+            return est
+        _fit(est, get["features"], get["labels"])
+    except (KeyError, ValueError, TypeError, HeadstartError) as err:
+        raise BundleError(f"classical head cannot be rebuilt ({type(err).__name__}: {err}); the bundle is damaged "
+                          f"or from an incompatible version (saved with scikit-learn "
+                          f"{config.get('sklearn_version', '?')}, this is {sklearn.__version__})") from None
+    diff = float(np.abs(est.predict_proba(get["features"][:CHECK_ROWS]) - get["check_proba"]).max())
+    if diff > 1e-6:
+        warnings.warn(f"the refit {config['name']} head differs from the saved one (probabilities by up to {diff:.2g}; "
+                      f"saved with scikit-learn {config.get('sklearn_version')}, this is {sklearn.__version__})",
+                      RuntimeWarning, stacklevel=2)
+    return est
+
+
+def predict_proba_full(est: Pipeline, features, n_classes: int) -> np.ndarray:
+    """Probabilities [N, n_classes] by class code; a class absent from the training rows gets 0."""
+    out = np.zeros((len(features), n_classes))
+    out[:, est.classes_] = est.predict_proba(np.asarray(features, dtype=np.float32))
+    return out
+
+
+_NUMERIC = "transforms a numeric matrix; Embedder's inputs are image paths or texts (the test checks this on those)"
+_N_IN = "n_features_in_ counts numeric columns; one input here is one path or text, so, as in CountVectorizer, unset"
+EMBEDDER_INAPPLICABLE_CHECKS: dict[str, str] = {  # for check_estimator(..., expected_failed_checks=...)
+    **dict.fromkeys(["check_fit_score_takes_y", "check_estimators_dtypes", "check_dtype_object",
+                     "check_pipeline_consistency", "check_estimators_pickle", "check_f_contiguous_array_estimator",
+                     "check_transformer_data_not_an_array", "check_transformer_general",
+                     "check_methods_sample_order_invariance", "check_methods_subset_invariance",
+                     "check_dict_unchanged", "check_fit_idempotent", "check_fit2d_predict1d"], _NUMERIC),
+    "check_n_features_in": _N_IN, "check_n_features_in_after_fitting": _N_IN,
+    "check_complex_data": "wants complex numbers refused by fit, which reads no input; transform refuses non-text",
+    "check_estimators_nan_inf": "wants NaN/inf refused by fit; no numbers here, and transform refuses non-text",
+    "check_estimators_empty_data_messages": "wants a '0 feature(s)' message for shape (12, 0), a numeric notion "
+                                            "(an empty list is refused)",
+    "check_fit1d": "wants 1-D input refused: a 1-D list of paths or texts is exactly Embedder's input",
+}
+
+
+class Embedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Image paths or texts -> the pooled features of a frozen pretrained backbone (float32 [N, D]).
+
+    Parameters are only stored here; `fit` builds the backbone (it learns nothing from X: the backbone is
+    pretrained), `transform` embeds through the feature cache, so a second pass over the same inputs is free.
+    `modality=None` takes the backbone's own ('minilm_l6' is text); `pretrained=False` gives random weights (tests).
+    X is a 1-D list/array, or a one-column table as a ColumnTransformer passes it.
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", modality: str | None = None,
+                 image_size: int | None = None, pretrained: bool = True, batch_size: int = 32,
+                 use_cache: bool = True, cache_dir: str | None = None, verbose: bool = False) -> None:
+        self.backbone = backbone
+        self.modality = modality
+        self.image_size = image_size
+        self.pretrained = pretrained
+        self.batch_size = batch_size
+        self.use_cache = use_cache
+        self.cache_dir = cache_dir
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.transformer_tags.preserves_dtype = []  # always float32 features, whatever came in
+        return tags
+
+    def _items(self, X) -> list[str]:
+        if isinstance(X, (str, bytes, os.PathLike)):
+            raise ValueError("Embedder takes a list of inputs, not a single one: wrap it in a list")
+        arr = np.asarray(X, dtype=object)
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1 or len(arr) == 0:
+            raise ValueError(f"Embedder takes a non-empty 1-D list of image paths or texts, got shape {arr.shape}")
+        for i, x in enumerate(arr):
+            if not isinstance(x, (str, os.PathLike)):
+                raise TypeError(f"Embedder input {i} is {type(x).__name__} {x!r}, not an image path or a text")
+        return [os.fspath(x) for x in arr]
+
+    def fit(self, X, y=None) -> Embedder:
+        """Check the parameters and build the backbone; returns self. X is not read: nothing is learned from it
+        (the backbone is pretrained), and transform checks and reads each input where it needs it."""
+        if issparse(X):
+            raise TypeError("Embedder takes image paths or texts, not a sparse matrix")
+        if isinstance(X, (str, bytes, os.PathLike)) or np.ndim(np.asarray(X, dtype=object)) == 0:
+            raise ValueError("Embedder takes a list of inputs, not a single one: wrap it in a list")
+        if len(np.asarray(X, dtype=object)) == 0:
+            raise ValueError("Embedder needs at least one input (found 0 samples)")
+        if self.modality is not None and self.modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {sorted(MODALITIES)} or None, not {self.modality!r}")
+        spec = resolve_backbone(self.backbone, self.modality or "image")
+        if self.modality is not None and spec.modality != self.modality:
+            raise ValueError(f"backbone '{spec.name}' is for {spec.modality}s, not {self.modality}s")
+        self.backbone_ = create_backbone(spec, pretrained=self.pretrained,
+                                         image_size=self.image_size if spec.modality == "image" else None)
+        self.modality_ = spec.modality
+        self.n_features_out_ = self.backbone_.feature_dim
+        return self
+
+    @property
+    def _n_features_out(self) -> int:  # what ClassNamePrefixFeaturesOutMixin names: embedder0, embedder1, ...
+        return self.n_features_out_
+
+    def transform(self, X) -> np.ndarray:
+        """Features [N, D]; raises DataError naming the first input that cannot be read."""
+        check_is_fitted(self, "backbone_")
+        items = self._items(X)
+        modality = MODALITIES[self.modality_]
+        if self.modality_ == "image":  # the cache hashes file contents: a missing file must fail here, clearly
+            missing = next((p for p in items if not os.path.isfile(p)), None)
+            if missing is not None:
+                raise DataError(f"{missing}: no such image file")
+        feats, ok = embed(self.backbone_, items, batch_size=self.batch_size, use_cache=self.use_cache,
+                          cache_dir=self.cache_dir, verbose=self.verbose)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            raise DataError(f"{items[bad[0]]}: cannot be read as one of the {modality.noun} "
+                            f"({len(bad)} of {len(items)} unreadable)")
+        return feats
