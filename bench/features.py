@@ -96,7 +96,7 @@ def main() -> int:
     mark = {True: "PASS", False: "FAIL"}
     print(f"efficientnet_lite0 @{args.image_size}px: {n} images, batch {bs}, median of {args.repeats} run(s)")
     print(f"device {next(bb.parameters()).device.type}, torch threads {torch.get_num_threads()}, "
-          f"cpu count {os.cpu_count()}, allocator tuned {tuned}")
+          f"cpu count {os.cpu_count()}, 1-min load {os.getloadavg()[0]:.1f}, allocator tuned {tuned}")
     print(f"{'':<22}{'images/s':>10}{'seconds':>10}")
     labels = {"bare": "bare forward loop", "cold": "ours, cold cache", "warm": "ours, warm cache"}
     for key, label in labels.items():
@@ -107,7 +107,7 @@ def main() -> int:
     if args.json:
         result = {"images": n, "image_size": args.image_size, "batch_size": bs, "repeats": args.repeats,
                   "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                  "allocator_tuned": tuned,
+                  "allocator_tuned": tuned, "load_avg_1min": os.getloadavg()[0],
                   "seconds": times, "images_per_s": {k: n / v for k, v in med.items()},
                   "cold_over_bare": cold_ratio, "warm_speedup": warm_speedup, "cold_pass": cold_ok,
                   "warm_pass": warm_ok, "features_match": bool(same)}

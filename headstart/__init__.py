@@ -8,6 +8,7 @@
 __version__ = "0.1.0"
 
 from .backbones import create_backbone, list_backbones, register_backbone  # noqa: E402
+from .classical import Embedder  # noqa: E402
 from .compare import compare  # noqa: E402
 from .errors import BackboneUnavailable, BundleError, DataError, HeadstartError  # noqa: E402
 from .estimator import ImageClassifier, ImageRegressor, TextClassifier, TextRegressor, load  # noqa: E402
@@ -21,6 +22,7 @@ __all__ = [
     "BackboneUnavailable",
     "BundleError",
     "DataError",
+    "Embedder",
     "HeadstartError",
     "ImageClassifier",
     "ImageRegressor",

@@ -7,21 +7,19 @@
   `make_pipeline(hs.Embedder(backbone="minilm_l6"), LogisticRegression())`.
 
 Saving without pickle (bundles refuse pickles: they run code on load and break across scikit-learn versions):
+`logistic` is stored by its parameters (scaler mean/scale, coef, intercept, in their own dtype) and rebuilt without
+fitting: identical predictions anywhere, no training data in the bundle. `svm`, `random-forest`, `knn`, `mlp` are
+stored as their training set (float32 cached features, label codes) plus their JSON hyper-parameters, and refit on
+load: their fitted state is the data itself (knn) or a private structure (support vectors and calibrators, tree node
+arrays, MLP weights) whose layout changes between scikit-learn versions, while hyper-parameters are public and stable.
+Every fit is deterministic (fixed random_state, n_jobs=1, unshuffled folds), so the same data gives identical
+predict_proba. The price: the bundle holds N x D x 4 bytes of features, and loading refits (a second or so for
+hundreds of rows; svm grows quadratically). As a guard against another scikit-learn or BLAS refitting differently,
+the probabilities of the first training rows are saved and compared after the refit; a mismatch warns.
 
-* `logistic` is stored by its parameters (scaler mean/scale, coef, intercept, in their own dtype) and rebuilt without
-  fitting: identical predictions anywhere, and no training data in the bundle.
-* `svm`, `random-forest`, `knn` and `mlp` are stored as their training set (the float32 cached features, the label
-  codes) plus their JSON hyper-parameters, and refit on load. Their fitted state is the data itself (knn) or a
-  private structure (libsvm support vectors and Platt scaling, tree node arrays, MLP weights) whose layout changes
-  between scikit-learn versions; the hyper-parameters are public and stable. Every fit is deterministic (fixed
-  random_state, n_jobs=1): the same data gives identical predict_proba. The price: the bundle holds N x D x 4 bytes
-  of features, and loading refits (seconds for thousands of rows; svm grows quadratically). As a guard against a
-  different scikit-learn or BLAS giving a different model, the probabilities of the first training rows are saved
-  and compared after the refit; a mismatch warns, naming both versions.
-
-Embedder and `sklearn.utils.estimator_checks`: its inputs are file paths or texts, so the checks that feed numeric
-matrices cannot apply; `EMBEDDER_INAPPLICABLE_CHECKS` lists them with the reason, in the form `check_estimator`'s
-`expected_failed_checks` takes. All other checks pass (tests/test_classical.py runs them).
+Embedder's inputs are paths or texts, so the `sklearn.utils.estimator_checks` that feed numeric matrices cannot
+apply: `EMBEDDER_INAPPLICABLE_CHECKS` gives each with its reason, as `check_estimator(expected_failed_checks=)` takes
+them. All the other checks pass (tests/test_classical.py).
 """
 
 from __future__ import annotations
@@ -55,7 +53,7 @@ PREFIX = "classical."  # tensor names: they sit beside a model's own weights in 
 CHECK_ROWS = 16
 
 
-def _scaled(model) -> Pipeline:  # margin, kernel, distance and gradient methods all assume comparable scales
+def _scaled(model) -> Pipeline:  # margins, kernels, distances and gradients all assume comparable scales
     return Pipeline([("scale", StandardScaler()), ("model", model)])
 
 
@@ -73,14 +71,15 @@ _BY_PARAMETERS = {"logistic": (("scale", ("mean_", "scale_", "var_")), ("model",
 
 
 def _check_data(features, labels) -> tuple[np.ndarray, np.ndarray]:
-    X, y = np.asarray(features, dtype=np.float32), np.asarray(labels).astype(np.int64)
-    if X.ndim != 2 or y.shape != (len(X),):
-        raise DataError(f"classical heads need features [N, D] and N labels, got {X.shape} and {y.shape}")
+    X, y = np.asarray(features, dtype=np.float32), np.asarray(labels)
+    if X.ndim != 2 or y.shape != (len(X),) or y.dtype.kind not in "iub" or (y < 0).any():
+        raise DataError(f"classical heads need features [N, D] and N class codes >= 0, got {X.shape} and {y.shape} "
+                        f"{y.dtype}")
     if len(np.unique(y)) < 2:
         raise DataError("a classifier needs at least two classes in its training data")
     if not np.isfinite(X).all():
         raise DataError("features contain NaN or infinity; drop the rows of unreadable inputs first")
-    return X, y
+    return X, y.astype(np.int64)
 
 
 def _fit(est: Pipeline, X: np.ndarray, y: np.ndarray) -> Pipeline:
@@ -125,9 +124,7 @@ def _json_params(est: Pipeline) -> dict:
 def to_tensors(name: str, features, labels, seed: int = 0, fitted: Pipeline | None = None
                ) -> tuple[dict, dict[str, torch.Tensor]]:
     """JSON config + tensors (named `classical.*`) that `from_tensors` rebuilds the head from, with no pickle.
-
-    `fitted`: what `fit_classical(name, features, labels, seed)` returned, to avoid fitting a second time.
-    """
+    `fitted`: what `fit_classical(name, features, labels, seed)` returned, to avoid fitting a second time."""
     X, y = _check_data(features, labels)
     est = fitted if fitted is not None else fit_classical(name, X, y, seed)
     config = {"kind": "classical", "name": name, "seed": int(seed), "params": _json_params(est),
@@ -150,22 +147,20 @@ def from_tensors(config: dict, tensors: dict[str, torch.Tensor]) -> Pipeline:
         est = _head(config["name"], config["seed"])
         est.set_params(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["params"].items()})
         get = {k[len(PREFIX):]: v.numpy() for k, v in tensors.items() if k.startswith(PREFIX)}
-        classes = np.asarray(config["classes"], dtype=np.int64)
         if config["storage"] == "parameters":
             for step, attrs in _BY_PARAMETERS[config["name"]]:
                 for attr in attrs:
                     setattr(est.named_steps[step], attr, get[f"{step}.{attr}"].copy())
-            d = est.named_steps["model"].coef_.shape[1]
-            est.named_steps["scale"].n_features_in_ = est.named_steps["model"].n_features_in_ = d
-            est.named_steps["scale"].n_samples_seen_ = 0  # not used to predict
-            est.named_steps["model"].classes_ = classes
+            scale, model = est.named_steps["scale"], est.named_steps["model"]
+            scale.n_features_in_ = model.n_features_in_ = model.coef_.shape[1]
+            scale.n_samples_seen_, model.classes_ = 0, np.asarray(config["classes"], dtype=np.int64)
             return est
         _fit(est, get["features"], get["labels"])
+        diff = float(np.abs(est.predict_proba(get["features"][:CHECK_ROWS]) - get["check_proba"]).max())
     except (KeyError, ValueError, TypeError, HeadstartError) as err:
         raise BundleError(f"classical head cannot be rebuilt ({type(err).__name__}: {err}); the bundle is damaged "
                           f"or from an incompatible version (saved with scikit-learn "
                           f"{config.get('sklearn_version', '?')}, this is {sklearn.__version__})") from None
-    diff = float(np.abs(est.predict_proba(get["features"][:CHECK_ROWS]) - get["check_proba"]).max())
     if diff > 1e-6:
         warnings.warn(f"the refit {config['name']} head differs from the saved one (probabilities by up to {diff:.2g}; "
                       f"saved with scikit-learn {config.get('sklearn_version')}, this is {sklearn.__version__})",
@@ -181,7 +176,7 @@ def predict_proba_full(est: Pipeline, features, n_classes: int) -> np.ndarray:
 
 
 _NUMERIC = "transforms a numeric matrix; Embedder's inputs are image paths or texts (the test checks this on those)"
-_N_IN = "n_features_in_ counts numeric columns; one input here is one path or text, so, as in CountVectorizer, unset"
+_N_IN = "n_features_in_ counts numeric columns; an input here is one path or text, so, as in CountVectorizer, unset"
 EMBEDDER_INAPPLICABLE_CHECKS: dict[str, str] = {  # for check_estimator(..., expected_failed_checks=...)
     **dict.fromkeys(["check_fit_score_takes_y", "check_estimators_dtypes", "check_dtype_object",
                      "check_pipeline_consistency", "check_estimators_pickle", "check_f_contiguous_array_estimator",
@@ -191,8 +186,7 @@ EMBEDDER_INAPPLICABLE_CHECKS: dict[str, str] = {  # for check_estimator(..., exp
     "check_n_features_in": _N_IN, "check_n_features_in_after_fitting": _N_IN,
     "check_complex_data": "wants complex numbers refused by fit, which reads no input; transform refuses non-text",
     "check_estimators_nan_inf": "wants NaN/inf refused by fit; no numbers here, and transform refuses non-text",
-    "check_estimators_empty_data_messages": "wants a '0 feature(s)' message for shape (12, 0), a numeric notion "
-                                            "(an empty list is refused)",
+    "check_estimators_empty_data_messages": "wants a '0 feature(s)' message for shape (12, 0), a numeric notion",
     "check_fit1d": "wants 1-D input refused: a 1-D list of paths or texts is exactly Embedder's input",
 }
 
@@ -200,10 +194,10 @@ EMBEDDER_INAPPLICABLE_CHECKS: dict[str, str] = {  # for check_estimator(..., exp
 class Embedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Image paths or texts -> the pooled features of a frozen pretrained backbone (float32 [N, D]).
 
-    Parameters are only stored here; `fit` builds the backbone (it learns nothing from X: the backbone is
-    pretrained), `transform` embeds through the feature cache, so a second pass over the same inputs is free.
-    `modality=None` takes the backbone's own ('minilm_l6' is text); `pretrained=False` gives random weights (tests).
-    X is a 1-D list/array, or a one-column table as a ColumnTransformer passes it.
+    `fit` builds the backbone (it learns nothing from X: the backbone is pretrained); `transform` embeds through the
+    feature cache, so a second pass over the same inputs is free. `modality=None` takes the backbone's own
+    ('minilm_l6' is text); `pretrained=False` gives random weights (tests). X is a 1-D list/array of image paths or
+    of texts (the texts themselves), or a one-column table as a ColumnTransformer passes it.
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", modality: str | None = None,
@@ -224,28 +218,32 @@ class Embedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         tags.transformer_tags.preserves_dtype = []  # always float32 features, whatever came in
         return tags
 
-    def _items(self, X) -> list[str]:
-        if isinstance(X, (str, bytes, os.PathLike)):
-            raise ValueError("Embedder takes a list of inputs, not a single one: wrap it in a list")
+    @staticmethod
+    def _rows(X) -> np.ndarray:
+        if issparse(X):
+            raise TypeError("Embedder takes image paths or texts, not a sparse matrix")
         arr = np.asarray(X, dtype=object)
-        if arr.ndim == 2 and arr.shape[1] == 1:
-            arr = arr[:, 0]
-        if arr.ndim != 1 or len(arr) == 0:
-            raise ValueError(f"Embedder takes a non-empty 1-D list of image paths or texts, got shape {arr.shape}")
+        if isinstance(X, (str, bytes, os.PathLike)) or arr.ndim == 0:
+            raise ValueError("Embedder takes a list of inputs, not a single one: wrap it in a list")
+        if len(arr) == 0:
+            raise ValueError("Embedder needs at least one input (found 0 samples)")
+        return arr
+
+    def _items(self, X) -> list[str]:
+        arr = self._rows(X)
+        arr = arr[:, 0] if arr.ndim == 2 and arr.shape[1] == 1 else arr  # a one-column table
+        if arr.ndim != 1:
+            raise ValueError(f"Embedder takes a 1-D list of image paths or texts, got shape {arr.shape}")
+        kinds = (str, os.PathLike) if self.modality_ == "image" else str
         for i, x in enumerate(arr):
-            if not isinstance(x, (str, os.PathLike)):
+            if not isinstance(x, kinds):
                 raise TypeError(f"Embedder input {i} is {type(x).__name__} {x!r}, not an image path or a text")
         return [os.fspath(x) for x in arr]
 
     def fit(self, X, y=None) -> Embedder:
-        """Check the parameters and build the backbone; returns self. X is not read: nothing is learned from it
-        (the backbone is pretrained), and transform checks and reads each input where it needs it."""
-        if issparse(X):
-            raise TypeError("Embedder takes image paths or texts, not a sparse matrix")
-        if isinstance(X, (str, bytes, os.PathLike)) or np.ndim(np.asarray(X, dtype=object)) == 0:
-            raise ValueError("Embedder takes a list of inputs, not a single one: wrap it in a list")
-        if len(np.asarray(X, dtype=object)) == 0:
-            raise ValueError("Embedder needs at least one input (found 0 samples)")
+        """Check the parameters and build the backbone; returns self. X's items are not read: nothing is learned
+        from them (the backbone is pretrained), and transform checks each input where it reads it."""
+        self._rows(X)
         if self.modality is not None and self.modality not in MODALITIES:
             raise ValueError(f"modality must be one of {sorted(MODALITIES)} or None, not {self.modality!r}")
         spec = resolve_backbone(self.backbone, self.modality or "image")
@@ -254,12 +252,9 @@ class Embedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
         self.backbone_ = create_backbone(spec, pretrained=self.pretrained,
                                          image_size=self.image_size if spec.modality == "image" else None)
         self.modality_ = spec.modality
-        self.n_features_out_ = self.backbone_.feature_dim
+        # `_n_features_out` is what ClassNamePrefixFeaturesOutMixin names: embedder0, embedder1, ...
+        self.n_features_out_ = self._n_features_out = self.backbone_.feature_dim
         return self
-
-    @property
-    def _n_features_out(self) -> int:  # what ClassNamePrefixFeaturesOutMixin names: embedder0, embedder1, ...
-        return self.n_features_out_
 
     def transform(self, X) -> np.ndarray:
         """Features [N, D]; raises DataError naming the first input that cannot be read."""
@@ -274,6 +269,7 @@ class Embedder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator)
                           cache_dir=self.cache_dir, verbose=self.verbose)
         if not ok.all():
             bad = np.flatnonzero(~ok)
-            raise DataError(f"{items[bad[0]]}: cannot be read as one of the {modality.noun} "
+            first = items[bad[0]] if self.modality_ == "image" else f"input {bad[0]} ({items[bad[0]][:60]!r})"
+            raise DataError(f"{first}: cannot be read as one of the {modality.noun} "
                             f"({len(bad)} of {len(items)} unreadable)")
         return feats

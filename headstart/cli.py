@@ -44,7 +44,8 @@ def fit(
     batch_size: int = typer.Option(32),
     image_size: int | None = typer.Option(None, help="input size (default: the backbone's own)"),
     task: str = typer.Option("classification", help="classification | multilabel | regression"),
-    head: str = typer.Option("linear", help="linear | mlp"),
+    head: str = typer.Option("linear", help="linear | torch-mlp (trainable), or a scikit-learn model on frozen "
+                             "features: logistic | svm | random-forest | knn | mlp"),
     last_n: int = typer.Option(2, help="layer groups `finetune` unfreezes"),
     valid: str | None = typer.Option(None, help="validation data (default: a stratified split)"),
     val_fraction: float = typer.Option(0.2),

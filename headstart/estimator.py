@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from . import __version__
@@ -22,6 +23,7 @@ from ._runtime import seed_everything
 from .adapters import LoraSettings, inject_lora, merge_lora
 from .backbones import Backbone, BackboneSpec, create_backbone, resolve_backbone
 from .bundle import read_bundle, write_bundle
+from .classical import CLASSICAL_HEADS, fit_classical, from_tensors, predict_proba_full, to_tensors
 from .data.labeled import LabeledData, stratified_split
 from .errors import DataError, HeadstartError
 from .heads import HeadConfig, TransferModel, build_head, loss_for, outputs_to_scores
@@ -180,14 +182,18 @@ class TransferEstimator:
                                  f"works on {self.modality}s; see `headstart models`")
         backbone = create_backbone(spec, pretrained=self.pretrained,
                                    image_size=self.image_size if self.modality == "image" else None)
-        head_cfg = HeadConfig(kind=self.head)
-        head = build_head(head_cfg, backbone.feature_dim, max(1, len(self.classes_)))
-        model = TransferModel(backbone, head)
-        if self.strategy == "auto":
-            strategy, self.advice_ = self._advise(backbone, train)
+        classical = self.head in CLASSICAL_HEADS
+        if classical:  # a scikit-learn model on frozen features: no torch head, no stages
+            head, (strategy, self.advice_) = nn.Identity(), self._classical_fit(backbone, train)
         else:
-            strategy, self.advice_ = get_strategy(self.strategy, last_n=self.last_n), None
-        stages = strategy.plan(backbone.group_names(), self.epochs, self.lr, self.head_epochs)
+            head = build_head(HeadConfig(kind=self.head), backbone.feature_dim, max(1, len(self.classes_)))
+            self.classical_ = None
+            if self.strategy == "auto":
+                strategy, self.advice_ = self._advise(backbone, train)
+            else:
+                strategy, self.advice_ = get_strategy(self.strategy, last_n=self.last_n), None
+        model = TransferModel(backbone, head)
+        stages = [] if classical else strategy.plan(backbone.group_names(), self.epochs, self.lr, self.head_epochs)
         say(self.verbose, f"backbone {backbone.spec.name} ({backbone.feature_dim} features, "
             f"{len(backbone.group_names())} layer groups); strategy {strategy.name}: "
             + " -> ".join(f"{s.name} x{s.epochs}" for s in stages))
@@ -222,6 +228,20 @@ class TransferEstimator:
         if self.out_dir:
             self._write_outputs(val)
         return self
+
+    def _classical_fit(self, backbone: Backbone, train: LabeledData):
+        """Fit the scikit-learn head on cached frozen features (see classical.py for how it is saved)."""
+        if self._task != "classification":
+            raise HeadstartError(f"head '{self.head}' (scikit-learn) supports classification only, not {self._task}")
+        if self.strategy not in ("auto", "features"):
+            raise HeadstartError(f"head '{self.head}' is a scikit-learn model on frozen features: use strategy "
+                                 "'features' (or 'auto'), or a torch head (linear, torch-mlp) to fine-tune")
+        feats, ok = embed(backbone, train.items, batch_size=self.batch_size, num_workers=self.num_workers,
+                          use_cache=self.use_cache, cache_dir=self.cache_dir, verbose=self.verbose)
+        self.classical_ = fit_classical(self.head, feats[ok], train.targets[ok], self.seed)
+        self._classical_saved = to_tensors(self.head, feats[ok], train.targets[ok], self.seed, fitted=self.classical_)
+        say(self.verbose, f"head: scikit-learn {self.head} fitted on {int(ok.sum())} cached feature rows")
+        return get_strategy("features"), None
 
     def _advise(self, backbone: Backbone, train: LabeledData):
         """Measure, then let the advisor pick the strategy (see advisor.py for the rules and why)."""
@@ -276,6 +296,12 @@ class TransferEstimator:
     def _raw_scores(self, items: Sequence) -> tuple[np.ndarray, np.ndarray]:
         """Model outputs per path (probabilities, or standardised values) and a mask of readable images."""
         self._check_fitted()
+        if getattr(self, "classical_", None) is not None:
+            feats, ok = embed(self.model_.backbone, items, batch_size=self.batch_size, num_workers=self.num_workers,
+                              use_cache=self.use_cache, cache_dir=self.cache_dir, verbose=self.verbose)
+            scores = predict_proba_full(self.classical_, feats, len(self.classes_)).astype(np.float64)
+            scores[~ok] = np.nan
+            return scores, ok
         if not self.backbone_trained_:
             feats, ok = embed(self.model_.backbone, items, batch_size=self.batch_size,
                                      num_workers=self.num_workers, use_cache=self.use_cache,
@@ -328,7 +354,8 @@ class TransferEstimator:
         return {
             "modality": self.modality, "task": self._task, "estimator": type(self).__name__,
             "backbone": self.spec_.to_dict(), "backbone_trained": self.backbone_trained_,
-            "head": {**HeadConfig(kind=self.head).to_dict(), "out_dim": max(1, len(self.classes_))},
+            "head": (self._classical_saved[0] if getattr(self, "classical_", None) is not None
+                     else {**HeadConfig(kind=self.head).to_dict(), "out_dim": max(1, len(self.classes_))}),
             "labels": self.classes_, "target_scaling": getattr(self, "target_scaling_", None),
             "strategy": self.strategy_, "metrics": self.metrics_, "data": self.data_summary_,
             "advisor": self.advice_.to_dict() if getattr(self, "advice_", None) else None,
@@ -338,7 +365,8 @@ class TransferEstimator:
     def save(self, path: str) -> str:
         """Write the bundle (zip of config.json + model.safetensors) atomically; returns the path."""
         self._check_fitted()
-        return write_bundle(path, self._config(), self.model_.state_dict())
+        extra = self._classical_saved[1] if getattr(self, "classical_", None) is not None else {}
+        return write_bundle(path, self._config(), {**self.model_.state_dict(), **extra})
 
     @classmethod
     def _from_bundle(cls, config: dict, state: dict[str, torch.Tensor]) -> TransferEstimator:
@@ -347,8 +375,16 @@ class TransferEstimator:
         spec = BackboneSpec.from_dict(config["backbone"])
         backbone = create_backbone(spec, pretrained=False)  # the architecture only; weights come from the bundle
         head_cfg = config["head"]
-        head = build_head(HeadConfig(kind=head_cfg["kind"], hidden=head_cfg.get("hidden", 512)),
-                          backbone.feature_dim, head_cfg["out_dim"])
+        est.classical_ = None
+        if head_cfg["kind"] == "classical":
+            classical_state = {k: v for k, v in state.items() if k.startswith("classical.")}
+            est.classical_ = from_tensors(head_cfg, classical_state)
+            est._classical_saved = (head_cfg, classical_state)
+            state = {k: v for k, v in state.items() if not k.startswith("classical.")}
+            head = nn.Identity()
+        else:
+            head = build_head(HeadConfig(kind=head_cfg["kind"], hidden=head_cfg.get("hidden", 512)),
+                              backbone.feature_dim, head_cfg["out_dim"])
         model = TransferModel(backbone, head)
         model.load_state_dict(state, strict=True)
         est.model_, est.spec_ = model.eval(), spec

@@ -12,7 +12,7 @@ from .errors import HeadstartError
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """`linear`, or `mlp` (one hidden layer with GELU); dropout applies to the features first."""
+    """`linear`, or `torch-mlp` (one hidden layer with GELU); dropout applies to the features first."""
 
     kind: str = "linear"
     hidden: int = 512
@@ -55,7 +55,8 @@ def _mlp(cfg: HeadConfig, in_dim: int, out_dim: int) -> nn.Module:
     )
 
 
-HEADS = {"linear": _linear, "mlp": _mlp}
+# "mlp" names scikit-learn's MLPClassifier among the classical heads (classical.py); the trainable one is torch-mlp.
+HEADS = {"linear": _linear, "torch-mlp": _mlp}
 
 
 def build_head(cfg: HeadConfig, in_dim: int, out_dim: int) -> nn.Module:

@@ -102,7 +102,11 @@ def test_bad_head_and_bad_data_are_refused(colour_features):
     with pytest.raises(HeadstartError, match="unknown classical head"):
         fit_classical("xgboost", X, y)
     with pytest.raises(DataError, match="two classes"):
-        fit_classical("logistic", X, np.zeros(len(X)))
+        fit_classical("logistic", X, np.zeros(len(X), dtype=int))
+    with pytest.raises(DataError, match="class codes"):
+        fit_classical("logistic", X, y + 0.5)
+    with pytest.raises(DataError, match="2 examples of every class"):
+        fit_classical("svm", X[:3], np.array([0, 0, 1]))
     est = fit_classical("knn", X[:3], np.array([0, 2, 0]))  # fewer rows than neighbours; class 1 never seen
     proba = predict_proba_full(est, X[:4], n_classes=3)
     assert proba.shape == (4, 3) and np.all(proba[:, 1] == 0) and np.allclose(proba.sum(1), 1)
@@ -180,3 +184,19 @@ def test_text_embedder_pipeline_with_the_packaged_encoder():
                 "Lovely people and tasty dishes", "The worst movie I have ever seen"]
     assert list(pipe.predict(held_out)) == [1, 0, 1, 0]
     assert pipe[0].modality_ == "text" and pipe[0].n_features_out_ == 384
+
+
+@pytest.mark.parametrize("head", ["logistic", "random-forest"])
+def test_classical_head_through_the_estimator_and_bundle(colour_folder, tmp_path, head):
+    import headstart as hs
+
+    clf = hs.ImageClassifier(backbone="timm:test_efficientnet", pretrained=False, image_size=32, head=head,
+                             verbose=False).fit(colour_folder)
+    assert clf.metrics_["validation"]["accuracy"] > 0.6 and clf.history_ == []
+    reloaded = hs.load(clf.save(str(tmp_path / f"{head}.hs")))
+    assert np.array_equal(reloaded.predict_proba(colour_folder), clf.predict_proba(colour_folder))
+    again = hs.load(reloaded.save(str(tmp_path / "again.hs")))  # a reloaded classical model saves again
+    assert np.array_equal(again.predict_proba(colour_folder), clf.predict_proba(colour_folder))
+    with pytest.raises(hs.HeadstartError, match="frozen features"):
+        hs.ImageClassifier(backbone="timm:test_efficientnet", pretrained=False, image_size=32, head=head,
+                           strategy="full", verbose=False).fit(colour_folder)
