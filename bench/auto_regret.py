@@ -201,6 +201,13 @@ def run_rank(modality: str, train: str, test: str, names: list[str], args: argpa
     return {"modality": modality, "rows": rows, "spearman": rho, "n": len(good)}
 
 
+def save(out: dict, path: str) -> None:
+    """Written after every part, so a long run that is stopped keeps what it measured."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2, default=str)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settings", default="fm10,fm100,fm1000,tweets")
@@ -226,12 +233,14 @@ def main() -> int:
         os.environ["HEADSTART_CACHE"] = os.path.join(tmp, "rank-cache")  # rank() uses the default cache root
         for setting in [s for s in args.settings.split(",") if s]:
             out["settings"].append(run_setting(setting, args, tmp))
+            save(out, args.json)
         parts = args.rank.split(",")
         if "image" in parts:
             cuts = register_cuts([int(k) for k in args.cut_stages.split(",") if k])
             _, train, test, _ = make_data(f"fm{args.rank_per_class}", args, tmp)
             names = ["efficientnet_lite0", "efficientnet_lite0@random", *cuts]
             out["rank"].append(run_rank("image", train, test, names, args, tmp))
+            save(out, args.json)
         if "text" in parts:
             _, train, test, _ = make_data("tweets", args, tmp)
             out["rank"].append(run_rank("text", train, test, ["minilm_l6", "minilm_l6@random"], args, tmp))
@@ -256,9 +265,7 @@ def main() -> int:
     out["all_pass"] = bool(out["settings"]) and all(s["pass"] for s in out["settings"])
     out["total_seconds"] = time.perf_counter() - started
     console.print(f"overall: {'PASS' if out['all_pass'] else 'FAIL'} ({out['total_seconds']:.0f} s)")
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=2, default=str)
+    save(out, args.json)
     return 0
 
 

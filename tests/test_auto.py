@@ -13,9 +13,9 @@ BASE = dict(n_classes=10, logme_score=0.1, seconds_per_item=0.01, epochs=3, time
 
 
 @pytest.mark.parametrize("per_class, probe, baseline, time_limit, expected", [
-    (5, 0.9, 0.3, None, "features"),          # tiny: fine-tuning would memorise
-    (30, 0.85, 0.3, None, "features"),        # small and similar
-    (30, 0.35, 0.2, None, "finetune"),        # small and unlike the source
+    (4, 0.9, 0.3, None, "features"),          # tiny: fine-tuning would memorise
+    (30, 0.85, 0.3, None, "two-stage"),       # small and similar, fine-tuning cheap (9 s)
+    (30, 0.35, 0.2, None, "two-stage"),       # small and unlike the source
     (200, 0.8, 0.3, None, "two-stage"),       # medium
     (200, 0.8, 0.3, 10, "features"),          # medium, but fine-tuning does not fit the time limit
     (600, 0.3, 0.5, None, "truncate"),        # negative transfer with data enough to retrain upper layers
@@ -31,6 +31,11 @@ def test_rules(per_class, probe, baseline, time_limit, expected):
     assert advice.measurements["probe_accuracy"] == probe
     if baseline >= probe:
         assert any("negative transfer" in r for r in advice.reasons)
+
+
+def test_small_similar_data_trains_the_head_only_when_fine_tuning_is_costly():
+    advice = decide(**{**BASE, "seconds_per_item": 0.1}, per_class=40, n_train=400, probe=0.85, baseline=0.3)
+    assert advice.strategy == "features" and advice.measurements["finetune_seconds_estimate"] == 360
 
 
 def test_scores_prefer_informative_features():
