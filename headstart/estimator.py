@@ -18,12 +18,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from . import __version__
 from ._runtime import seed_everything
 from .adapters import LoraSettings, inject_lora, merge_lora
-from .backbones import Backbone, BackboneSpec, create_backbone, resolve_backbone
+from .backbones import Backbone, create_backbone, resolve_backbone
 from .bundle import read_bundle, write_bundle
-from .classical import CLASSICAL_HEADS, fit_classical, from_tensors, predict_proba_full, to_tensors
+from .classical import CLASSICAL_HEADS, fit_classical, predict_proba_full, to_tensors
 from .data.labeled import LabeledData, stratified_split
 from .errors import DataError, HeadstartError
 from .heads import HeadConfig, TransferModel, build_head, loss_for, outputs_to_scores
@@ -370,37 +369,9 @@ class TransferEstimator:
 
     @classmethod
     def _from_bundle(cls, config: dict, state: dict[str, torch.Tensor]) -> TransferEstimator:
-        params = {k: v for k, v in config.get("params", {}).items() if k in inspect.signature(cls).parameters}
-        est = cls(**params)
-        spec = BackboneSpec.from_dict(config["backbone"])
-        backbone = create_backbone(spec, pretrained=False)  # the architecture only; weights come from the bundle
-        head_cfg = config["head"]
-        est.classical_ = None
-        if head_cfg["kind"] == "classical":
-            classical_state = {k: v for k, v in state.items() if k.startswith("classical.")}
-            est.classical_ = from_tensors(head_cfg, classical_state)
-            est._classical_saved = (head_cfg, classical_state)
-            state = {k: v for k, v in state.items() if not k.startswith("classical.")}
-            head = nn.Identity()
-        else:
-            head = build_head(HeadConfig(kind=head_cfg["kind"], hidden=head_cfg.get("hidden", 512)),
-                              backbone.feature_dim, head_cfg["out_dim"])
-        model = TransferModel(backbone, head)
-        model.load_state_dict(state, strict=True)
-        est.model_, est.spec_ = model.eval(), spec
-        est.classes_ = list(config["labels"])
-        est.backbone_trained_ = bool(config["backbone_trained"])
-        est.strategy_, est.metrics_ = config.get("strategy"), config.get("metrics", {})
-        est.data_summary_ = config.get("data", {})
-        est.advice_ = None
-        if config.get("advisor"):
-            from .advisor import Advice
+        from .restore import restore_estimator
 
-            est.advice_ = Advice(**config["advisor"])
-        if config.get("target_scaling"):
-            est.target_scaling_ = config["target_scaling"]
-        est.headstart_version_ = config.get("headstart_version", __version__)
-        return est
+        return restore_estimator(cls, config, state)
 
     def _write_outputs(self, val: LabeledData) -> None:
         from .report import write_report

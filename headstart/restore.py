@@ -1,0 +1,49 @@
+"""Rebuilding a fitted estimator from a bundle's config and tensors: architecture from the spec, weights from
+the bundle (never downloaded again), fitted attributes from the JSON."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from . import __version__
+from .backbones import BackboneSpec, create_backbone
+from .classical import from_tensors
+from .heads import HeadConfig, TransferModel, build_head
+
+
+def restore_estimator(cls: type, config: dict, state: dict[str, torch.Tensor]):
+    """An instance of `cls` (an estimator class) fitted as the bundle records, ready to predict."""
+    params = {k: v for k, v in config.get("params", {}).items() if k in inspect.signature(cls).parameters}
+    est = cls(**params)
+    spec = BackboneSpec.from_dict(config["backbone"])
+    backbone = create_backbone(spec, pretrained=False)  # the architecture only; weights come from the bundle
+    head_cfg = config["head"]
+    est.classical_ = None
+    if head_cfg["kind"] == "classical":
+        classical_state = {k: v for k, v in state.items() if k.startswith("classical.")}
+        est.classical_ = from_tensors(head_cfg, classical_state)
+        est._classical_saved = (head_cfg, classical_state)
+        state = {k: v for k, v in state.items() if not k.startswith("classical.")}
+        head = nn.Identity()
+    else:
+        head = build_head(HeadConfig(kind=head_cfg["kind"], hidden=head_cfg.get("hidden", 512)),
+                          backbone.feature_dim, head_cfg["out_dim"])
+    model = TransferModel(backbone, head)
+    model.load_state_dict(state, strict=True)
+    est.model_, est.spec_ = model.eval(), spec
+    est.classes_ = list(config["labels"])
+    est.backbone_trained_ = bool(config["backbone_trained"])
+    est.strategy_, est.metrics_ = config.get("strategy"), config.get("metrics", {})
+    est.data_summary_ = config.get("data", {})
+    est.advice_ = None
+    if config.get("advisor"):
+        from .advisor import Advice
+
+        est.advice_ = Advice(**config["advisor"])
+    if config.get("target_scaling"):
+        est.target_scaling_ = config["target_scaling"]
+    est.headstart_version_ = config.get("headstart_version", __version__)
+    return est
