@@ -1,0 +1,183 @@
+"""Load test of `headstart serve` on loopback: a fixed number of requests, a fixed number in flight at once.
+
+The server runs as its own process (`python -m headstart.cli serve`), as a user starts it. The client sends
+`--requests` POST /predict requests, `--concurrency` at a time, each with `--per-request` Fashion-MNIST images
+(multipart) or tweets (JSON), and prints throughput, p50/p99 latency and the number of failed requests (any
+status but 200, or a connection error). Baseline, in this process before the server starts: the same batches
+scored directly by the same model (`BatchScorer`), one after another; the ratio is served items/s over direct.
+
+Run: .venv/bin/python bench/serve_load.py [--modality image|text] [--requests 200] [--concurrency 8]
+     [--per-request 4] [--runtime torch|onnx] [--threads N] [--json bench/results/serve_load.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from headstart._runtime import tune_allocator
+
+
+def build_bundle(modality: str, folder: str) -> tuple[str, list]:
+    """A small trained head on the packaged backbone, and the inputs to send: PNG bytes or texts."""
+    import headstart as hs
+
+    if modality == "image":
+        from headstart.data.fashion_mnist import export_subset
+        from headstart.predict_stream import iter_inputs
+
+        train = export_subset(os.path.join(folder, "train"), "train", 3, seed=0)
+        test = export_subset(os.path.join(folder, "test"), "test", 5, seed=1)
+        est = hs.ImageClassifier(strategy="features", head_epochs=5, verbose=False, use_cache=False).fit(train)
+        payloads = []
+        for path in iter_inputs("image", [test]):
+            with open(path, "rb") as f:
+                payloads.append(f.read())
+    else:
+        from headstart.data.tweets import export_split, load_tweets
+
+        train, _, _ = export_split(os.path.join(folder, "tweets"), per_class_train=10, test_size=10)
+        est = hs.TextClassifier(strategy="features", head_epochs=5, verbose=False, use_cache=False).fit(train)
+        payloads = load_tweets()[0][:200]
+    return est.save(os.path.join(folder, f"{modality}.hs")), payloads
+
+
+def request_batches(payloads: list, requests: int, per_request: int) -> list[list]:
+    return [[payloads[(i * per_request + j) % len(payloads)] for j in range(per_request)] for i in range(requests)]
+
+
+def direct_baseline(bundle: str, runtime: str, batches: list[list], modality: str) -> float:
+    """Items per second scoring the same batches in-process, sequentially (no HTTP, no JSON)."""
+    from PIL import Image
+
+    import headstart as hs
+    from headstart.predict_stream import BatchScorer
+
+    scorer = BatchScorer(hs.load(bundle, runtime=runtime))
+
+    def as_items(batch: list) -> list:
+        return [Image.open(io.BytesIO(b)) for b in batch] if modality == "image" else batch
+
+    scorer.score(as_items(batches[0]))  # warm-up
+    start = time.perf_counter()
+    for batch in batches:
+        scorer.score(as_items(batch))
+    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(bundle: str, port: int, runtime: str, max_batch: int) -> subprocess.Popen:
+    import httpx
+
+    cmd = [sys.executable, "-m", "headstart.cli", "serve", bundle, "--port", str(port), "--runtime", runtime,
+           "--max-batch", str(max_batch)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stderr.read().decode()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not come up within 300 s")
+
+
+async def load_test(port: int, batches: list[list], concurrency: int, modality: str) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    failures: list[str] = []
+    gate = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=300, limits=limits) as client:
+
+        async def one(batch: list) -> None:
+            async with gate:
+                start = time.perf_counter()
+                try:
+                    if modality == "image":
+                        files = [("files", (f"{i}.png", b, "image/png")) for i, b in enumerate(batch)]
+                        resp = await client.post("/predict", files=files)
+                    else:
+                        resp = await client.post("/predict", json={"texts": batch})
+                    if resp.status_code != 200 or len(resp.json()["predictions"]) != len(batch):
+                        failures.append(f"{resp.status_code}: {resp.text[:200]}")
+                except httpx.HTTPError as err:
+                    failures.append(repr(err))
+                latencies.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(b) for b in batches))
+        wall = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    items = sum(len(b) for b in batches)
+    return {"requests": len(batches), "failed": len(failures), "first_failures": failures[:3],
+            "wall_s": round(wall, 2), "requests_per_s": round(len(batches) / wall, 2),
+            "items_per_s": round(items / wall, 2), "p50_ms": round(float(np.percentile(ms, 50)), 1),
+            "p99_ms": round(float(np.percentile(ms, 99)), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modality", choices=("image", "text"), default="image")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--per-request", type=int, default=4, help="inputs per request")
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
+    parser.add_argument("--threads", type=int, default=0, help="torch/onnxruntime threads (0: torch's default)")
+    parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "serve_load.json"))
+    args = parser.parse_args()
+    if args.threads:  # a shared CPU: fewer threads than cores avoid OpenMP barriers stalling on busy cores
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the server process
+        torch.set_num_threads(args.threads)
+    tune_allocator()
+    os.environ.setdefault("MALLOC_MMAP_MAX_", "0")  # the server process gets the same allocator settings
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "100000000000")
+    os.environ.setdefault("HEADSTART_CACHE", tempfile.mkdtemp(prefix="hs-bench-cache-"))
+    with tempfile.TemporaryDirectory() as folder:
+        bundle, payloads = build_bundle(args.modality, folder)
+        batches = request_batches(payloads, args.requests, args.per_request)
+        direct = direct_baseline(bundle, args.runtime, batches, args.modality)
+        port = free_port()
+        server = start_server(bundle, port, args.runtime, max(64, args.per_request))
+        try:
+            result = asyncio.run(load_test(port, batches, args.concurrency, args.modality))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    result.update({"modality": args.modality, "runtime": args.runtime, "concurrency": args.concurrency,
+                   "per_request": args.per_request, "direct_items_per_s": round(direct, 2),
+                   "ratio_vs_direct": round(result["items_per_s"] / direct, 3)})
+    print(f"{args.modality} on {args.runtime}: {result['requests']} requests x {args.per_request} inputs, "
+          f"{args.concurrency} concurrent: {result['requests_per_s']:.1f} req/s, {result['items_per_s']:.1f} "
+          f"inputs/s (direct {direct:.1f}/s, ratio {result['ratio_vs_direct']:.2f}); p50 {result['p50_ms']:.0f} ms, "
+          f"p99 {result['p99_ms']:.0f} ms; failed {result['failed']}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"results: {args.json}")
+    if result["failed"]:
+        raise SystemExit(f"{result['failed']} requests failed, first: {result['first_failures'][0]}")
+
+
+if __name__ == "__main__":
+    main()

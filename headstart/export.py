@@ -1,0 +1,250 @@
+"""Exporting a bundle to ONNX or TorchScript, and running a bundle on onnxruntime.
+
+The graph holds everything that can live in it: for images the normalisation, the backbone and the head, from
+float32 NCHW pixels in [0, 1] at the backbone's size (resize and centre crop stay outside: they depend on each
+image's size); for texts the encoder, its pooling and the head, from `input_ids` and `attention_mask` (the
+tokenizer stays outside). The output is what `predict_proba` returns: class or per-label probabilities, or the
+standardised regression value.
+
+ONNX goes through the TorchScript-based exporter (`dynamo=False`). torch 2.14 defaults to the dynamo exporter,
+which needs the extra `onnxscript` package (and its own operator translations); the TorchScript exporter needs
+only torch and onnx, takes a dynamic batch (and token) axis, and exports both packaged backbones (measured parity:
+about 3e-5 for EfficientNet-Lite0, well inside the 1e-4 tolerance).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import HeadstartError
+
+if TYPE_CHECKING:
+    from .estimator import TransferEstimator
+from .heads import outputs_to_scores
+from .progress import say
+
+FORMATS = ("onnx", "torchscript")
+PARITY_TOLERANCE = 1e-4
+OPSET = 17
+CHECK_LIMIT = 32  # parity-check inputs: enough to cover every class of a small problem, quick to run twice
+
+
+class ImageGraph(nn.Module):
+    """[0, 1] pixels -> normalise -> backbone -> head -> scores: the deployable image pipeline."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], task: str | None) -> None:
+        super().__init__()
+        self.model, self.task = model, task
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = self.model((pixels - self.mean) / self.std)
+        return out if self.task is None else outputs_to_scores(self.task, out)
+
+
+class TextGraph(nn.Module):
+    """Token ids and mask -> encoder -> pooling -> head -> scores: the deployable text pipeline."""
+
+    def __init__(self, model: nn.Module, task: str | None) -> None:
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.model({"input_ids": input_ids, "attention_mask": attention_mask})
+        return out if self.task is None else outputs_to_scores(self.task, out)
+
+
+def scoring_graph(est: TransferEstimator, features_for_classical: bool = False) -> nn.Module:
+    """The fitted estimator's whole in-graph pipeline as one module.
+
+    A scikit-learn head cannot live in the graph: export refuses it, while local prediction
+    (`features_for_classical`) gets the graph up to the features and applies the head after it.
+    """
+    task: str | None = est._task
+    if getattr(est, "classical_", None) is not None:
+        if not features_for_classical:
+            raise HeadstartError(f"this bundle's head is a scikit-learn model ({est.head}), which cannot go into "
+                                 "an ONNX or TorchScript graph; refit with --head linear or torch-mlp to export")
+        task = None  # the model's head is an Identity: the graph returns the features
+    if est.modality == "image":
+        pre = est.spec_.preprocess
+        return ImageGraph(est.model_, pre.mean, pre.std, task).eval()
+    if est.modality == "text":
+        return TextGraph(est.model_, task).eval()
+    raise HeadstartError(f"cannot export {est.modality} models; known: image, text")
+
+
+def input_names(modality: str) -> list[str]:
+    return ["pixels"] if modality == "image" else ["input_ids", "attention_mask"]
+
+
+def _inputs(batch: dict, modality: str) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.as_tensor(batch[n]) for n in input_names(modality))
+
+
+def export_model(est: TransferEstimator, path: str, fmt: str = "onnx", check_inputs: Sequence | None = None,
+                 verbose: bool = True, bundle: str | None = None) -> dict:
+    """Write `est`'s graph to `path` and check it against the torch model on real inputs (`check_inputs`:
+    files, folders, tables or texts; the first CHECK_LIMIT are used).
+
+    Returns {"path", "format", "max_abs_diff", "n_checked"}; raises HeadstartError if the difference of scores
+    exceeds PARITY_TOLERANCE (the file is removed then: a graph that predicts differently is not an export).
+    """
+    from itertools import islice
+
+    from .predict_stream import BatchScorer, default_check_inputs, iter_inputs
+
+    if fmt not in FORMATS:
+        raise HeadstartError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
+    scorer = BatchScorer(est, device="cpu")  # export traces on the CPU, whatever predicting used before
+    graph = scoring_graph(est)
+    items = (list(islice(iter_inputs(est.modality, check_inputs), CHECK_LIMIT)) if check_inputs
+             else default_check_inputs(est))
+    prepared = [p for p in (scorer.prepare(x) for x in items) if p is not None]
+    if not prepared:
+        raise HeadstartError("none of the parity-check inputs could be read; pass readable files with --check")
+    example = _inputs(scorer.collate(prepared), est.modality)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".tmp", dir=folder)
+    os.close(fd)
+    # Checked on the traced batch and on its last input alone: another batch size (and, for texts, another
+    # padded length) proves the dynamic axes were not frozen at trace time.
+    checks = [example, _inputs(scorer.collate(prepared[-1:]), est.modality)]
+    try:
+        if fmt == "onnx":
+            _export_onnx(graph, example, est, tmp, bundle_digest(bundle) if bundle else None)
+            session = OnnxScorer(tmp)
+
+            def run(*x: torch.Tensor) -> np.ndarray:
+                return session.run(dict(zip(input_names(est.modality), x)))
+        else:
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit is deprecated, but still the way to ship a C++ graph
+                traced = torch.jit.trace(graph, example, check_trace=False)
+                torch.jit.save(traced, tmp)
+                loaded = torch.jit.load(tmp)
+
+            def run(*x: torch.Tensor) -> np.ndarray:
+                return loaded(*x).numpy()
+        with torch.no_grad():
+            diff = max(float(np.abs(run(*x).astype(np.float64) - graph(*x).numpy()).max()) for x in checks)
+        if not diff <= PARITY_TOLERANCE:
+            raise HeadstartError(f"{path}: exported graph differs from the model by {diff:.2e} (> "
+                                 f"{PARITY_TOLERANCE:g}) on {len(prepared)} inputs; not written")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    say(verbose, f"parity on {len(prepared)} real inputs: max |probability difference| = {diff:.2e} "
+        f"(tolerance {PARITY_TOLERANCE:g})")
+    return {"path": path, "format": fmt, "max_abs_diff": diff, "n_checked": len(prepared)}
+
+
+def _export_onnx(graph: nn.Module, example: tuple[torch.Tensor, ...], est, path: str, digest: str | None) -> None:
+    names = input_names(est.modality)
+    axes = {n: {0: "batch"} for n in names}
+    if est.modality == "text":
+        axes = {n: {0: "batch", 1: "tokens"} for n in names}
+    axes["scores"] = {0: "batch"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic in SAME padding: sizes are fixed
+        torch.onnx.export(graph, example, path, input_names=names, output_names=["scores"], dynamic_axes=axes,
+                          opset_version=OPSET, dynamo=False)
+    _annotate(path, est, digest)
+
+
+def _annotate(path: str, est, digest: str | None) -> None:
+    """Labels, task and preprocessing inside the ONNX file: it is deployable without the bundle."""
+    import json
+
+    import onnx
+
+    model = onnx.load(path)
+    meta = {"headstart.labels": json.dumps(est.classes_), "headstart.task": est._task,
+            "headstart.modality": est.modality, "headstart.backbone": json.dumps(est.spec_.to_dict())}
+    if digest:  # which bundle this graph came from: hs.load(bundle, runtime="onnx") reuses a matching export
+        meta["headstart.bundle_digest"] = digest
+    if getattr(est, "target_scaling_", None):
+        meta["headstart.target_scaling"] = json.dumps(est.target_scaling_)
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, path)
+
+
+class OnnxScorer:
+    """An onnxruntime session over an exported graph: numpy batches in, scores out."""
+
+    def __init__(self, path: str, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise HeadstartError("onnxruntime is not installed: pip install onnxruntime") from None
+        options = ort.SessionOptions()
+        # The same thread count as torch (OMP_NUM_THREADS / torch.set_num_threads): one knob for both runtimes.
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.log_severity_level = 3  # warnings about unused initialisers are noise for a user
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.path = path
+
+    def run(self, batch: dict) -> np.ndarray:
+        feed = {}
+        for name in self.inputs:
+            value = batch[name]
+            value = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            feed[name] = value.astype(np.int64 if name != "pixels" else np.float32, copy=False)
+        return self.session.run(["scores"], feed)[0]
+
+
+def bundle_digest(path: str) -> str:
+    h = hashlib.sha256()
+    if os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            with open(os.path.join(path, name), "rb") as f:
+                h.update(name.encode() + f.read())
+    else:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:24]
+
+
+def _exported_from(path: str) -> str | None:
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # not an ONNX file we can read: simply not a match
+        return None
+    return {p.key: p.value for p in model.metadata_props}.get("headstart.bundle_digest")
+
+
+def attach_onnx_runtime(est: TransferEstimator, bundle_path: str, verbose: bool = False) -> str:
+    """Make `est` predict through onnxruntime; returns the graph's path.
+
+    Uses `headstart export`'s file beside the bundle (BUNDLE.onnx) when it was exported from this very bundle,
+    else exports once per bundle content into the cache (the parity check runs then too).
+    """
+    from ._runtime import cache_root
+
+    digest = bundle_digest(bundle_path)
+    sibling = os.path.splitext(bundle_path)[0] + ".onnx"
+    path = os.path.join(cache_root(), "onnx", f"{digest}.onnx")
+    if os.path.isfile(sibling) and _exported_from(sibling) == digest:
+        path = sibling
+    elif not os.path.exists(path):
+        export_model(est, path, "onnx", verbose=verbose, bundle=bundle_path)
+    est.runtime_ = OnnxScorer(path)
+    return path

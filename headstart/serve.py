@@ -1,0 +1,240 @@
+"""An HTTP server for one bundle (FastAPI on uvicorn): `POST /predict`, `GET /health`, `GET /metadata`, and the
+OpenAPI schema at `/openapi.json` (browsable at `/docs`).
+
+Every limit (request bytes, batch size, image pixels, text length) answers a 4xx with `{"error": ...}`; a corrupt
+upload is a 400. Requests are checked before any pixel is decoded, and the model runs under a lock: torch already
+uses every core for one batch, so concurrent batches would only fight over them.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoint annotations (Request, the pydantic models
+# defined inside create_app) at runtime, and string annotations of local classes cannot be resolved.
+import io
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from .errors import HeadstartError
+from .predict_stream import BatchScorer, format_row
+
+if TYPE_CHECKING:
+    from .estimator import TransferEstimator
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    max_request_bytes: int = 32 << 20
+    max_batch: int = 64
+    max_pixels: int = 40_000_000  # width x height of one image, checked from the header before decoding
+    max_text_chars: int = 10_000
+
+
+class RequestProblem(Exception):
+    """A bad request: answered with `status` and a one-line JSON error, and the server goes on."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class BodyLimit:
+    """ASGI middleware: refuses bodies over the limit, whether announced by Content-Length or streamed (chunked).
+
+    The body is read here, up to the limit, then replayed to the app: a 413 is answered before any parser sees a
+    byte (parsers turn errors raised mid-read into a generic 400).
+    """
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await _json_response(send, 413, self._message())
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                return await _json_response(send, 413, self._message())
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: wait for a disconnect, as the server would
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _message(self) -> str:
+        return f"request body over {self.max_bytes} bytes; send fewer or smaller inputs per request"
+
+
+async def _json_response(send, status: int, message: str) -> None:
+    import json
+
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bundle: str = "") -> BodyLimit:
+    """A FastAPI app serving a fitted estimator (from `hs.load`, on torch or onnxruntime)."""
+    try:
+        from fastapi import FastAPI, Request
+        from fastapi.exceptions import RequestValidationError
+        from fastapi.responses import JSONResponse
+        from pydantic import BaseModel, Field
+        from starlette.concurrency import run_in_threadpool
+        from starlette.exceptions import HTTPException
+    except ImportError:
+        raise HeadstartError("serving needs fastapi, uvicorn and python-multipart: "
+                             "pip install fastapi uvicorn python-multipart") from None
+    est._check_fitted()
+    limits = limits or ServeLimits()
+    scorer = BatchScorer(est)
+    lock = threading.Lock()
+    runtime = "onnx" if getattr(est, "runtime_", None) is not None else "torch"
+
+    class TextsIn(BaseModel):
+        texts: list[str] = Field(..., description="texts to classify, at most max_batch per request")
+
+    class Prediction(BaseModel):
+        prediction: str | float | list[str] | None
+        score: float | None = None
+        probabilities: dict[str, float] | None = None
+        error: str | None = None
+
+    class PredictionsOut(BaseModel):
+        predictions: list[Prediction]
+        seconds: float
+
+    app = FastAPI(title=f"headstart: {est.spec_.name} {est.modality} {est._task}",
+                  description=f"Predictions from the headstart bundle {bundle}".strip())
+
+    @app.exception_handler(RequestProblem)
+    async def _problem(_, exc: RequestProblem):
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_, exc: HTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"error": f"invalid request: {where}: {first.get('msg', 'malformed')}"}, status_code=422)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/metadata")
+    def metadata() -> dict:
+        return {"labels": est.classes_, "task": est._task, "modality": est.modality, "backbone": est.spec_.name,
+                "preprocess": est.spec_.preprocess.to_dict(), "metrics": _plain_metrics(est.metrics_),
+                "runtime": runtime, "limits": asdict(limits)}
+
+    def predict_items(items: list) -> dict:
+        if not items:
+            raise RequestProblem(422, "no inputs: send at least one image file or text")
+        if len(items) > limits.max_batch:
+            raise RequestProblem(413, f"{len(items)} inputs in one request; at most {limits.max_batch} allowed")
+        started = time.perf_counter()
+        with lock:
+            scores, ok = scorer.score(items)
+        rows = []
+        for s, good in zip(scores, ok):
+            r = format_row(est, "", s, bool(good), with_probs=True)
+            probs = {c: r[f"p_{c}"] for c in est.classes_} if good and est._task != "regression" else None
+            rows.append(Prediction(prediction=None if not good else r["prediction"],
+                                   score=r["score"] if r["score"] != "" else None, probabilities=probs,
+                                   error=r["error"] or None))
+        return {"predictions": rows, "seconds": round(time.perf_counter() - started, 4)}
+
+    if est.modality == "image":
+        @app.post("/predict", response_model=PredictionsOut,
+                  openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
+                      "type": "object", "properties": {"files": {"type": "array", "items": {
+                          "type": "string", "format": "binary"}}}, "required": ["files"]}}}, "required": True}})
+        async def predict_images(request: Request) -> dict:
+            """Classify uploaded images: multipart/form-data, one or more `files` parts."""
+            if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+                raise RequestProblem(415, "send images as multipart/form-data with one or more 'files' parts")
+            try:
+                form = await request.form(max_files=limits.max_batch + 1, max_fields=limits.max_batch + 1)
+            except Exception as err:  # malformed multipart bodies raise several types inside starlette
+                raise RequestProblem(400, f"malformed multipart body: {err}") from None
+            uploads = [v for k, v in form.multi_items() if k == "files" and hasattr(v, "read")]
+            if len(uploads) > limits.max_batch:
+                raise RequestProblem(413, f"more than {limits.max_batch} images in one request")
+            raw = [(await u.read(), u.filename or f"file {i}") for i, u in enumerate(uploads)]
+
+            def decode_and_predict() -> dict:  # off the event loop: decoding and the model take CPU time
+                return predict_items([_open_image(data, name, limits.max_pixels) for data, name in raw])
+
+            return await run_in_threadpool(decode_and_predict)
+    else:
+        @app.post("/predict", response_model=PredictionsOut)
+        def predict_texts(body: TextsIn) -> dict:
+            """Classify texts: {"texts": ["...", ...]}."""
+            for i, text in enumerate(body.texts):
+                if len(text) > limits.max_text_chars:
+                    raise RequestProblem(413, f"texts[{i}] has {len(text)} characters; at most "
+                                              f"{limits.max_text_chars} allowed")
+            return predict_items(list(body.texts))
+
+    return BodyLimit(app, limits.max_request_bytes)
+
+
+def _open_image(raw: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Decode one upload, refusing it (400/413) rather than failing the whole server."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise RequestProblem(413, f"{name}: {width}x{height} pixels; at most {max_pixels} allowed")
+            img.load()
+            return img
+    except RequestProblem:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise RequestProblem(413, f"{name}: image too large (decompression bomb guard)") from None
+    except Exception as err:  # PIL raises many types for many formats; each means "not an image we can read"
+        raise RequestProblem(400, f"{name}: not a readable image ({type(err).__name__})") from None
+
+
+def _plain_metrics(metrics: dict) -> dict:
+    """Headline numbers only: per-class tables and confusion matrices belong in the report, not in metadata."""
+    validation = metrics.get("validation", {}) if isinstance(metrics, dict) else {}
+    keep = ("accuracy", "macro_f1", "micro_f1", "mae", "rmse", "r2", "n")
+    return {"validation": {k: validation[k] for k in keep if k in validation},
+            **{k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}}
+
+
+def serve(bundle: str, host: str = "127.0.0.1", port: int = 8000, runtime: str = "torch",
+          limits: ServeLimits | None = None) -> None:
+    """Load `bundle` and serve it until interrupted."""
+    import uvicorn
+
+    from .estimator import load
+
+    est = load(bundle, runtime=runtime)
+    est.verbose = False
+    uvicorn.run(create_app(est, limits, bundle), host=host, port=port, log_level="warning")

@@ -1,0 +1,120 @@
+"""Streaming prediction: folders and tables read lazily, rows written batch by batch, resume after a kill."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import COLOURS, TINY, TINY_SIZE, make_class_images
+from typer.testing import CliRunner
+
+import headstart as hs
+from headstart.cli import app
+from headstart.errors import HeadstartError
+from headstart.predict_stream import iter_inputs, stream_predict
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stream")
+    data = make_class_images(str(root / "train"), COLOURS, per_class=8)
+    clf = hs.ImageClassifier(backbone=TINY, pretrained=False, image_size=TINY_SIZE, strategy="features",
+                             head_epochs=5, verbose=False, use_cache=False).fit(data)
+    return clf.save(str(root / "model.hs")), data
+
+
+def _read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_folder_and_tables_stream_the_same_predictions(tiny_bundle, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bundle, data = tiny_bundle
+    est = hs.load(bundle)
+    est.verbose = False
+    paths = list(iter_inputs("image", [data]))
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    paths.append(str(tmp_path / "broken.png"))
+    expected = est.predict(paths)
+    rel = [os.path.relpath(p, tmp_path) for p in paths]
+    with open(tmp_path / "list.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path"], *([r] for r in rel)])
+    with open(tmp_path / "list.jsonl", "w") as f:
+        f.writelines(json.dumps({"path": r}) + "\n" for r in rel)
+    pq.write_table(pa.table({"file": rel}), tmp_path / "list.parquet")
+
+    sources = {"csv": ([str(tmp_path / "list.csv")], None), "jsonl": ([str(tmp_path / "list.jsonl")], None),
+               "parquet": ([str(tmp_path / "list.parquet")], "file"), "folder": ([data, paths[-1]], None)}
+    for name, (inputs, column) in sources.items():
+        out = str(tmp_path / f"{name}.csv")
+        summary = stream_predict(est, inputs, out, with_probs=True, batch_size=5, column=column, verbose=False)
+        rows = _read_csv(out)
+        assert summary["rows"] == len(paths) and summary["unreadable"] == 1, name
+        assert [r["prediction"] or None for r in rows] == expected, name
+        assert rows[-1]["error"] == "unreadable image" and rows[0]["error"] == ""
+        probs = np.array([[float(r[f"p_{c}"]) for c in est.classes_] for r in rows[:-1]])
+        assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
+
+
+def test_jsonl_output_and_resume_refuses_other_inputs(tiny_bundle, tmp_path):
+    bundle, data = tiny_bundle
+    est = hs.load(bundle)
+    out = str(tmp_path / "p.jsonl")
+    stream_predict(est, [os.path.join(data, "red")], out, verbose=False)
+    with open(out) as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 8 and all(r["prediction"] in COLOURS for r in rows)
+    again = stream_predict(est, [os.path.join(data, "red")], out, resume=True, verbose=False)
+    assert again["resumed_from"] == 8  # already finished: nothing recomputed, nothing appended
+    with open(out) as f:
+        assert len(f.readlines()) == 8
+    with pytest.raises(HeadstartError, match="other inputs"):
+        stream_predict(est, [os.path.join(data, "blue")], out, resume=True, verbose=False)
+
+
+def test_killed_run_resumes_where_it_stopped(tiny_bundle, tmp_path, capsys):
+    """A FIFO among the images blocks the reader mid-run, deterministically; the run is then SIGKILLed."""
+    bundle, data = tiny_bundle
+    folder = tmp_path / "images"
+    make_class_images(str(folder), {"a": (200, 40, 40), "b": (40, 40, 200)}, per_class=6)
+    stall = folder / "b" / "b_3.png"  # 10th file of 12 in walk order: batches of 2 finish up to it
+    good_copy = stall.read_bytes()
+    stall.unlink()
+    os.mkfifo(stall)
+    out = str(tmp_path / "pred.csv")
+    cmd = [sys.executable, "-m", "headstart.cli", "predict", bundle, str(folder), "--out", out, "--batch-size", "2",
+           "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    progress = out + ".progress.json"
+    deadline = time.time() + 120
+    state = {}
+    while time.time() < deadline and state.get("rows", 0) < 8:
+        time.sleep(0.05)
+        if os.path.exists(progress):
+            with open(progress) as f:
+                state = json.load(f)
+        assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state["rows"] == 8 and not state["done"]
+    with open(out, "a") as f:
+        f.write("/torn/write.png,a,0.9")  # what a kill in the middle of a write leaves behind
+    stall.unlink()
+    stall.write_bytes(good_copy)
+    resumed = CliRunner().invoke(app, [*cmd[3:-1], "--resume", "--quiet"])  # in-process: quicker than a restart
+    said = resumed.output + capsys.readouterr().err  # rich may write to the stream pytest installed, not click's
+    assert resumed.exit_code == 0 and "wrote 12 predictions" in said, said
+    assert "resumed after 8" in said
+    est = hs.load(bundle)
+    rows = _read_csv(out)
+    fresh = str(tmp_path / "fresh.csv")
+    stream_predict(est, [str(folder)], fresh, batch_size=2, verbose=False)
+    assert rows == _read_csv(fresh) and len(rows) == 12

@@ -1,0 +1,137 @@
+"""The HTTP server on loopback, with real requests: good ones, bad ones, and the server still up after them."""
+
+import io
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import COLOURS, TINY, TINY_SIZE, make_class_images
+from PIL import Image
+
+import headstart as hs
+from headstart.serve import ServeLimits, create_app
+
+LIMITS = ServeLimits(max_request_bytes=200_000, max_batch=4, max_pixels=300 * 300, max_text_chars=200)
+
+
+class LoopbackServer:
+    """uvicorn in a thread on a free loopback port, stopped at the end of the test module."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> httpx.Client:
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.05)
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60)
+        return self.client
+
+    def __exit__(self, *exc) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def _png(colour, size=24) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def image_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    data = make_class_images(str(root / "train"), COLOURS, per_class=8)
+    clf = hs.ImageClassifier(backbone=TINY, pretrained=False, image_size=TINY_SIZE, strategy="features",
+                             head_epochs=5, verbose=False, use_cache=False).fit(data)
+    est = hs.load(clf.save(str(root / "model.hs")))
+    with LoopbackServer(create_app(est, LIMITS, "model.hs")) as client:
+        yield client, est, data
+
+
+def test_health_metadata_and_openapi(image_server):
+    client, est, _ = image_server
+    assert client.get("/health").json() == {"status": "ok"}
+    meta = client.get("/metadata").json()
+    assert meta["labels"] == sorted(COLOURS) and meta["backbone"] == TINY and meta["task"] == "classification"
+    assert "accuracy" in meta["metrics"]["validation"] and meta["limits"]["max_batch"] == 4
+    schema = client.get("/openapi.json").json()
+    assert {"/predict", "/health", "/metadata"} <= set(schema["paths"])
+    assert "multipart/form-data" in schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+
+
+def test_predict_batch_matches_the_python_api(image_server, tmp_path):
+    client, est, data = image_server
+    paths = [os.path.join(data, c, f"{c}_0.png") for c in sorted(COLOURS)]
+    files = [("files", (os.path.basename(p), Path(p).read_bytes(), "image/png")) for p in paths]
+    resp = client.post("/predict", files=files)
+    assert resp.status_code == 200, resp.text
+    got = resp.json()["predictions"]
+    assert [g["prediction"] for g in got] == est.predict(paths)
+    want = est.predict_proba(paths)
+    probs = np.array([[g["probabilities"][c] for c in est.classes_] for g in got])
+    assert np.abs(probs - want).max() < 1e-5
+
+
+@pytest.mark.parametrize("case", ["corrupt", "too_many", "too_big_body", "too_many_pixels", "not_multipart",
+                                  "no_files", "truncated_png"])
+def test_bad_requests_get_a_json_4xx_and_the_server_keeps_serving(image_server, case):
+    client, _, _ = image_server
+    good = _png((200, 40, 40))
+    requests = {
+        "corrupt": (400, {"files": [("files", ("x.png", b"\x89PNG garbage", "image/png"))]}),
+        "truncated_png": (400, {"files": [("files", ("t.png", good[: len(good) // 2], "image/png"))]}),
+        "too_many": (413, {"files": [("files", (f"{i}.png", good, "image/png")) for i in range(5)]}),
+        "too_big_body": (413, {"files": [("files", ("big.png", good + b"\0" * 250_000, "image/png"))]}),
+        "too_many_pixels": (413, {"files": [("files", ("huge.png", _png((1, 2, 3), size=400), "image/png"))]}),
+        "not_multipart": (415, {"json": {"files": ["a"]}}),
+        "no_files": (422, {"data": {"other": "x"}, "files": [("other_file", ("a.txt", b"a", "text/plain"))]}),
+    }
+    status, kwargs = requests[case]
+    resp = client.post("/predict", **kwargs)
+    assert resp.status_code == status, resp.text
+    assert isinstance(resp.json()["error"], str) and resp.json()["error"]
+    after = client.post("/predict", files=[("files", ("ok.png", good, "image/png"))])
+    assert after.status_code == 200 and after.json()["predictions"][0]["prediction"] in COLOURS
+
+
+def test_text_server_with_packaged_minilm(tmp_path):
+    from headstart.data.labeled import LabeledData
+
+    positive = ["I love this, it is wonderful", "what a great and happy day", "this is excellent, thank you",
+                "absolutely fantastic experience", "brilliant work, I am delighted", "so good, really enjoyed it"]
+    negative = ["I hate this, it is awful", "what a terrible and sad day", "this is horrible, never again",
+                "absolutely dreadful experience", "bad work, I am furious", "so poor, really disliked it"]
+    texts = LabeledData(positive + negative, np.array([1] * 6 + [0] * 6), ["neg", "pos"], "classification", "inline")
+    clf = hs.TextClassifier(strategy="features", head_epochs=20, verbose=False, use_cache=False).fit(texts)
+    with LoopbackServer(create_app(clf, LIMITS)) as client:
+        texts = ["what a wonderful happy day", "a horrible, awful day"]
+        resp = client.post("/predict", json={"texts": texts})
+        assert resp.status_code == 200, resp.text
+        assert [p["prediction"] for p in resp.json()["predictions"]] == clf.predict(texts)
+        empty = client.post("/predict", json={"texts": ["fine", "   "]}).json()["predictions"]
+        assert empty[1]["error"] == "unusable text" and empty[0]["prediction"] in ("neg", "pos")
+        for body, status in [({"texts": ["x" * 201]}, 413), ({"texts": ["a"] * 5}, 413), ({"texts": []}, 422),
+                             ({"texts": "not a list"}, 422), ({"wrong": 1}, 422)]:
+            resp = client.post("/predict", json=body)
+            assert resp.status_code == status and resp.json()["error"], (body, resp.text)
+        chunks = iter([b'{"texts": ["' + b"a" * 150_000, b"a" * 100_000 + b'"]}'])  # no Content-Length: chunked
+        streamed = client.post("/predict", content=chunks, headers={"content-type": "application/json"})
+        assert streamed.status_code == 413 and "bytes" in streamed.json()["error"]
+        bad_json = client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+        assert bad_json.status_code == 422 and bad_json.json()["error"]
+        assert client.get("/health").status_code == 200
