@@ -1,0 +1,236 @@
+"""Untrusted inputs, thrown at the loaders and the CLI by hypothesis: random bytes, truncated images, huge
+dimensions, odd encodings, malformed CSV/JSONL and bundles. Every case must end in a clear, one-line
+HeadstartError (the CLI's exit 2) or a counted skip: never a traceback, never a hang."""
+
+import contextlib
+import io
+import json
+import os
+import signal
+import struct
+import sys
+import tempfile
+import zipfile
+import zlib
+from unittest import mock
+
+import numpy as np
+import pytest
+from conftest import COLOURS, TINY, TINY_SIZE, make_class_images
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import headstart as hs
+from headstart.cli import main
+from headstart.data.images import ImageRowsDataset, eval_transform, image_problem, load_images
+from headstart.data.texts import load_texts
+from headstart.errors import HeadstartError
+
+FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 20):
+    """A case that takes this long counts as a hang: fail it instead of waiting forever."""
+    def stop(*_):
+        raise AssertionError(f"no answer after {seconds} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _one_line(err: BaseException) -> None:
+    assert "\n" not in str(err).strip() and str(err).strip(), f"not one clear line: {err!r}"
+
+
+def _png_bytes(size: int = 24, seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims `width` x `height` pixels: a decompression bomb's calling card."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND",
+                                                                                                            b"")
+
+
+def _write(path: str, data: bytes) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+bad_image = st.one_of(
+    st.binary(max_size=2048),  # random bytes
+    st.integers(0, 2000).map(lambda n: _png_bytes()[:n]),  # a PNG cut short anywhere
+    st.tuples(st.integers(20_000, 2**31 - 1), st.integers(20_000, 2**31 - 1)).map(lambda wh: _png_claiming(*wh)),
+    st.binary(min_size=1, max_size=64).map(lambda b: _png_bytes()[:200] + b + _png_bytes()[200:]),  # corrupted
+)
+
+
+@FUZZ
+@given(files=st.lists(bad_image, min_size=1, max_size=4))
+def test_image_folder_with_bad_files_skips_and_counts_them(files):
+    with tempfile.TemporaryDirectory() as root, no_hang():
+        for c in ("a", "b"):
+            _write(os.path.join(root, c, "good.png"), _png_bytes(seed=ord(c)))
+            for i, data in enumerate(files):
+                _write(os.path.join(root, c, f"bad{i}.png"), data)
+        try:
+            data = load_images(root)
+        except HeadstartError as err:
+            _one_line(err)
+            return
+        assert len(data) + len(data.skipped) == 2 * (len(files) + 1)
+        assert all(reason for _, reason in data.skipped)
+        # what passed the header check but still fails to decode is skipped when read, never raised
+        ds = ImageRowsDataset(data.items, data.targets, eval_transform(_preprocess()))
+        for i in range(len(ds)):
+            ds[i]
+
+
+def _preprocess():
+    from headstart.backbones.base import ImagePreprocess
+
+    return ImagePreprocess(size=16)
+
+
+def test_decompression_bombs_are_refused(tmp_path):
+    bomb = _write(str(tmp_path / "bomb.png"), _png_claiming(100_000, 100_000))
+    assert "decompression bomb" in image_problem(bomb)
+    ds = ImageRowsDataset([bomb], None, eval_transform(_preprocess()))
+    assert ds[0][1] is None, "a bomb that reaches decoding is skipped, not decoded"
+    folder = make_class_images(str(tmp_path / "data"), COLOURS, per_class=2)
+    _write(os.path.join(folder, "red", "bomb.png"), _png_claiming(100_000, 100_000))
+    data = load_images(folder)
+    assert [(os.path.basename(p), "decompression" in why) for p, why in data.skipped] == [("bomb.png", True)]
+    with pytest.raises(hs.DataError, match="decompression bomb"):
+        load_images(folder, strict=True)
+
+
+odd_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
+odd_bytes = st.one_of(
+    st.binary(max_size=400),
+    odd_text.map(lambda t: t.encode("utf-16")),  # another encoding
+    odd_text.map(lambda t: t.encode("latin-1", errors="replace")),
+    st.lists(st.tuples(odd_text, odd_text), max_size=6).map(  # a CSV with odd cells
+        lambda rows: ("text,label\n" + "\n".join(f"{a},{b}" for a, b in rows)).encode("utf-8", "surrogatepass")),
+    st.lists(st.one_of(odd_text, st.just('{"text": "hi", "label": "x"}'), st.just("[1, 2]"), st.just('{"text": 1}')),
+             max_size=6).map(lambda lines: "\n".join(lines).encode()),
+)
+
+
+@FUZZ
+@given(raw=odd_bytes, suffix=st.sampled_from([".csv", ".jsonl"]), task=st.sampled_from(["classification",
+                                                                                         "regression",
+                                                                                         "multilabel"]))
+def test_malformed_tables_end_in_a_clear_error_or_counted_skips(raw, suffix, task):
+    with tempfile.TemporaryDirectory() as root, no_hang():
+        path = _write(os.path.join(root, "data" + suffix), raw)
+        for load in (lambda: load_texts(path, task), lambda: load_images(path, task) if suffix == ".csv" else None):
+            try:
+                data = load()
+            except HeadstartError as err:
+                _one_line(err)
+                continue
+            if data is not None:
+                assert len(data) >= 1 and len(data.targets) == len(data)
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    """Run the CLI's own entry point in-process: its exit code and what it printed on stderr."""
+    err = io.StringIO()
+    from headstart import progress
+
+    previous, progress.console.file = progress.console.file, err
+    try:
+        with mock.patch.object(sys, "argv", ["headstart", *args]), contextlib.redirect_stdout(io.StringIO()):
+            main()
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        progress.console.file = previous
+    return code, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("fuzz")
+    data = make_class_images(str(root / "train"), COLOURS, per_class=6)
+    clf = hs.ImageClassifier(TINY, strategy="features", pretrained=False, image_size=TINY_SIZE, head_epochs=2,
+                             verbose=False).fit(data)
+    return clf.save(str(root / "model.hs"))
+
+
+@FUZZ
+@given(files=st.lists(bad_image, min_size=1, max_size=3))
+def test_cli_predict_on_bad_images_reports_them_per_row(bundle, files):
+    with tempfile.TemporaryDirectory() as root, no_hang():
+        paths = [_write(os.path.join(root, f"x{i}.png"), data) for i, data in enumerate(files)]
+        out = os.path.join(root, "pred.jsonl")
+        code, err = _cli("predict", bundle, *paths, "--out", out, "--quiet")
+        assert code == 0, err
+        with open(out) as f:
+            rows = [json.loads(line) for line in f]
+        assert len(rows) == len(paths)
+        assert all(r.get("error") or r.get("prediction") in COLOURS for r in rows)
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+json_value = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | odd_text,
+                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(odd_text, inner, max_size=3),
+                          max_leaves=8)
+bad_bundle = st.one_of(
+    st.binary(max_size=512),
+    st.dictionaries(st.sampled_from(["format", "format_version", "modality", "task", "backbone", "head", "labels",
+                                     "backbone_trained", "params"]), json_value).map(
+        lambda cfg: _zip({"config.json": json.dumps(cfg).encode(), "model.safetensors": b"\0" * 16})),
+    st.binary(max_size=256).map(lambda b: _zip({"config.json": b, "model.safetensors": b})),
+)
+
+
+@FUZZ
+@given(raw=bad_bundle, command=st.sampled_from(["predict", "evaluate"]))
+def test_cli_refuses_malformed_bundles_in_one_line(bundle, raw, command):
+    with tempfile.TemporaryDirectory() as root, no_hang():
+        path = _write(os.path.join(root, "model.hs"), raw)
+        image = _write(os.path.join(root, "a.png"), _png_bytes())
+        code, err = _cli(command, path, image if command == "predict" else root, "--quiet")
+        assert code == 2, err
+        assert err.startswith("error:") and len(err.strip().splitlines()) == 1, err
+
+
+@FUZZ
+@given(tweak=st.dictionaries(st.sampled_from(["modality", "task", "backbone", "head", "labels", "backbone_trained",
+                                              "format_version", "target_scaling"]), json_value, min_size=1))
+def test_a_real_bundle_with_a_tampered_config_is_refused_clearly(bundle, tweak):
+    with zipfile.ZipFile(bundle) as zf:
+        config, weights = json.loads(zf.read("config.json")), zf.read("model.safetensors")
+    config.update(tweak)
+    with tempfile.TemporaryDirectory() as root, no_hang():
+        path = _write(os.path.join(root, "model.hs"), _zip({"config.json": json.dumps(config).encode(),
+                                                           "model.safetensors": weights}))
+        try:
+            hs.load(path).predict(bundle.replace("model.hs", "train"))
+        except HeadstartError as err:
+            _one_line(err)
