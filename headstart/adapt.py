@@ -1,0 +1,270 @@
+"""Domain adaptation: labeled source data plus unlabeled data from the target domain, one switch per method.
+
+`fit(data, unlabeled=DIR_OR_FILE)` trains on the source as usual, then adapts the fitted model (`adapt=`):
+* `adabn` (Li et al. 2016): BatchNorm statistics re-estimated. Source statistics first, and the head retrained on
+  the features they give, then target statistics swapped in: each domain is normalised by its own moments, so
+  the head sees target features on the scale it was trained on. One pass over each domain, no gradient steps.
+* `coral` (Sun et al. 2016, CORrelation ALignment): source features are whitened with their own covariance and
+  re-coloured with the target's (and moved to the target mean), and the head is retrained on them. Any backbone;
+  on cached features, so it costs a few seconds.
+* `dann` (Ganin et al. 2016): a domain classifier on the features, trained through a gradient-reversal layer so
+  the backbone learns features that predict the labels but not the domain. Costs fine-tuning.
+* `auto`: `coral`, the one that helped on bench/domain_shift.py (see the README for the numbers).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from .data.labeled import LabeledData
+from .errors import DataError, HeadstartError
+from .heads import Standardize, loss_for
+from .progress import make_progress, say
+from .strategies import HEAD, Stage
+from .train import LoopConfig, run_stage
+
+ADAPT_METHODS = ("auto", "adabn", "coral", "dann")
+_BATCHNORM = nn.modules.batchnorm._BatchNorm
+
+
+def batchnorm_layers(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, _BATCHNORM)]
+
+
+def choose_method(backbone: nn.Module) -> tuple[str, str]:
+    # bench/domain_shift.py (Fashion-MNIST -> inverted, Lite0): CORAL gained on source-only where AdaBN lost and
+    # DANN tied at ~7x CORAL's cost; CORAL also works on any backbone
+    return "coral", "align the source features' covariance to the target's and retrain the head (cheap, any backbone)"
+
+
+def _loader(backbone, items: Sequence, targets: np.ndarray | None, train: bool, batch_size: int,
+            generator: torch.Generator | None = None) -> DataLoader:
+    from .modalities import modality_of
+
+    modality = modality_of(backbone)
+    return DataLoader(modality.dataset(items, targets, backbone, train), batch_size=batch_size, shuffle=train,
+                      collate_fn=modality.collate(backbone), generator=generator, drop_last=False)
+
+
+@torch.no_grad()
+def reestimate_batchnorm(backbone: nn.Module, items: Sequence, batch_size: int = 32, verbose: bool = True) -> int:
+    """Replace every BatchNorm's running mean and variance by those of `items` (a cumulative average over
+    batches, not a moving one, so every item counts the same). Returns how many layers were updated."""
+    from .inference import _device, _to
+
+    layers = batchnorm_layers(backbone)
+    if not layers:
+        raise HeadstartError(f"backbone '{backbone.spec.name}' has no BatchNorm layer for AdaBN to re-estimate; "
+                             "use adapt='coral' or adapt='dann'")
+    device = _device()
+    backbone.to(device).eval()
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+        m.train()
+    with make_progress(verbose) as bar:
+        task = bar.add_task("adabn statistics", total=len(items), info="")
+        for idx, x, _ in _loader(backbone, items, None, False, batch_size):
+            if x is not None and len(idx) > 1:  # a single row has no variance
+                backbone(_to(x, device))
+            bar.update(task, advance=len(idx))
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    backbone.eval()
+    return len(layers)
+
+
+def coral_transform(source: np.ndarray, target: np.ndarray, eps: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(A, b) such that `source @ A + b` has the target's mean and (regularised) covariance.
+
+    The ridge `eps` is relative to the average variance, so it means the same for every backbone's feature scale;
+    it keeps the whitening stable when there are fewer rows than feature dimensions.
+    """
+    def moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = x.astype(np.float64)
+        cov = np.cov(x, rowvar=False) if len(x) > 1 else np.zeros((x.shape[1], x.shape[1]))
+        ridge = eps * max(float(np.trace(cov)) / len(cov), 1e-8)
+        return x.mean(0), cov + ridge * np.eye(len(cov))
+
+    def power(cov: np.ndarray, p: float) -> np.ndarray:
+        vals, vecs = np.linalg.eigh(cov)
+        return (vecs * np.clip(vals, 1e-12, None) ** p) @ vecs.T
+
+    mu_s, cov_s = moments(source)
+    mu_t, cov_t = moments(target)
+    a = power(cov_s, -0.5) @ power(cov_t, 0.5)
+    return a.astype(np.float32), (mu_t - mu_s @ a).astype(np.float32)
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, strength: float) -> torch.Tensor:
+        ctx.strength = strength
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.strength * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """Identity forward; the gradient flows back multiplied by -strength (DANN's gradient-reversal layer)."""
+    return _ReverseGradient.apply(x, strength)
+
+
+def dann_train(model: nn.Module, source: LabeledData, target_items: Sequence, *, epochs: int, lr: float,
+               batch_size: int, seed: int = 0, verbose: bool = True) -> list[dict]:
+    """Train backbone and head on the source labels while a domain classifier, behind a gradient-reversal layer,
+    tries to tell source from target features. The reversal strength ramps 0 -> 1 (Ganin's schedule) so the
+    label loss shapes the features before the domain loss does. Pretrained BatchNorm statistics stay fixed."""
+    from .inference import _device, _to
+
+    device = _device()
+    backbone, head = model.backbone, model.head
+    norm = head[0] if isinstance(head, nn.Sequential) and isinstance(head[0], Standardize) else nn.Identity()
+    discriminator = nn.Sequential(nn.Linear(backbone.feature_dim, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 1))
+    model.to(device)
+    discriminator.to(device)
+    generator = torch.Generator().manual_seed(seed)
+    src = _loader(backbone, source.items, source.targets, True, batch_size, generator)
+    tgt = _loader(backbone, target_items, None, True, batch_size, generator)
+    groups = [{"params": list(head.parameters()), "lr": lr * 0.1},
+              {"params": list(backbone.parameters()), "lr": lr * 0.1},
+              {"params": list(discriminator.parameters()), "lr": lr}]
+    for g in groups:
+        for p in g["params"]:
+            p.requires_grad_(True)
+    opt = torch.optim.AdamW(groups, weight_decay=1e-4)
+    label_loss, domain_loss = loss_for("classification"), nn.BCEWithLogitsLoss()
+    steps, step, history = epochs * len(src), 0, []
+    target_batches = iter(tgt)
+    with make_progress(verbose) as bar:
+        task = bar.add_task("dann", total=steps, info="")
+        for epoch in range(1, epochs + 1):
+            model.train()
+            discriminator.train()
+            for m in batchnorm_layers(backbone):
+                m.eval()
+            totals, seen = np.zeros(3), 0
+            for _, xs, ys in src:
+                if xs is None:
+                    continue
+                try:
+                    _, xt, _ = next(target_batches)
+                except StopIteration:  # the target set is cycled as often as the source needs
+                    target_batches = iter(tgt)
+                    _, xt, _ = next(target_batches)
+                strength = 2.0 / (1.0 + math.exp(-10.0 * step / max(steps, 1))) - 1.0
+                fs, ft = backbone(_to(xs, device)), backbone(_to(xt, device)) if xt is not None else None
+                loss_y = label_loss(head(fs), ys.to(device))
+                feats = fs if ft is None else torch.cat([fs, ft])
+                domains = torch.cat([torch.zeros(len(fs)), torch.ones(len(feats) - len(fs))]).to(device)
+                logits = discriminator(reverse_gradient(norm(feats), strength)).squeeze(-1)
+                loss_d = domain_loss(logits, domains)
+                opt.zero_grad(set_to_none=True)
+                (loss_y + loss_d).backward()
+                nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+                opt.step()
+                step += 1
+                domain_acc = float(((logits > 0).float() == domains).float().mean())
+                totals += np.array([float(loss_y.detach()), float(loss_d.detach()), domain_acc]) * len(ys)
+                seen += len(ys)
+                bar.update(task, advance=1, info=f"label {totals[0] / seen:.3f} domain acc {totals[2] / seen:.2f}")
+            history.append({"stage": "dann", "epoch": epoch, "train_loss": totals[0] / max(seen, 1),
+                            "val_loss": float("nan"),  # no early stopping: the source validation set is not the goal
+                            "domain_loss": totals[1] / max(seen, 1), "domain_accuracy": totals[2] / max(seen, 1)})
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    return history
+
+
+def _features(est, backbone, items: Sequence, trained: bool) -> tuple[np.ndarray, np.ndarray]:
+    from .inference import embed, run_over
+
+    if trained:  # fine-tuned weights: the cache holds the pretrained backbone's features, not these
+        return run_over(backbone, items, est.batch_size, est.num_workers, est.verbose)
+    return embed(backbone, items, batch_size=est.batch_size, num_workers=est.num_workers, use_cache=est.use_cache,
+                 cache_dir=est.cache_dir, verbose=est.verbose)
+
+
+def _retrain_head(est, head: nn.Module, name: str, train: tuple[np.ndarray, np.ndarray],
+                  val: tuple[np.ndarray, np.ndarray], log) -> tuple[Stage, list[dict]]:
+    """The head trained again (from its current weights) on given feature rows: standardised on them first."""
+    gen = torch.Generator().manual_seed(est.seed)
+
+    def loader(part: tuple[np.ndarray, np.ndarray], shuffle: bool) -> DataLoader:
+        x, y = part
+        ds = TensorDataset(torch.arange(len(x)), torch.as_tensor(x, dtype=torch.float32), est._target_tensor(y))
+        return DataLoader(ds, batch_size=est.batch_size, shuffle=shuffle, generator=gen)
+
+    stage = Stage(name, est.head_epochs, {HEAD: est.lr})
+    if isinstance(head, nn.Sequential) and isinstance(head[0], Standardize):
+        head[0].set_statistics(torch.as_tensor(train[0], dtype=torch.float32))
+    cfg = LoopConfig(patience=est.patience, mixed_precision="no", verbose=est.verbose)
+    return stage, run_stage(head, stage, loader(train, True), loader(val, False), loss_for(est._task), est._task,
+                            cfg, log)
+
+
+def target_items(est, unlabeled) -> list:
+    """The unlabeled target inputs: a folder or file of images or texts, or a list of them."""
+    given = [unlabeled] if isinstance(unlabeled, (str, os.PathLike)) else list(unlabeled)
+    items = est._modality.list_inputs(given)
+    if len(items) < 2:
+        raise DataError(f"{unlabeled}: domain adaptation needs at least 2 unlabeled target {est._modality.noun}, "
+                        f"found {len(items)}; point unlabeled= at a folder or file of target-domain inputs")
+    return items
+
+
+def adapt_to_target(est, model: nn.Module, train: LabeledData, val: LabeledData, unlabeled, stages: list,
+                    backbone_trained: bool, log) -> bool:
+    """Adapt the just-fitted `model` to the target domain with method `est.adapt`; appends what it did to
+    `stages` and `est.history_`. Returns whether the backbone's weights or statistics now differ from the
+    pretrained ones (predictions must then run through the model, not the feature cache)."""
+    if est._task != "classification":
+        raise HeadstartError(f"domain adaptation supports classification only, not {est._task}")
+    method = getattr(est, "adapt", "auto") or "auto"
+    if method not in ADAPT_METHODS:
+        raise HeadstartError(f"unknown adapt method '{method}': choose one of {', '.join(ADAPT_METHODS)}")
+    items = target_items(est, unlabeled)
+    backbone, head = model.backbone, model.head
+    if method == "auto":
+        method, why = choose_method(backbone)
+        say(est.verbose, f"adapt: -> {method}: {why}")
+    say(est.verbose, f"adapt: {method} to {len(items)} unlabeled target {est._modality.noun}")
+    if method == "adabn":
+        reestimate_batchnorm(backbone, train.items, est.batch_size, est.verbose)  # source statistics first
+        fs, ok_s = _features(est, backbone, train.items, trained=True)
+        fv, ok_v = _features(est, backbone, val.items, trained=True)
+        stage, records = _retrain_head(est, head, "adabn-head", (fs[ok_s], train.targets[ok_s]),
+                                       (fv[ok_v], val.targets[ok_v]), log)
+        reestimate_batchnorm(backbone, items, est.batch_size, est.verbose)  # then the target's, for prediction
+        stages.extend([Stage("adabn-source", 0), stage, Stage("adabn-target", 0)])
+        est.history_.extend(records)
+        return True
+    if method == "coral":
+        fs, ok_s = _features(est, backbone, train.items, backbone_trained)
+        fv, ok_v = _features(est, backbone, val.items, backbone_trained)
+        ft, ok_t = _features(est, backbone, items, backbone_trained)
+        a, b = coral_transform(fs[ok_s], ft[ok_t])
+        stage, records = _retrain_head(est, head, "coral-head", (fs[ok_s] @ a + b, train.targets[ok_s]),
+                                       (fv[ok_v] @ a + b, val.targets[ok_v]), log)
+        stages.append(stage)
+        est.history_.extend(records)
+        return backbone_trained
+    records = dann_train(model, train, items, epochs=max(1, est.epochs), lr=est.lr, batch_size=est.batch_size,
+                         seed=est.seed, verbose=est.verbose)
+    stages.append(Stage("dann", max(1, est.epochs), {HEAD: est.lr * 0.1}))
+    est.history_.extend(records)
+    if log is not None:
+        for r in records:
+            log(r)
+    return True

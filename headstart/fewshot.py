@@ -1,0 +1,302 @@
+"""Few-shot learning: a prototype classifier on any backbone, SetFit-style tuning for text, and an episode benchmark.
+
+* `PrototypeHead`: each class is the mean of its examples' embeddings, centred on the mean of all support
+  embeddings and L2-normalised ("CL2N", Wang et al. 2019, SimpleShot); an input goes to the class of highest cosine
+  similarity. Nothing is trained, so one example per class is enough, and nothing can overfit. The prototypes and
+  centre are buffers: the bundle holds them as tensors like any other weights.
+* `contrastive_tune`: SetFit (Tunstall et al. 2022) for sentence encoders: pairs of texts from the few labels
+  (same class -> cosine 1, different -> 0), MSE on their cosine similarity; prototypes are then taken on the tuned
+  embeddings.
+* `fit_fewshot`: what `fit(strategy="fewshot")` runs (and `auto` below a few examples per class).
+* `fewshot_eval`: N-way K-shot episodes drawn from a labeled set, on cached features: prototype vs logistic
+  regression on the same features (every episode) vs fine-tuning from the K shots (the first few episodes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._runtime import seed_everything
+from .data.labeled import LabeledData
+from .errors import DataError, HeadstartError
+from .progress import make_progress, say
+
+DEFAULT_SCALE = 10.0  # cosine in [-1, 1] times this: softmax probabilities neither flat nor saturated
+
+
+class PrototypeHead(nn.Module):
+    """Cosine similarity (times `scale`) between centred, normalised features and per-class prototypes."""
+
+    kind = "prototype"  # the head kind the bundle's config records
+
+    def __init__(self, in_dim: int, n_classes: int, scale: float = DEFAULT_SCALE) -> None:
+        super().__init__()
+        self.register_buffer("prototypes", torch.zeros(n_classes, in_dim))
+        self.register_buffer("center", torch.zeros(in_dim))
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x - self.center, dim=-1)
+
+    @torch.no_grad()
+    def set_prototypes(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Class means of the support features; every class needs at least one example."""
+        features, labels = torch.as_tensor(features, dtype=torch.float32), torch.as_tensor(labels).long()
+        counts = torch.bincount(labels, minlength=len(self.prototypes))
+        if (counts == 0).any():
+            raise DataError(f"class {int((counts == 0).nonzero()[0])} has no example to build its prototype from")
+        self.center.copy_(features.mean(0))
+        sums = torch.zeros_like(self.prototypes).index_add_(0, labels, self._normalise(features))
+        self.prototypes.copy_(nn.functional.normalize(sums / counts[:, None], dim=-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self._normalise(x.float()) @ self.prototypes.T
+
+
+def prototype_accuracy(support: np.ndarray, support_y: np.ndarray, query: np.ndarray, query_y: np.ndarray) -> float:
+    head = PrototypeHead(support.shape[1], int(support_y.max()) + 1)
+    head.set_prototypes(torch.as_tensor(support), torch.as_tensor(support_y))
+    with torch.no_grad():
+        predicted = head(torch.as_tensor(query)).argmax(-1).numpy()
+    return float((predicted == query_y).mean())
+
+
+def leave_one_out_scores(head: PrototypeHead, features: torch.Tensor, labels: torch.Tensor
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities for each training example from prototypes built without it (rows of classes with a single
+    example cannot be scored and are left out): the honest validation number when every label went to training."""
+    normed = head._normalise(features.float())
+    n_classes = len(head.prototypes)
+    sums = torch.zeros(n_classes, normed.shape[1]).index_add_(0, labels, normed)
+    counts = torch.bincount(labels, minlength=n_classes).float()
+    keep = counts[labels] > 1
+    own = nn.functional.one_hot(labels, n_classes).float()
+    # every prototype for every row, then the row's own class recomputed without the row itself
+    means = (sums[None] - own[..., None] * normed[:, None]) / (counts[None, :, None] - own[..., None]).clamp(min=1)
+    logits = head.scale * (nn.functional.normalize(means, dim=-1) @ normed[..., None]).squeeze(-1)
+    return logits[keep].softmax(-1).numpy(), keep.numpy()
+
+
+# --- SetFit-style contrastive tuning of a sentence encoder -------------------------------------------------------
+def contrastive_pairs(labels: np.ndarray, iterations: int, rng: np.random.Generator) -> list[tuple[int, int, float]]:
+    """SetFit's sampling: per iteration, each example gets one positive (same class) and one negative partner."""
+    by_class = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
+    pairs = []
+    for _ in range(iterations):
+        for i, c in enumerate(labels):
+            same, other = by_class[c][by_class[c] != i], np.flatnonzero(labels != c)
+            if len(same):
+                pairs.append((i, int(rng.choice(same)), 1.0))
+            if len(other):
+                pairs.append((i, int(rng.choice(other)), 0.0))
+    order = rng.permutation(len(pairs))
+    return [pairs[k] for k in order]
+
+
+def contrastive_tune(backbone: nn.Module, texts: Sequence[str], labels: np.ndarray, *, iterations: int = 5,
+                     lr: float = 2e-5, batch_size: int = 16, seed: int = 0, verbose: bool = True) -> list[dict]:
+    """Fine-tune a text backbone so that same-class texts embed close (cosine -> 1), others apart (-> 0).
+    Returns one record per pass over the pairs (mean loss)."""
+    if getattr(backbone, "tokenizer", None) is None:
+        raise HeadstartError(f"contrastive tuning needs a text backbone; '{backbone.spec.name}' has no tokenizer")
+    from .inference import _device, _to
+
+    device = _device()
+    pairs = contrastive_pairs(np.asarray(labels), iterations, np.random.default_rng(seed))
+    backbone.to(device).train()
+    for p in backbone.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(backbone.parameters(), lr=lr)
+    max_length = backbone.spec.preprocess.max_length
+    total, history = 0.0, []
+    with make_progress(verbose) as bar:
+        task = bar.add_task("setfit pairs", total=len(pairs), info="")
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            rows = sorted({i for i, _, _ in chunk} | {j for _, j, _ in chunk})  # each text encoded once a step
+            where = {r: k for k, r in enumerate(rows)}
+            enc = backbone.tokenizer([texts[r] for r in rows], padding=True, truncation=True, max_length=max_length,
+                                     return_tensors="pt")
+            emb = backbone(_to(dict(enc), device))
+            a = emb[[where[i] for i, _, _ in chunk]]
+            b = emb[[where[j] for _, j, _ in chunk]]
+            target = torch.tensor([t for _, _, t in chunk], device=device)
+            loss = nn.functional.mse_loss(nn.functional.cosine_similarity(a, b), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(chunk)
+            bar.update(task, advance=len(chunk), info=f"loss {total / (start + len(chunk)):.3f}")
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    backbone.eval()
+    history.append({"stage": "setfit", "epoch": 1, "train_loss": total / max(len(pairs), 1), "pairs": len(pairs)})
+    return history
+
+
+# --- fit(strategy="fewshot") -------------------------------------------------------------------------------------
+def fewshot_advice(est, full: LabeledData, unlabeled=None):
+    """The advisor's few-shot rule, where it applies: `auto`, a torch head, classification, no target data."""
+    from .classical import CLASSICAL_HEADS
+
+    if est.strategy != "auto" or unlabeled is not None or est._task != "classification" or est.head in CLASSICAL_HEADS:
+        return None
+    from .advisor import few_shot_advice
+
+    return few_shot_advice(full.class_counts())
+
+
+def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unlabeled=None):
+    """Prototypes on the frozen (or, for text, contrastively tuned) backbone, from every labeled example.
+
+    With no `valid` set the validation metrics are leave-one-out: with a few shots, holding examples out would
+    cost more than it tells. `est.epochs` sets SetFit's pair iterations for text backbones.
+    """
+    from .backbones import create_backbone, resolve_backbone
+    from .heads import TransferModel
+    from .inference import embed, run_over
+    from .metrics import task_metrics
+
+    if est._task != "classification":
+        raise HeadstartError(f"strategy 'fewshot' classifies; for {est._task} use 'features' or 'two-stage'")
+    if unlabeled is not None:
+        raise HeadstartError("strategy 'fewshot' does not adapt to unlabeled target data; use strategy 'features' "
+                             "(or 'auto') with unlabeled=")
+    if advice is not None:
+        for line in advice.reasons:
+            say(est.verbose, f"auto: {line}")
+    seed_everything(est.seed)
+    est.classes_ = list(full.classes)
+    spec = resolve_backbone(est.backbone or est.default_backbone, est.modality)
+    backbone = create_backbone(spec, pretrained=est.pretrained,
+                               image_size=est.image_size if est.modality == "image" else None)
+    say(est.verbose, f"data: {len(full)} labeled {est._modality.noun}, {len(est.classes_)} classes, smallest "
+        f"{min(full.class_counts().values())}; strategy fewshot: prototypes on {spec.name} features")
+    est.history_, tuned = [], est.modality == "text"
+    if tuned:  # SetFit: the few labels reshape the embedding itself, then prototypes are taken on it
+        est.history_ = contrastive_tune(backbone, full.items, full.targets, iterations=max(1, est.epochs),
+                                        seed=est.seed, verbose=est.verbose)
+        feats, ok = run_over(backbone, full.items, est.batch_size, est.num_workers, est.verbose)
+    else:
+        feats, ok = embed(backbone, full.items, batch_size=est.batch_size, num_workers=est.num_workers,
+                          use_cache=est.use_cache, cache_dir=est.cache_dir, verbose=est.verbose)
+    head = PrototypeHead(backbone.feature_dim, len(est.classes_))
+    x, y = torch.as_tensor(feats[ok]), torch.as_tensor(full.targets[ok])
+    head.set_prototypes(x, y)
+    est.model_ = TransferModel(backbone, head).eval()
+    est.spec_, est.backbone_trained_, est.classical_ = backbone.spec, tuned, None
+    est.memory_, est.continual_ = None, None
+    est.strategy_ = {"name": "fewshot", "stages": [{"name": "setfit" if tuned else "prototypes",
+                                                    "epochs": max(1, est.epochs) if tuned else 0}]}
+    est.advice_ = advice
+    est.data_summary_ = {"train": len(full), "validation": 0 if valid is None else "given",
+                         "class_counts": full.class_counts(),
+                         "skipped": [{"path": p, "reason": r} for p, r in full.skipped]}
+    if valid is not None:
+        validation = est._score(est._align(est._load(valid), est.classes_))
+    else:
+        proba, keep = leave_one_out_scores(head, x, y)
+        validation = ({**task_metrics("classification", y.numpy()[keep], proba, est.classes_), "leave_one_out": True}
+                      if keep.any() else {"n": 0, "note": "one example per class: nothing to validate on"})
+    est.metrics_ = {"validation": validation, "fit_seconds": round(time.perf_counter() - started, 2)}
+    if est.out_dir:
+        import os
+
+        say(est.verbose, f"bundle: {est.save(os.path.join(est.out_dir, 'model.hs'))}")
+    return est
+
+
+# --- N-way K-shot episodes ----------------------------------------------------------------------------------------
+def _interval(values: list[float]) -> dict:
+    arr = np.asarray(values, dtype=np.float64)
+    half = 1.96 * arr.std(ddof=1) / np.sqrt(len(arr)) if len(arr) > 1 else float("nan")
+    return {"mean": round(float(arr.mean()), 4), "ci95": round(float(half), 4), "episodes": len(arr)}
+
+
+def draw_episode(labels: np.ndarray, ways: int, shots: int, queries: int, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Class ids, then support and query rows with labels re-numbered 0..ways-1 in the order of the classes."""
+    classes = rng.choice(np.unique(labels), ways, replace=False)
+    s_rows, q_rows = [], []
+    for c in classes:
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        s_rows.append(rows[:shots])
+        q_rows.append(rows[shots:shots + queries])
+    s_y = np.repeat(np.arange(ways), [len(r) for r in s_rows])
+    q_y = np.repeat(np.arange(ways), [len(r) for r in q_rows])
+    return classes, np.concatenate(s_rows), s_y, np.concatenate(q_rows), q_y
+
+
+def fewshot_eval(data, *, ways: int = 5, shots: Sequence[int] = (1, 5, 10), episodes: int = 100, queries: int = 15,
+                 backbone: str | None = None, modality: str = "auto", image_size: int | None = None,
+                 finetune_episodes: int = 3, finetune_strategy: str = "two-stage", epochs: int = 3, seed: int = 0,
+                 verbose: bool = True) -> dict:
+    """N-way K-shot accuracy (mean and 95% interval over episodes) for each K in `shots`.
+
+    Every episode scores the prototype classifier and logistic regression on the same cached features; the first
+    `finetune_episodes` also fine-tune the backbone from the K shots (`finetune_strategy`, validated on the
+    support set itself, there being nothing else) and, for text, tune it SetFit-style: costly, hence fewer.
+    """
+    from . import api
+    from .backbones import create_backbone, resolve_backbone
+    from .classical import fit_classical
+    from .estimator import estimator_class
+    from .inference import embed
+    from .modalities import MODALITIES
+
+    if modality == "auto":
+        modality = api.detect_modality(str(data)) if not isinstance(data, LabeledData) else "image"
+    columns = {"text": "text", "label": "label"} if modality == "text" else {"path": "path", "label": "label"}
+    labeled = MODALITIES[modality].load(data, "classification", False, columns)
+    counts = np.bincount(labeled.targets, minlength=len(labeled.classes))
+    enough = int((counts > max(shots)).sum())
+    if ways < 2 or enough < ways:
+        raise DataError(f"{labeled.source}: {ways}-way {max(shots)}-shot episodes need {ways} classes with more than "
+                        f"{max(shots)} examples, found {enough}; lower --ways or --shots")
+    spec = resolve_backbone(backbone or ("minilm_l6" if modality == "text" else "efficientnet_lite0"), modality)
+    net = create_backbone(spec, image_size=image_size if modality == "image" else None)
+    feats, ok = embed(net, labeled.items, verbose=verbose)
+    usable = np.flatnonzero(ok)
+    labels = labeled.targets[usable]
+    estimator = estimator_class(modality, "classification")
+    expensive = {"finetune": finetune_strategy, **({"setfit": "fewshot"} if modality == "text" else {})}
+    results: dict = {"data": labeled.source, "backbone": spec.name, "ways": ways, "queries": queries,
+                     "episodes": episodes, "shots": {}}
+    rng = np.random.default_rng(seed)
+    for k in shots:
+        scores: dict[str, list[float]] = {"prototype": [], "logistic": [], **{m: [] for m in expensive}}
+        seconds: dict[str, float] = dict.fromkeys(scores, 0.0)
+        with make_progress(verbose) as bar:
+            task = bar.add_task(f"{ways}-way {k}-shot", total=episodes, info="")
+            for e in range(episodes):
+                classes, s, s_y, q, q_y = draw_episode(labels, ways, k, queries, rng)
+                t = time.perf_counter()
+                scores["prototype"].append(prototype_accuracy(feats[usable[s]], s_y, feats[usable[q]], q_y))
+                seconds["prototype"] += time.perf_counter() - t
+                t = time.perf_counter()
+                clf = fit_classical("logistic", feats[usable[s]], s_y, seed)
+                scores["logistic"].append(float((clf.predict(feats[usable[q]]) == q_y).mean()))
+                seconds["logistic"] += time.perf_counter() - t
+                if e < finetune_episodes:
+                    names = [labeled.classes[c] for c in classes]
+                    support = LabeledData([labeled.items[i] for i in usable[s]], s_y, names, source="support")
+                    query = LabeledData([labeled.items[i] for i in usable[q]], q_y, names, source="query")
+                    for method, strategy in expensive.items():
+                        t = time.perf_counter()
+                        model = estimator(backbone=spec.name, strategy=strategy, epochs=epochs, seed=seed + e,
+                                          image_size=image_size, batch_size=16, verbose=False)
+                        model.fit(support, valid=support)
+                        scores[method].append(model.evaluate(query)["accuracy"])
+                        seconds[method] += time.perf_counter() - t
+                bar.update(task, advance=1, info=f"prototype {np.mean(scores['prototype']):.3f}")
+        row = {m: {**_interval(v), "seconds_per_episode": round(seconds[m] / len(v), 4)} for m, v in scores.items()
+               if v}
+        results["shots"][str(k)] = row
+        say(verbose, f"{ways}-way {k}-shot: " + "; ".join(
+            f"{m} {r['mean']:.3f} ± {r['ci95']:.3f} (n={r['episodes']})" for m, r in row.items()))
+    return results

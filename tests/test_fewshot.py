@@ -1,0 +1,115 @@
+"""Few-shot: prototypes on any backbone, SetFit-style tuning for text, N-way K-shot episodes, auto's rule."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import COLOURS, TINY, TINY_SIZE, make_class_images
+
+import headstart as hs
+from headstart.fewshot import PrototypeHead, contrastive_pairs, leave_one_out_scores
+
+
+def test_prototypes_are_centred_normalised_class_means():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (3, 8))
+    labels = np.repeat(np.arange(3), 4)
+    feats = torch.as_tensor(centres[labels] + rng.normal(0, 0.3, (12, 8)), dtype=torch.float32)
+    head = PrototypeHead(8, 3)
+    head.set_prototypes(feats, torch.as_tensor(labels))
+    centred = torch.nn.functional.normalize(feats - feats.mean(0), dim=-1)
+    expected = torch.stack([torch.nn.functional.normalize(centred[labels == c].mean(0), dim=0) for c in range(3)])
+    assert torch.allclose(head.prototypes, expected, atol=1e-6)
+    queries = torch.as_tensor(centres + rng.normal(0, 0.3, (3, 8)), dtype=torch.float32)
+    assert head(queries).argmax(-1).tolist() == [0, 1, 2]
+    with pytest.raises(hs.DataError, match="no example"):
+        PrototypeHead(8, 4).set_prototypes(feats, torch.as_tensor(labels))
+
+
+def test_leave_one_out_leaves_the_row_out():
+    # two classes; row 0 sits next to class 1: with itself in its prototype it would look right, without it not
+    feats = torch.tensor([[0.1, 1.0], [1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    head = PrototypeHead(2, 2)
+    head.set_prototypes(feats, labels)
+    proba, kept = leave_one_out_scores(head, feats, labels)
+    assert kept.all() and proba.shape == (5, 2)
+    assert proba[0].argmax() == 1 and proba[1].argmax() == 0 and proba[3].argmax() == 1
+
+
+def test_setfit_pairs_follow_the_labels():
+    labels = np.array([0, 0, 1, 1, 2])
+    pairs = contrastive_pairs(labels, iterations=3, rng=np.random.default_rng(0))
+    assert all((labels[i] == labels[j]) == bool(same) and i != j for i, j, same in pairs)
+    assert sum(same for *_, same in pairs) == 3 * 4  # a positive for every example that has a classmate
+
+
+def test_auto_picks_prototypes_for_a_few_shots_and_the_bundle_keeps_them(tmp_path, capsys):
+    data = make_class_images(str(tmp_path / "few"), COLOURS, per_class=3)
+    clf = hs.ImageClassifier(backbone=TINY, pretrained=False, image_size=TINY_SIZE, verbose=True).fit(data)
+    assert clf.strategy_["name"] == "fewshot" and clf.advice_.strategy == "fewshot"
+    assert "auto: -> fewshot" in capsys.readouterr().err
+    assert clf.metrics_["validation"]["leave_one_out"] and clf.metrics_["validation"]["n"] == 9
+    reloaded = hs.load(clf.save(str(tmp_path / "few.hs")))
+    assert isinstance(reloaded.model_.head, PrototypeHead)
+    assert torch.equal(reloaded.model_.head.prototypes, clf.model_.head.prototypes)
+    assert np.array_equal(reloaded.predict_proba(data), clf.predict_proba(data))
+    assert reloaded.evaluate(data)["accuracy"] == clf.evaluate(data)["accuracy"]
+
+
+def test_episodes_on_fashion_mnist_beat_chance_with_intervals(fashion):
+    train, _ = fashion
+    result = hs.fewshot_eval(train, ways=5, shots=(1, 5), episodes=20, finetune_episodes=0, image_size=64,
+                             verbose=False)
+    one, five = result["shots"]["1"], result["shots"]["5"]
+    assert set(five) == {"prototype", "logistic"} and five["prototype"]["episodes"] == 20
+    assert five["prototype"]["mean"] > 0.5 > 0.2  # chance is 1/5
+    assert five["prototype"]["mean"] > one["prototype"]["mean"]  # more shots help
+    assert 0 < five["prototype"]["ci95"] < 0.1
+    with pytest.raises(hs.DataError, match="lower --ways or --shots"):
+        hs.fewshot_eval(train, ways=5, shots=(20,), episodes=1, image_size=64, verbose=False)
+
+
+def test_setfit_pulls_classmates_together_on_real_tweets(tmp_path):
+    from headstart.data import tweets
+    from headstart.inference import run_over
+
+    train_csv, test_csv, _ = tweets.export_split(str(tmp_path / "tw"), per_class_train=6, test_size=30, seed=0)
+    clf = hs.TextClassifier(strategy="fewshot", epochs=2, verbose=False).fit(train_csv)
+    assert clf.backbone_trained_ and clf.strategy_["stages"][0]["name"] == "setfit"
+    data = clf._load(train_csv)
+
+    def margin(backbone) -> float:  # mean cosine to classmates minus to the others
+        feats, _ = run_over(backbone, data.items, verbose=False)
+        sims = torch.nn.functional.normalize(torch.as_tensor(feats), dim=-1)
+        sims = (sims @ sims.T).numpy()
+        same = data.targets[:, None] == data.targets[None, :]
+        off = ~np.eye(len(sims), dtype=bool)
+        return float(sims[same & off].mean() - sims[~same].mean())
+
+    assert margin(clf.model_.backbone) > margin(hs.create_backbone("minilm_l6")) + 0.01
+    path = clf.save(str(tmp_path / "tw.hs"))
+    texts = ["what a great day", "this is awful", "the meeting is at noon"]
+    assert np.allclose(hs.load(path).predict_proba(texts), clf.predict_proba(texts), atol=1e-5)
+
+
+def test_cli_fewshot_eval_json(fashion, tmp_path):
+    import shutil
+
+    train, _ = fashion
+    for name in sorted(os.listdir(train))[:3]:  # 3 classes x 4 images: the command's wiring, not the accuracy
+        os.makedirs(tmp_path / "few" / name)
+        for f in sorted(os.listdir(os.path.join(train, name)))[:4]:
+            shutil.copy(os.path.join(train, name, f), tmp_path / "few" / name / f)
+    proc = subprocess.run([sys.executable, "-m", "headstart.cli", "fewshot-eval", str(tmp_path / "few"), "--ways", "3",
+                           "--queries", "2", "--shots",
+                           "1,2", "--episodes", "5", "--finetune-episodes", "0", "--image-size", "32", "--json"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ})
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["ways"] == 3 and set(result["shots"]) == {"1", "2"}
+    assert result["shots"]["2"]["logistic"]["episodes"] == 5
