@@ -1,0 +1,215 @@
+"""Self-supervised pre-training on the user's unlabeled data, before fine-tuning on the few labels they have.
+
+- Images: SimCLR (Chen et al. 2020). Two augmented views of each image go through the backbone and a small
+  projection MLP; the NT-Xent loss pulls the two views of one image together and pushes the other images of the
+  batch away. The projection MLP is thrown away afterwards, as in the paper.
+- Texts: masked language modelling on the encoder (domain-adaptive pre-training, Gururangan et al. 2020). The
+  encoder is wrapped in transformers' `AutoModelForMaskedLM` with `DataCollatorForLanguageModeling` masking 15%
+  of the tokens. Sentence encoders such as the packaged all-MiniLM-L6-v2 ship without an MLM head, so that head
+  (transform + decoder bias; the decoder weights are tied to the word embeddings) starts untrained.
+
+The result is a bundle folder (`config.json` + `model.safetensors`, backbone weights only) that
+`fit --backbone DIR` and `hs.ImageClassifier(backbone=DIR)` accept like any other bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from . import __version__
+from ._runtime import seed_everything
+from .backbones import Backbone, create_backbone, resolve_backbone
+from .bundle import CONFIG, FORMAT, FORMAT_VERSION, WEIGHTS
+from .errors import DataError, HeadstartError
+from .modalities import MODALITIES
+from .progress import make_progress, say
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    epochs: int = 5
+    lr: float | None = None  # default: 1e-3 for SimCLR, 5e-5 for masked LM
+    batch_size: int = 64
+    temperature: float = 0.2  # NT-Xent
+    projection_dim: int = 128
+    mask_probability: float = 0.15
+    max_length: int = 64
+    image_size: int | None = None
+    limit: int | None = None  # use at most this many unlabeled inputs
+    num_workers: int = 0  # image decoding + augmentation processes (SimCLR is input-bound on a GPU)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- images: SimCLR ------------------------------------------------------------------------------------------
+def simclr_augment(size: int, mean, std):
+    """SimCLR's augmentations, scaled for small images: crop, flip, colour jitter, greyscale."""
+    from torchvision.transforms import v2 as T
+
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True), T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
+        T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std),
+    ])
+
+
+class TwoViews(Dataset):
+    """Two independent augmentations of each image; unreadable images are skipped by the caller's listing."""
+
+    def __init__(self, paths: list[str], augment) -> None:
+        self.paths, self.augment = paths, augment
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as img:
+            rgb = img.convert("RGB")
+        return self.augment(rgb), self.augment(rgb)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's loss: each view must pick its partner out of the 2N-1 other views in the batch."""
+    z = F.normalize(torch.cat([z1, z2]), dim=-1)
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(float("-inf"))  # a view is not its own positive
+    n = len(z1)
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(sim, partner)
+
+
+def pretrain_images(backbone: Backbone, paths: list[str], settings: PretrainSettings, verbose: bool) -> list[float]:
+    pre = backbone.spec.preprocess
+    dim = backbone.feature_dim
+    projector = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, settings.projection_dim))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backbone.to(device).train()
+    projector.to(device).train()
+    loader = DataLoader(TwoViews(paths, simclr_augment(pre.size, pre.mean, pre.std)), batch_size=settings.batch_size,
+                        shuffle=True, drop_last=len(paths) > settings.batch_size, num_workers=settings.num_workers,
+                        generator=torch.Generator().manual_seed(settings.seed),
+                        persistent_workers=settings.num_workers > 0)
+    params = [*backbone.parameters(), *projector.parameters()]
+    opt = torch.optim.AdamW(params, lr=settings.lr or 1e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.epochs * len(loader)))
+    losses = []
+    with make_progress(verbose) as bar:
+        task = bar.add_task("SimCLR", total=settings.epochs * len(loader), info="")
+        for epoch in range(settings.epochs):
+            total, seen = 0.0, 0
+            for v1, v2 in loader:
+                z1, z2 = projector(backbone(v1.to(device))), projector(backbone(v2.to(device)))
+                loss = nt_xent(z1, z2, settings.temperature)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total, seen = total + float(loss.detach()) * len(v1), seen + len(v1)
+                bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {total / seen:.3f}")
+            losses.append(total / max(seen, 1))
+    backbone.eval().cpu()
+    return losses
+
+
+# --- texts: masked language modelling --------------------------------------------------------------------------
+def pretrain_texts(backbone: Backbone, texts: list[str], settings: PretrainSettings, verbose: bool) -> list[float]:
+    from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
+
+    encoder = backbone.body.model
+    mlm = AutoModelForMaskedLM.from_config(encoder.config)
+    base = getattr(mlm, mlm.base_model_prefix)
+    # The encoder's weights go into the MLM model's base; its pooler (if any) has no place there and stays as is.
+    missing, _ = base.load_state_dict(encoder.state_dict(), strict=False)
+    if missing:
+        raise HeadstartError(f"backbone {backbone.spec.name}: {len(missing)} encoder weights do not fit the masked-LM "
+                             f"model (first: {missing[0]}); choose a BERT-style text encoder")
+    mlm.tie_weights()
+    collator = DataCollatorForLanguageModeling(backbone.tokenizer, mlm_probability=settings.mask_probability)
+    encoded = backbone.tokenizer(texts, truncation=True, max_length=settings.max_length)
+    rows = [{"input_ids": ids} for ids in encoded["input_ids"]]
+    loader = DataLoader(rows, batch_size=settings.batch_size, shuffle=True, collate_fn=collator,
+                        generator=torch.Generator().manual_seed(settings.seed))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    mlm.to(device).train()
+    opt = torch.optim.AdamW(mlm.parameters(), lr=settings.lr or 5e-5, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.epochs * len(loader)))
+    losses = []
+    with make_progress(verbose) as bar:
+        task = bar.add_task("masked LM", total=settings.epochs * len(loader), info="")
+        for epoch in range(settings.epochs):
+            total, seen = 0.0, 0
+            for batch in loader:
+                loss = mlm(**{k: v.to(device) for k, v in batch.items()}).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(mlm.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                total, seen = total + float(loss.detach()), seen + 1
+                bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {total / seen:.3f}")
+            losses.append(total / max(seen, 1))
+    encoder.load_state_dict(base.cpu().state_dict(), strict=False)
+    return losses
+
+
+# --- the entry point -------------------------------------------------------------------------------------------
+def pretrain(unlabeled, backbone: str | None = None, out: str = "runs/pretrained", modality: str = "image",
+             settings: PretrainSettings | None = None, pretrained: bool = True, verbose: bool = True) -> str:
+    """Continue training `backbone` on unlabeled inputs (image folder; text file, table or folder of .txt files);
+    write it as a bundle folder at `out` and return that path, for `fit --backbone out`."""
+    settings = settings or PretrainSettings()
+    seed_everything(settings.seed)
+    if modality not in ("image", "text"):
+        raise HeadstartError(f"pretrain works on images or texts, not '{modality}'")
+    spec = resolve_backbone(backbone or ("minilm_l6" if modality == "text" else "efficientnet_lite0"), modality)
+    if spec.modality != modality:
+        raise HeadstartError(f"backbone '{spec.name}' is for {spec.modality}s, not {modality}s")
+    model = create_backbone(spec, pretrained=pretrained,
+                            image_size=settings.image_size if modality == "image" else None)
+    inputs = MODALITIES[modality].list_inputs([unlabeled] if isinstance(unlabeled, (str, os.PathLike))
+                                              else list(unlabeled))
+    if modality == "text":
+        inputs = [t for t in inputs if t.strip()]
+    if settings.limit:
+        inputs = inputs[: settings.limit]
+    if len(inputs) < 2:
+        raise DataError(f"{unlabeled}: {len(inputs)} usable unlabeled input(s); pre-training needs many (hundreds+)")
+    say(verbose, f"pretrain {spec.name} on {len(inputs)} unlabeled {modality}s "
+        f"({'SimCLR' if modality == 'image' else 'masked LM'}, {settings.epochs} epochs)")
+    started = time.perf_counter()
+    run = pretrain_images if modality == "image" else pretrain_texts
+    losses = run(model, inputs, settings, verbose)
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "headstart_version": __version__,
+              "modality": modality, "task": "pretrain", "backbone": model.spec.to_dict(), "head": {"kind": "none"},
+              "labels": [], "pretrain": {"objective": "simclr" if modality == "image" else "masked-lm",
+                                         "inputs": len(inputs), "losses": losses, "settings": settings.to_dict(),
+                                         "seconds": round(time.perf_counter() - started, 1),
+                                         "started_from": "pretrained" if pretrained else "random"}}
+    _write_folder(out, config, {f"backbone.{k}": v for k, v in model.state_dict().items()})
+    say(verbose, f"backbone written to {out}: use it with `headstart fit DATA --backbone {out}`")
+    return out
+
+
+def _write_folder(out: str, config: dict, state: dict[str, torch.Tensor]) -> None:
+    """The bundle-folder layout `read_bundle` reads; weights first, config last, each renamed into place."""
+    os.makedirs(out, exist_ok=True)
+    tmp = os.path.join(out, f".{WEIGHTS}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+    os.replace(tmp, os.path.join(out, WEIGHTS))
+    tmp = os.path.join(out, f".{CONFIG}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(config, f, indent=2)
+    os.replace(tmp, os.path.join(out, CONFIG))

@@ -1,0 +1,65 @@
+"""Self-supervised pre-training: the SimCLR loss, and pretrain -> `fit --backbone DIR` for images and texts."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, TINY_SIZE
+
+import headstart as hs
+from headstart.bundle import read_bundle
+from headstart.pretrain import PretrainSettings, nt_xent, pretrain
+
+
+def test_nt_xent_is_low_for_matching_views_and_chance_for_identical_embeddings():
+    torch.manual_seed(0)
+    z = torch.randn(16, 8)
+    matching = nt_xent(z, z + 0.01 * torch.randn_like(z), temperature=0.2)
+    shuffled = nt_xent(z, z[torch.randperm(16)], temperature=0.2)
+    assert matching < shuffled
+    same = torch.ones(16, 8)  # every view alike: the partner is one of 31 equals
+    assert math.isclose(float(nt_xent(same, same, 0.5)), math.log(31), rel_tol=1e-5)
+
+
+def test_image_pretrain_writes_a_backbone_that_fit_accepts(colour_folder, tmp_path):
+    out = str(tmp_path / "ssl")
+    proc = subprocess.run([sys.executable, "-m", "headstart.cli", "pretrain", colour_folder, "--backbone", TINY,
+                           "--image-size", str(TINY_SIZE), "--scratch", "--epochs", "2", "--batch-size", "12",
+                           "--out", out, "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    config, state = read_bundle(out)
+    assert config["pretrain"]["objective"] == "simclr" and len(config["pretrain"]["losses"]) == 2
+    assert all(np.isfinite(config["pretrain"]["losses"]))
+    fresh = hs.create_backbone(TINY, pretrained=False, image_size=TINY_SIZE)
+    trained = {k[len("backbone."):]: v for k, v in state.items()}
+    assert trained.keys() == fresh.state_dict().keys()
+
+    with pytest.raises(hs.HeadstartError, match="--backbone"):
+        hs.load(out)  # a backbone, not a model: the message says how to use it
+    clf = hs.ImageClassifier(backbone=out, strategy="features", head_epochs=5, batch_size=8, verbose=False)
+    clf.fit(colour_folder)
+    assert clf.model_.backbone.spec.preprocess.size == TINY_SIZE  # the pre-training size travels with it
+    for k, v in clf.model_.backbone.state_dict().items():
+        assert torch.equal(v, trained[k]), f"fit must start from the pre-trained weights ({k})"
+
+
+def test_masked_lm_adapts_the_packaged_text_encoder(tmp_path):
+    from headstart.data.tweets import load_tweets
+
+    texts = load_tweets()[0][:48]
+    settings = PretrainSettings(epochs=1, batch_size=16, max_length=32, lr=1e-4)
+    out = pretrain(texts, "minilm_l6", str(tmp_path / "dapt"), modality="text", settings=settings, verbose=False)
+    config, _ = read_bundle(out)
+    assert config["pretrain"]["objective"] == "masked-lm" and config["pretrain"]["inputs"] == 48
+    assert config["pretrain"]["losses"][0] < 20, "MLM loss on real tweets must be finite and sane"
+    plain = hs.create_backbone("minilm_l6").eval()
+    adapted = hs.create_backbone(out).eval()
+    batch = plain.tokenizer(texts[:4], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        a, b = plain(dict(batch)), adapted(dict(batch))
+    assert a.shape == b.shape and not torch.allclose(a, b), "the adapted encoder must differ from the plain one"
+    assert os.path.isfile(os.path.join(out, "model.safetensors"))
