@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
 
-.PHONY: demo test lint bench install dev data clean
+.PHONY: demo test lint bench install dev data browser clean
 
 $(BIN)/headstart: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,10 +28,18 @@ data:
 	      { apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; }; } || \
 	  echo "could not install dataset-fashion-mnist (needs root and apt); the demo will say what is missing"
 
+# Debian's headless Chromium and its driver: the report test opens the HTML page in a real browser.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { command -v apt-get >/dev/null && \
+	    { apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null && apt-get install -y -qq chromium chromium-driver >/dev/null; }; }; } || \
+	  echo "could not install chromium (needs root and apt); the report's browser test will say what is missing"
+
 demo: install data
 	$(BIN)/headstart demo
 
-test: dev data
+test: dev data browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

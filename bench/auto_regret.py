@@ -156,10 +156,13 @@ def run_setting(setting: str, args: argparse.Namespace, tmp: str) -> dict:
     return res
 
 
-def warm_up(image_size: int) -> None:
+def warm_up(image_size: int, text: bool) -> None:
     """One forward + backward of each backbone family first, so that no timed fit pays torch's start-up costs."""
-    image = hs.create_backbone("efficientnet_lite0", image_size=image_size)
-    image.train()(torch.zeros(8, 3, image_size, image_size)).sum().backward()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    image = hs.create_backbone("efficientnet_lite0", image_size=image_size).to(device)
+    image.train()(torch.zeros(8, 3, image_size, image_size, device=device)).sum().backward()
+    if not text:
+        return
     text = hs.create_backbone("minilm_l6", modality="text")
     text.train()(dict(text.tokenizer(["warm up"] * 8, return_tensors="pt"))).sum().backward()
 
@@ -225,10 +228,11 @@ def main() -> int:
     args = ap.parse_args()
     tuned = tune_allocator()
     transformers.logging.disable_progress_bar()
-    warm_up(args.image_size)
+    warm_up(args.image_size, text="tweets" in args.settings or "text" in args.rank)
     started = time.perf_counter()
     out: dict = {"args": vars(args), "allocator_tuned": tuned, "torch_threads": torch.get_num_threads(),
-                 "cpu_count": os.cpu_count(), "settings": [], "rank": []}
+                 "cpu_count": os.cpu_count(), "settings": [], "rank": [],
+                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
     with tempfile.TemporaryDirectory(prefix="headstart-auto-regret-") as tmp:
         os.environ["HEADSTART_CACHE"] = os.path.join(tmp, "rank-cache")  # rank() uses the default cache root
         for setting in [s for s in args.settings.split(",") if s]:

@@ -12,6 +12,9 @@ from .classical import Embedder  # noqa: E402
 from .compare import compare  # noqa: E402
 from .errors import BackboneUnavailable, BundleError, DataError, HeadstartError  # noqa: E402
 from .estimator import ImageClassifier, ImageRegressor, TextClassifier, TextRegressor, load  # noqa: E402
+from .export import export_model  # noqa: E402
+from .fewshot import fewshot_eval  # noqa: E402
+from .multitask import MultiTaskModel  # noqa: E402
 from .rank import rank  # noqa: E402
 from .strategies import STRATEGIES  # noqa: E402
 
@@ -26,8 +29,11 @@ __all__ = [
     "HeadstartError",
     "ImageClassifier",
     "ImageRegressor",
+    "MultiTaskModel",
     "__version__",
     "compare",
+    "export_model",
+    "fewshot_eval",
     "create_backbone",
     "list_backbones",
     "load",

@@ -40,3 +40,14 @@ def cache_root() -> str:
     """Where feature caches live: $HEADSTART_CACHE, else ~/.cache/headstart."""
     default = os.path.join(os.path.expanduser("~"), ".cache", "headstart")
     return os.environ.get("HEADSTART_CACHE", default)
+
+
+def resolve_workers(requested: int | None) -> int:
+    """Data-loading worker processes. None picks: none on CPU, where the few cores are busy computing and workers
+    only compete with them; several on a CUDA machine, where decoding images in the main process starves the GPU
+    (measured on an H200: Lite0 fine-tuning at 870 images/s against a bare forward pass at 10,900/s)."""
+    if requested is not None:
+        return requested
+    if not torch.cuda.is_available():
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))

@@ -61,25 +61,11 @@ def summary_line(metrics: dict, prefix: str = "") -> str:
 
 def prediction_rows(model: TransferEstimator, inputs: Sequence[str], with_probs: bool = False) -> list[dict]:
     """One dict per input: path (or text), prediction, score (and per-class probabilities); `error` if unusable."""
+    from .predict_stream import format_row
+
     paths = model._inputs(inputs)
     scores, ok = model._raw_scores(paths)
-    rows = []
-    for path, row, good in zip(paths, scores, ok):
-        key, what = ("text", "unusable text") if model.modality == "text" else ("path", "unreadable image")
-        r: dict = {key: path, "prediction": "", "score": "", "error": "" if good else what}
-        if good:
-            decoded = model._decode(row)
-            if model._task == "classification":
-                r["prediction"], r["score"] = decoded, round(float(row.max()), 6)
-            elif model._task == "multilabel":
-                r["prediction"] = ";".join(decoded)
-            else:
-                r["prediction"] = round(decoded, 6)
-        if with_probs and model._task != "regression":
-            for c, p in zip(model.classes_, row):
-                r[f"p_{c}"] = round(float(p), 6) if good else ""
-        rows.append(r)
-    return rows
+    return [format_row(model, path, row, bool(good), with_probs) for path, row, good in zip(paths, scores, ok)]
 
 
 def write_predictions(rows: list[dict], stream: TextIO, fmt: str) -> None:

@@ -88,7 +88,37 @@ def _check_config(path: str, raw: bytes) -> dict:
     for key in ("modality", "task", "backbone", "head"):
         if key not in config:
             raise BundleError(f"{path}: {CONFIG} lacks '{key}'; the bundle is damaged")
+    _check_schema(path, config)
     return config
+
+
+# The types the restoring code relies on: a bundle edited by hand, or crafted, fails here with a message.
+_SCHEMA = {"modality": str, "task": str, "backbone": dict, "head": dict, "labels": list, "backbone_trained": bool,
+           "params": dict, "target_scaling": (dict, type(None))}
+
+
+def _check_schema(path: str, config: dict) -> None:
+    for key, kind in _SCHEMA.items():
+        if key in config and not isinstance(config[key], kind):
+            raise BundleError(f"{path}: '{key}' in {CONFIG} has the wrong type ({type(config[key]).__name__}); "
+                              "the bundle is damaged or was edited: re-save it")
+    labels, head = config.get("labels", []), config["head"]
+    if not all(isinstance(label, str) for label in labels):
+        raise BundleError(f"{path}: 'labels' in {CONFIG} must be strings; the bundle is damaged or was edited")
+    out_dim = head.get("out_dim")
+    if config["task"] in ("classification", "multilabel") and out_dim not in (None, len(labels)):
+        raise BundleError(f"{path}: {len(labels)} labels but the head has {out_dim!r} outputs; the bundle is damaged "
+                          "or was edited: re-save it")
+    scaling = config.get("target_scaling")
+    if scaling is not None and not all(isinstance(scaling.get(k), (int, float)) for k in ("mean", "std")):
+        raise BundleError(f"{path}: 'target_scaling' in {CONFIG} needs numbers mean and std; the bundle is damaged")
+
+
+def unbuildable(path: str, err: Exception) -> BundleError:
+    """The error for a bundle whose config passed the checks but does not describe a model that can be built."""
+    detail = (str(err).strip().splitlines() or [""])[0][:200]
+    return BundleError(f"{path}: {CONFIG} does not describe a model this headstart can build "
+                       f"({type(err).__name__}: {detail}); the bundle is damaged or was edited: re-save it")
 
 
 def read_bundle(path: str) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -7,6 +7,7 @@ from ._runtime import tune_allocator
 tune_allocator()  # before torch allocates anything large (DESIGN.md: ~3x on CPU)
 
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
 import typer  # noqa: E402
@@ -36,7 +37,7 @@ def fit(
     input_col: str | None = typer.Option(None, help="table column with the image path or the text"),
     label_col: str = typer.Option("label", help="table column with the label"),
     strategy: str = typer.Option("auto", help="auto | features | finetune | full | two-stage | truncate | lora "
-                                 "(auto measures your data and says why it chose)"),
+                                 "| fewshot (auto measures your data and says why it chose)"),
     time_limit: float | None = typer.Option(None, help="seconds auto may plan for fine-tuning"),
     epochs: int = typer.Option(3, help="epochs of stages that train backbone layers"),
     head_epochs: int = typer.Option(60, help="epochs of head-only stages (on cached features; cheap)"),
@@ -52,9 +53,17 @@ def fit(
     scratch: bool = typer.Option(False, "--scratch", help="random initial weights (no transfer)"),
     strict: bool = typer.Option(False, "--strict", help="stop at the first unreadable file instead of skipping"),
     seed: int = typer.Option(0),
+    memory: int = typer.Option(0, help="exemplars per class kept in the bundle for `headstart extend` (rehearsal)"),
+    mixed_precision: str = typer.Option("auto", help="auto | no | bf16 | fp16 (auto: bf16 on a CUDA GPU that "
+                                        "supports it, full precision on CPU)"),
+    resume: str | None = typer.Option(None, "--resume", metavar="DIR", help="continue a stopped run from the "
+                                      "checkpoint in its output folder DIR (give the same data and options)"),
+    unlabeled: str | None = typer.Option(None, help="unlabeled target-domain inputs (folder or file) to adapt to"),
+    adapt: str = typer.Option("auto", help="with --unlabeled: auto | adabn | coral | dann"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train a model on DATA and write the bundle, metrics and report to --out."""
+    out = resume or out  # a resumed run finishes in the folder it started in
     if modality == "auto":
         modality = api.detect_modality(data, input_col)
     est = api.estimator_for(task, modality)(
@@ -62,8 +71,9 @@ def fit(
         head_epochs=head_epochs, lr=lr, time_limit=time_limit,
         batch_size=batch_size, image_size=image_size, head=head, last_n=last_n, val_fraction=val_fraction,
         pretrained=not scratch, strict=strict, seed=seed, out_dir=out, verbose=not quiet,
+        mixed_precision=mixed_precision, memory=memory, adapt=adapt,
     )
-    est.fit(data, valid=valid)
+    est.fit(data, valid=valid, resume=resume, unlabeled=unlabeled)
     out_console.print(api.summary_line(est.metrics_["validation"], prefix="validation"))
 
 
@@ -89,22 +99,72 @@ def predict(
     bundle: str = typer.Argument(..., help="a model.hs bundle"),
     inputs: list[str] = typer.Argument(..., help="image files/folders; for text models also .txt files, tables "
                                        "(their text column) or the texts themselves"),
-    out: str | None = typer.Option(None, "--out", "-o", help="a .csv or .jsonl file (default: CSV on stdout)"),
+    out: str | None = typer.Option(None, "--out", "-o", help="a .csv or .jsonl file, written batch by batch "
+                                   "(default: CSV on stdout)"),
     probs: bool = typer.Option(False, "--probs", help="add one probability column per class"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run into the same --out"),
+    runtime: str = typer.Option("torch", help="torch | onnx (onnxruntime on the exported graph)"),
+    batch_size: int | None = typer.Option(None, help="inputs per batch (default: the bundle's)"),
+    column: str | None = typer.Option(None, help="table column with the image path or text (default: path/text)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Predict labels (or values) for images."""
+    """Predict labels (or values) for any number of inputs: folders, tables (CSV/JSONL/Parquet), files, texts."""
+    from .predict_stream import stream_predict
+
+    if resume and not out:
+        raise HeadstartError("--resume needs --out FILE: the run continues where FILE stops")
+    model = api.load(bundle, runtime=runtime)
+    model.verbose = False
+    done = stream_predict(model, inputs, out, with_probs=probs, resume=resume, batch_size=batch_size,
+                          column=column, verbose=not quiet, stream=sys.stdout)
+    if out:
+        console.print(f"wrote {done['rows']} predictions to {out}"
+                      + (f" (resumed after {done['resumed_from']})" if done["resumed_from"] else "")
+                      + (f" ({done['unreadable']} unreadable)" if done["unreadable"] else ""),
+                      soft_wrap=True, highlight=False)
+
+
+@app.command("export")
+def export_bundle(
+    bundle: str = typer.Argument(..., help="a model.hs bundle"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
+    out: str | None = typer.Option(None, "--out", "-o", help="output file (default: BUNDLE with .onnx or .pt)"),
+    check: list[str] | None = typer.Option(None, "--check", help="inputs for the parity check (files, folders, "
+                                           "tables, texts; default: Fashion-MNIST images or sample sentences)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Export the whole pipeline that fits in a graph (normalisation, backbone, head) and check its parity."""
+    import os
+
+    from .export import export_model
+
     model = api.load(bundle)
-    model.verbose = not quiet
-    rows = api.prediction_rows(model, inputs, with_probs=probs)
-    if out:
-        with open(out, "w", newline="", encoding="utf-8") as stream:
-            api.write_predictions(rows, stream, "jsonl" if out.endswith(".jsonl") else "csv")
-    else:
-        api.write_predictions(rows, sys.stdout, "csv")
-    bad = sum(1 for r in rows if r.get("error"))
-    if out:
-        console.print(f"wrote {len(rows)} predictions to {out}" + (f" ({bad} unreadable)" if bad else ""))
+    model.verbose = False
+    path = out or os.path.splitext(bundle)[0] + (".onnx" if fmt == "onnx" else ".pt")
+    result = export_model(model, path, fmt, check_inputs=check or None, verbose=not quiet, bundle=bundle)
+    if not quiet:
+        out_console.print(f"wrote {result['path']} ({fmt}); max |probability difference| "
+                          f"{result['max_abs_diff']:.2e} on {result['n_checked']} inputs")
+
+
+@app.command()
+def serve(
+    bundle: str = typer.Argument(..., help="a model.hs bundle"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)"),
+    port: int = typer.Option(8000),
+    runtime: str = typer.Option("torch", help="torch | onnx"),
+    max_batch: int = typer.Option(64, help="inputs per request"),
+    max_request_mb: float = typer.Option(32.0, help="request body size limit"),
+    max_pixels: int = typer.Option(40_000_000, help="pixels per image (width x height)"),
+    max_text_chars: int = typer.Option(10_000, help="characters per text"),
+) -> None:
+    """Serve BUNDLE over HTTP: POST /predict, GET /health, GET /metadata, OpenAPI at /docs."""
+    from .serve import ServeLimits
+    from .serve import serve as run_server
+
+    limits = ServeLimits(int(max_request_mb * (1 << 20)), max_batch, max_pixels, max_text_chars)
+    console.print(f"serving {bundle} on http://{host}:{port} (docs at /docs)")
+    run_server(bundle, host, port, runtime, limits)
 
 
 @app.command("rank")
@@ -202,6 +262,101 @@ def demo(
 
     run_demo(out, per_class=per_class or 100, test_per_class=(test_size or 1000) // 10, seed=seed,
              verbose=not quiet)
+
+
+@app.command()
+def extend(
+    bundle: str = typer.Argument(..., help="a fitted classifier bundle (model.hs)"),
+    data: str = typer.Argument(..., help="labeled data with the new classes, given as for fit"),
+    out: str | None = typer.Option(None, "--out", "-o", help="the extended bundle (default: BUNDLE-extended.hs)"),
+    method: str = typer.Option("rehearsal", help="finetune | rehearsal | lwf | ewc (see headstart/continual.py)"),
+    valid: str | None = typer.Option(None, help="labeled data with old and new classes, to measure forgetting "
+                                     "(default: a split of DATA, new classes only)"),
+    old_data: str | None = typer.Option(None, "--old-data", help="old training data: builds the exemplar buffer "
+                                        "when the bundle has none (fit with --memory to store one)"),
+    memory: int = typer.Option(20, help="exemplars kept per class in the bundle (rehearsal; EWC's Fisher)"),
+    epochs: int = typer.Option(30, help="head epochs"),
+    lr: float = typer.Option(1e-3),
+    as_json: bool = typer.Option(False, "--json", help="the before/after report as JSON on stdout"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Teach a fitted classifier the new classes in DATA without forgetting the old ones."""
+    from .continual import describe
+
+    model = api.load(bundle)
+    model.verbose = not (quiet or as_json)
+    model.extend(data, method=method, valid=valid, old_data=old_data, memory_per_class=memory, epochs=epochs, lr=lr)
+    target = out or f"{bundle[:-3] if bundle.endswith('.hs') else bundle}-extended.hs"
+    model.save(target)
+    if as_json:
+        sys.stdout.write(json.dumps({**model.last_extension_, "bundle": target}) + "\n")
+    else:
+        out_console.print(describe(model.last_extension_) + f"\nbundle: {target}", highlight=False)
+
+
+@app.command()
+def pretrain(
+    unlabeled: str = typer.Argument(..., help="unlabeled inputs: a folder of images; or a .txt file, table (its "
+                                    "text column) or folder of .txt files"),
+    backbone: str | None = typer.Option(None, help="the backbone to continue training (default: efficientnet_lite0 "
+                                        "for images, minilm_l6 for texts)"),
+    out: str = typer.Option("runs/pretrained", "--out", "-o", help="folder for the backbone; then use "
+                            "`headstart fit DATA --backbone DIR`"),
+    modality: str = typer.Option("auto", help="auto | image | text"),
+    epochs: int = typer.Option(5),
+    lr: float | None = typer.Option(None, help="default: 1e-3 (SimCLR), 5e-5 (masked LM)"),
+    batch_size: int = typer.Option(64),
+    image_size: int | None = typer.Option(None, help="input size (default: the backbone's own)"),
+    limit: int | None = typer.Option(None, help="use at most this many unlabeled inputs"),
+    scratch: bool = typer.Option(False, "--scratch", help="start from random weights instead of pretrained ones"),
+    seed: int = typer.Option(0),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Self-supervised pre-training on unlabeled data: SimCLR for images, masked LM for texts."""
+    from .pretrain import PretrainSettings
+    from .pretrain import pretrain as run_pretrain
+
+    if modality == "auto":
+        modality = "image" if os.path.isdir(unlabeled) and not any(
+            f.endswith(".txt") for f in os.listdir(unlabeled)) else "text"
+    settings = PretrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, limit=limit,
+                                seed=seed)
+    path = run_pretrain(unlabeled, backbone, out, modality, settings, pretrained=not scratch, verbose=not quiet)
+    out_console.print(f"backbone: {path}")
+
+
+@app.command("fewshot-eval")
+def fewshot_eval(
+    data: str = typer.Argument(..., help="labeled data, given as for fit"),
+    ways: int = typer.Option(5, help="classes per episode"),
+    shots: str = typer.Option("1,5,10", help="labeled examples per class, comma-separated"),
+    episodes: int = typer.Option(100, help="episodes per shot count (prototype and logistic regression)"),
+    queries: int = typer.Option(15, help="test examples per class in an episode"),
+    finetune_episodes: int = typer.Option(3, help="episodes that also fine-tune from the shots (costly)"),
+    backbone: str | None = typer.Option(None),
+    modality: str = typer.Option("auto", help="auto | image | text"),
+    image_size: int | None = typer.Option(None),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """N-way K-shot episodes: prototypes vs logistic regression vs fine-tuning, mean accuracy and 95% interval."""
+    from .fewshot import fewshot_eval as run_episodes
+
+    result = run_episodes(data, ways=ways, shots=[int(k) for k in shots.split(",") if k], episodes=episodes,
+                          queries=queries, finetune_episodes=finetune_episodes, backbone=backbone, modality=modality,
+                          image_size=image_size, seed=seed, verbose=not (quiet or as_json))
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    table = Table(title=f"{ways}-way few-shot accuracy on {data} ({result['backbone']})")
+    for col in ("shots", "method", "accuracy", "95% interval", "episodes", "s/episode"):
+        table.add_column(col)
+    for k, row in result["shots"].items():
+        for method, r in row.items():
+            table.add_row(k, method, f"{r['mean']:.3f}", f"± {r['ci95']:.3f}", str(r["episodes"]),
+                          f"{r['seconds_per_episode']:.2f}")
+    out_console.print(table)
 
 
 def main() -> None:

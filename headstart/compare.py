@@ -72,7 +72,8 @@ def compare(data, strategies: Sequence[str] = ("features", "two-stage"), sizes: 
 
 
 def write_comparison(folder: str, rows: list[dict], n_classes: int) -> dict[str, str]:
-    """`comparison.json`, `comparison.png` (accuracy vs size) and `overfitting.png` (loss curves, largest size)."""
+    """`comparison.json`, `comparison.png` (accuracy vs size), `overfitting.png` (loss curves, largest size) and
+    `report/index.html` holding the table and both plots."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,7 +88,7 @@ def write_comparison(folder: str, rows: list[dict], n_classes: int) -> dict[str,
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
     for m in methods:
         pts = [(r["per_class"], r["accuracy"]) for r in rows if r["method"] == m]
-        ax.plot(*zip(*pts), "o-", label=m, ls="--" if m == SCRATCH else "-")
+        ax.plot(*zip(*pts), marker="o", label=m, ls="--" if m == SCRATCH else "-")
     ax.axhline(1 / n_classes, color="grey", lw=1, ls=":", label="chance")
     ax.set_xscale("log")
     ax.set_xlabel("training examples per class")
@@ -113,4 +114,9 @@ def write_comparison(folder: str, rows: list[dict], n_classes: int) -> dict[str,
     fig.tight_layout()
     fig.savefig(paths["overfitting"])
     plt.close(fig)
+    from .report import RunReport, write_report
+
+    paths["report"] = write_report(os.path.join(folder, "report"), RunReport(
+        title=f"transfer vs from scratch, {n_classes} classes", comparison=rows,
+        extra_pngs=[paths["curve"], paths["overfitting"]]))
     return paths

@@ -18,15 +18,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ._runtime import seed_everything
+from ._runtime import resolve_workers, seed_everything
 from .adapters import LoraSettings, inject_lora, merge_lora
 from .backbones import Backbone, create_backbone, resolve_backbone
-from .bundle import read_bundle, write_bundle
+from .bundle import read_bundle, unbuildable, write_bundle
+from .checkpoint import run_checkpointer
 from .classical import CLASSICAL_HEADS, fit_classical, predict_proba_full, to_tensors
+from .continual import ContinualSettings, extend_estimator, remember
 from .data.labeled import LabeledData, stratified_split
+from .data.summary import summarize
+from .distributed import is_main_process
 from .errors import DataError, HeadstartError
 from .heads import HeadConfig, TransferModel, build_head, loss_for, outputs_to_scores
-from .inference import embed, run_over
+from .inference import _device, embed, run_over
 from .metrics import task_metrics
 from .modalities import MODALITIES, Modality
 from .progress import say
@@ -59,8 +63,8 @@ class TransferEstimator:
         pretrained: bool = True,
         seed: int = 0,
         strict: bool = False,
-        num_workers: int = 0,
-        mixed_precision: str = "no",
+        num_workers: int | None = None,
+        mixed_precision: str = "auto",
         cache_dir: str | None = None,
         use_cache: bool = True,
         out_dir: str | None = None,
@@ -68,6 +72,8 @@ class TransferEstimator:
         input_col: str | None = None,
         label_col: str = "label",
         verbose: bool = True,
+        memory: int = 0,
+        adapt: str = "auto",
     ) -> None:
         self.backbone = backbone
         self.strategy = strategy
@@ -93,6 +99,8 @@ class TransferEstimator:
         self.input_col = input_col
         self.label_col = label_col
         self.verbose = verbose
+        self.memory = memory  # exemplars kept per class for continual learning (extend); 0: none
+        self.adapt = adapt  # with fit(unlabeled=...): auto | adabn | coral | dann (adapt.py)
 
     # --- scikit-learn conventions -------------------------------------------------------------------------
     def get_params(self, deep: bool = True) -> dict:
@@ -158,11 +166,17 @@ class TransferEstimator:
         return torch.as_tensor(targets, dtype=torch.float32)
 
     # --- fit --------------------------------------------------------------------------------------------
-    def fit(self, data, valid=None) -> TransferEstimator:
-        """Train on `data` (a folder per class or a CSV); hold out a stratified split unless `valid` is given."""
+    def fit(self, data, valid=None, resume: str | None = None, unlabeled=None) -> TransferEstimator:
+        """Train on `data` (a folder per class or a CSV); hold out a stratified split unless `valid` is given.
+        `resume`: a previous run's output folder; training continues from its last checkpointed epoch.
+        `unlabeled`: target-domain inputs (folder or file) to adapt to with method `adapt` (adapt.py)."""
         started = time.perf_counter()
         seed_everything(self.seed)
         full = self._load(data)
+        from .fewshot import fewshot_advice, fit_fewshot
+
+        if self.strategy == "fewshot" or (advice := fewshot_advice(self, full, unlabeled)) is not None:
+            return fit_fewshot(self, full, valid, started, None if self.strategy == "fewshot" else advice, unlabeled)
         if valid is not None:
             train, val = full, self._align(self._load(valid), full.classes)
         else:
@@ -199,33 +213,47 @@ class TransferEstimator:
         loop = LoopConfig(patience=self.patience, mixed_precision=self.mixed_precision,
                           freeze_bn_stats=self.pretrained, verbose=self.verbose)
         log = self._open_log()
-        self.history_: list[dict] = []
+        ckpt = run_checkpointer(self, resume, len(train), len(val), stages, log)
+        self.history_: list[dict] = list(ckpt.earlier_history) if ckpt else []
         backbone_trained = False
         for i, stage in enumerate(stages):
+            if ckpt is not None and ckpt.skips(i):  # finished before the checkpoint: its weights are in it
+                backbone_trained = backbone_trained or not stage.backbone_frozen
+                continue
+            if ckpt is not None:
+                ckpt.earlier_history = list(self.history_)
             generator = seed_everything(self.seed + i)  # each stage repeatable whatever the cache held
             stage_loop = dataclasses.replace(loop, keep_start=i > 0)
             if stage.backbone_frozen and not backbone_trained:
                 loaders = self._feature_loaders(backbone, train, val, generator)
                 head[0].set_statistics(loaders[0].dataset.tensors[1])  # standardise on training features
-                records = run_stage(head, stage, *loaders, loss_for(self._task), self._task, stage_loop, log)
+                records = run_stage(head, stage, *loaders, loss_for(self._task), self._task, stage_loop, log, ckpt, i)
             else:
                 loaders = self._input_loaders(backbone, train, val, generator)
                 if stage.lora is not None:
                     inject_lora(backbone, LoraSettings.from_dict(stage.lora))
-                records = run_stage(model, stage, *loaders, loss_for(self._task), self._task, stage_loop, log)
+                records = run_stage(model, stage, *loaders, loss_for(self._task), self._task, stage_loop, log, ckpt, i)
                 if stage.lora is not None:
                     merge_lora(backbone)  # plain weights again: the bundle loads like any other
                 backbone_trained = True
             self.history_.extend(records)
+        if unlabeled is not None:  # domain adaptation to the unlabeled target data
+            from .adapt import adapt_to_target
+
+            backbone_trained = adapt_to_target(self, model, train, val, unlabeled, stages, backbone_trained, log)
         self.model_ = model.eval()
         self.spec_ = backbone.spec
         self.backbone_trained_ = backbone_trained
         self.strategy_ = {"name": strategy.name, "stages": [s.to_dict() for s in stages]}
-        self.data_summary_ = {"train": len(train), "validation": len(val), "class_counts": full.class_counts(),
-                              "skipped": [{"path": p, "reason": r} for p, r in full.skipped]}
-        self.metrics_ = {"validation": self._score(val), "fit_seconds": round(time.perf_counter() - started, 2)}
-        if self.out_dir:
-            self._write_outputs(val)
+        self.data_summary_ = summarize(full, train, val, self.modality)
+        val_scores = self._raw_scores(val.items)  # kept for the report's calibration plot and worst examples
+        self.metrics_ = {"validation": self._score(val, val_scores),
+                         "fit_seconds": round(time.perf_counter() - started, 2)}
+        self.memory_, self.continual_ = remember(self, train), None
+        if self.out_dir and is_main_process():  # one writer when several processes train together
+            self._write_outputs(val, val_scores)
+        if ckpt is not None:
+            ckpt.remove()  # the bundle now holds the result
         return self
 
     def _classical_fit(self, backbone: Backbone, train: LabeledData):
@@ -257,7 +285,7 @@ class TransferEstimator:
         return get_strategy(advice.strategy, **advice.options), advice
 
     def _open_log(self):
-        if not self.out_dir:
+        if not self.out_dir or not is_main_process():
             return None
         os.makedirs(self.out_dir, exist_ok=True)
         path = os.path.join(self.out_dir, "metrics.jsonl")
@@ -287,7 +315,8 @@ class TransferEstimator:
         def loader(part: LabeledData, is_train: bool) -> DataLoader:
             ds = modality.dataset(part.items, self._target_tensor(part.targets).numpy(), backbone, is_train)
             return DataLoader(ds, batch_size=self.batch_size, shuffle=is_train, generator=gen,
-                              num_workers=self.num_workers, collate_fn=modality.collate(backbone))
+                              num_workers=resolve_workers(self.num_workers), collate_fn=modality.collate(backbone),
+                              pin_memory=torch.cuda.is_available())
 
         return loader(train, True), loader(val, False)
 
@@ -295,6 +324,10 @@ class TransferEstimator:
     def _raw_scores(self, items: Sequence) -> tuple[np.ndarray, np.ndarray]:
         """Model outputs per path (probabilities, or standardised values) and a mask of readable images."""
         self._check_fitted()
+        if getattr(self, "runtime_", None) is not None:  # loaded with runtime="onnx" (export.py)
+            from .predict_stream import score_items
+
+            return score_items(self, items, self.verbose)
         if getattr(self, "classical_", None) is not None:
             feats, ok = embed(self.model_.backbone, items, batch_size=self.batch_size, num_workers=self.num_workers,
                               use_cache=self.use_cache, cache_dir=self.cache_dir, verbose=self.verbose)
@@ -305,8 +338,11 @@ class TransferEstimator:
             feats, ok = embed(self.model_.backbone, items, batch_size=self.batch_size,
                                      num_workers=self.num_workers, use_cache=self.use_cache,
                                      cache_dir=self.cache_dir, verbose=self.verbose)
+            # always on the inference device (a GPU, if any), so a fitted and a reloaded model agree exactly
+            device = _device()
+            head = self.model_.head.to(device).eval()
             with torch.inference_mode():
-                logits = self.model_.head.eval()(torch.as_tensor(feats))
+                logits = head(torch.as_tensor(feats, device=device)).cpu()
         else:
             out, ok = run_over(self.model_, items, self.batch_size, self.num_workers, self.verbose,
                                description="predict")
@@ -333,8 +369,8 @@ class TransferEstimator:
             return [c for c, p in zip(self.classes_, row) if p >= 0.5]
         return float(row[0] * self.target_scaling_["std"] + self.target_scaling_["mean"])
 
-    def _score(self, data: LabeledData) -> dict:
-        scores, ok = self._raw_scores(data.items)
+    def _score(self, data: LabeledData, raw: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+        scores, ok = raw if raw is not None else self._raw_scores(data.items)
         targets = data.targets[ok]
         scores = scores[ok]
         if self._task == "regression":
@@ -354,18 +390,27 @@ class TransferEstimator:
             "modality": self.modality, "task": self._task, "estimator": type(self).__name__,
             "backbone": self.spec_.to_dict(), "backbone_trained": self.backbone_trained_,
             "head": (self._classical_saved[0] if getattr(self, "classical_", None) is not None
-                     else {**HeadConfig(kind=self.head).to_dict(), "out_dim": max(1, len(self.classes_))}),
+                     else {**HeadConfig(kind=getattr(self.model_.head, "kind", self.head)).to_dict(),
+                           "out_dim": max(1, len(self.classes_))}),
             "labels": self.classes_, "target_scaling": getattr(self, "target_scaling_", None),
             "strategy": self.strategy_, "metrics": self.metrics_, "data": self.data_summary_,
             "advisor": self.advice_.to_dict() if getattr(self, "advice_", None) else None,
             "params": {k: v for k, v in self.get_params().items() if k not in ("out_dir", "cache_dir")},
+            "continual": getattr(self, "continual_", None),
         }
 
     def save(self, path: str) -> str:
         """Write the bundle (zip of config.json + model.safetensors) atomically; returns the path."""
         self._check_fitted()
         extra = self._classical_saved[1] if getattr(self, "classical_", None) is not None else {}
-        return write_bundle(path, self._config(), {**self.model_.state_dict(), **extra})
+        memory = self.memory_.to_tensors() if getattr(self, "memory_", None) is not None else {}
+        return write_bundle(path, self._config(), {**self.model_.state_dict(), **extra, **memory})
+
+    def extend(self, data, method: str = "rehearsal", valid=None, old_data=None, **options) -> TransferEstimator:
+        """Learn the new classes in `data` without forgetting the old (see continual.py for the methods)."""
+        self.last_extension_ = extend_estimator(self, data, ContinualSettings(method=method, **options),
+                                                valid=valid, old_data=old_data)
+        return self
 
     @classmethod
     def _from_bundle(cls, config: dict, state: dict[str, torch.Tensor]) -> TransferEstimator:
@@ -373,13 +418,14 @@ class TransferEstimator:
 
         return restore_estimator(cls, config, state)
 
-    def _write_outputs(self, val: LabeledData) -> None:
+    def _write_outputs(self, val: LabeledData, val_scores: tuple[np.ndarray, np.ndarray]) -> None:
         from .report import write_report
+        from .run_outputs import final_log_record, run_report
 
         bundle = self.save(os.path.join(self.out_dir, "model.hs"))
-        report = write_report(os.path.join(self.out_dir, "report"), self.history_, self.metrics_["validation"],
-                              self.classes_, title=f"{self.spec_.name} / {self.strategy_['name']}",
-                              notes=self.advice_.reasons if self.advice_ else [])
+        with open(os.path.join(self.out_dir, "metrics.jsonl"), "a") as f:  # the same numbers as the report's
+            f.write(json.dumps(final_log_record(self)) + "\n")
+        report = write_report(os.path.join(self.out_dir, "report"), run_report(self, val, *val_scores))
         say(self.verbose, f"bundle: {bundle}\nreport: {report}")
 
 
@@ -410,10 +456,30 @@ class ImageRegressor(TransferEstimator):
     default_task = "regression"
 
 
-def load(path: str) -> TransferEstimator:
-    """A saved bundle, ready to predict. Reads only JSON and safetensors; refuses newer bundle formats."""
+def load(path: str, runtime: str = "torch") -> TransferEstimator:
+    """A saved bundle, ready to predict. Reads only JSON and safetensors; refuses newer bundle formats.
+
+    runtime="onnx" predicts through onnxruntime on the exported graph (exported once per bundle, then cached).
+    """
+    if runtime not in ("torch", "onnx"):
+        raise HeadstartError(f"unknown runtime '{runtime}': choose torch or onnx")
     config, state = read_bundle(path)
-    return estimator_class(config["modality"], config["task"])._from_bundle(config, state)
+    if config["task"] == "pretrain":
+        raise HeadstartError(f"{path}: a pre-trained backbone (headstart pretrain), not a model with a head; "
+                             f"train one on it with `headstart fit DATA --backbone {path}`")
+    try:
+        if config["task"] == "multitask":
+            from .multitask import MultiTaskModel
+
+            return MultiTaskModel._from_bundle(config, state)
+        est = estimator_class(config["modality"], config["task"])._from_bundle(config, state)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+        raise unbuildable(path, err) from None  # a crafted or hand-edited config: one line, not a traceback
+    if runtime == "onnx":
+        from .export import attach_onnx_runtime
+
+        attach_onnx_runtime(est, path)
+    return est
 
 
 def estimator_class(modality: str, task: str) -> type[TransferEstimator]:

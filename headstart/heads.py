@@ -38,7 +38,13 @@ class Standardize(nn.Module):
     @torch.no_grad()
     def set_statistics(self, features: torch.Tensor) -> None:
         self.mean.copy_(features.mean(0))
-        self.std.copy_(features.std(0).clamp(min=1e-6) if len(features) > 1 else torch.ones_like(self.std))
+        if len(features) < 2:
+            return
+        std = features.std(0)
+        # A feature (nearly) constant on the few training rows - a ReLU channel that never fired - would be
+        # scaled up a millionfold wherever it does vary (validation loss in the hundreds, measured): floor each
+        # feature's spread at a tenth of the typical one.
+        self.std.copy_(std.clamp(min=max(float(std.median()) * 0.1, 1e-6)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

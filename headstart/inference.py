@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ._runtime import cache_root
+from ._runtime import cache_root, resolve_workers
 from .backbones import Backbone
 from .cache import FeatureCache, model_key
 from .modalities import modality_of
@@ -17,7 +17,9 @@ from .progress import make_progress
 
 
 def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from .distributed import device
+
+    return device()  # under a multi-GPU launch, this process's own GPU
 
 
 def _to(x, device: torch.device):
@@ -26,12 +28,11 @@ def _to(x, device: torch.device):
     return {k: v.to(device, non_blocking=True) for k, v in x.items()}  # tokenized text
 
 
-@torch.inference_mode()
 def run_over(
     module: nn.Module,
     items: Sequence,
     batch_size: int = 32,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     verbose: bool = True,
     description: str = "features",
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -40,14 +41,17 @@ def run_over(
     backbone: Backbone = module if isinstance(module, Backbone) else module.backbone
     modality = modality_of(backbone)
     device = _device()
+    # Moved before inference mode: parameters moved inside it would become inference tensors, which training
+    # and the weights' version counter (cache keys) can no longer use.
     module = module.to(device).eval()
     # Its own generator: iterating a loader draws a seed, and must not shift the global RNG that training
     # augmentations use (else a cache hit would change the next stage's results).
     loader = DataLoader(modality.dataset(items, None, backbone, train=False), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=modality.collate(backbone), generator=torch.Generator())
+                        num_workers=resolve_workers(num_workers), collate_fn=modality.collate(backbone),
+                        generator=torch.Generator(), pin_memory=device.type == "cuda")
     out: np.ndarray | None = None
     ok = np.zeros(len(items), dtype=bool)
-    with make_progress(verbose) as bar:
+    with make_progress(verbose) as bar, torch.inference_mode():
         task = bar.add_task(description, total=len(items), info="")
         for idx, x, _ in loader:
             if x is not None and len(idx):
@@ -71,7 +75,7 @@ def embed(
     backbone: Backbone,
     items: Sequence,
     batch_size: int = 32,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     use_cache: bool = True,
     cache_dir: str | None = None,
     verbose: bool = True,
@@ -86,18 +90,24 @@ def embed(
     cache = feature_cache_for(backbone, cache_dir)
     digests = modality_of(backbone).digests(items)
     feats, found = cache.get(digests)
+    from .distributed import found_everywhere, is_main_process, run_sharded
+
+    found = found_everywhere(found)  # processes must agree on what to compute (their caches may differ)
     missing = [i for i in range(len(items)) if not found[i]]
     if feats is None:
         feats = np.zeros((len(items), backbone.feature_dim), dtype=np.float32)
     ok = found.copy()
     if missing:
-        new, new_ok = run_over(backbone, [items[i] for i in missing], batch_size, num_workers, verbose)
+        # several processes (accelerate launch / torchrun) each compute a share and gather the rest
+        new, new_ok = run_sharded(lambda part: run_over(backbone, part, batch_size, num_workers, verbose),
+                                  [items[i] for i in missing])
         good = [j for j in range(len(missing)) if new_ok[j]]
         # Identical inputs share one digest: store each digest once.
         unique: dict[str, int] = {}
         for j in good:
             unique.setdefault(digests[missing[j]], j)
-        cache.put(list(unique), new[list(unique.values())])
+        if is_main_process():  # one writer per cache
+            cache.put(list(unique), new[list(unique.values())])
         for j in good:
             feats[missing[j]] = new[j]
             ok[missing[j]] = True

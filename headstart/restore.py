@@ -11,6 +11,7 @@ from torch import nn
 from . import __version__
 from .backbones import BackboneSpec, create_backbone
 from .classical import from_tensors
+from .continual import Memory
 from .heads import HeadConfig, TransferModel, build_head
 
 
@@ -22,12 +23,18 @@ def restore_estimator(cls: type, config: dict, state: dict[str, torch.Tensor]):
     backbone = create_backbone(spec, pretrained=False)  # the architecture only; weights come from the bundle
     head_cfg = config["head"]
     est.classical_ = None
+    est.memory_, est.continual_ = Memory.from_tensors(state), config.get("continual")  # continual learning's buffer
+    state = {k: v for k, v in state.items() if not k.startswith("memory.")}
     if head_cfg["kind"] == "classical":
         classical_state = {k: v for k, v in state.items() if k.startswith("classical.")}
         est.classical_ = from_tensors(head_cfg, classical_state)
         est._classical_saved = (head_cfg, classical_state)
         state = {k: v for k, v in state.items() if not k.startswith("classical.")}
         head = nn.Identity()
+    elif head_cfg["kind"] == "prototype":  # fewshot: prototypes are buffers, loaded with the rest of the state
+        from .fewshot import PrototypeHead
+
+        head = PrototypeHead(backbone.feature_dim, head_cfg["out_dim"])
     else:
         head = build_head(HeadConfig(kind=head_cfg["kind"], hidden=head_cfg.get("hidden", 512)),
                           backbone.feature_dim, head_cfg["out_dim"])

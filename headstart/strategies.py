@@ -131,11 +131,22 @@ class Lora:
         ]
 
 
+@dataclass(frozen=True)
+class FewShot:
+    """For a few examples per class: class prototypes of the frozen features, or for text, of a sentence encoder
+    first tuned SetFit-style on pairs of the labeled texts. No stages to plan: `fit` hands it to fewshot.py."""
+
+    name: str = "fewshot"
+
+    def plan(self, groups: list[str], epochs: int, lr: float, head_epochs: int) -> list[Stage]:
+        return []
+
+
 STRATEGIES = {"features": Features, "finetune": Finetune, "full": Full, "two-stage": TwoStage, "truncate": Truncate,
-              "lora": Lora}
+              "lora": Lora, "fewshot": FewShot}
 
 
-def get_strategy(name: str, **options) -> Features | Finetune | Full | TwoStage | Truncate | Lora:
+def get_strategy(name: str, **options) -> Features | Finetune | Full | TwoStage | Truncate | Lora | FewShot:
     """A strategy by name; options not taken by it (e.g. last_n for full) are ignored."""
     if name not in STRATEGIES:
         raise HeadstartError(f"unknown strategy '{name}': choose one of {', '.join(STRATEGIES)}")

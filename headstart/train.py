@@ -8,16 +8,20 @@ leaves the best weights in the model.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, is_initialized
 from torch import nn
 from torch.utils.data import DataLoader
 
 from .adapters import lora_parameters
+from .checkpoint import Checkpointer, TrainState, rng_states, set_rng_states
+from .distributed import loader_config
 from .heads import TransferModel
 from .progress import make_progress
 from .strategies import HEAD, LORA, Stage
@@ -31,10 +35,29 @@ class LoopConfig:
     patience: int = 3
     pct_start: float = 0.25
     grad_clip: float = 1.0
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"  # auto: bf16 on a CUDA device that has it, else full precision
     freeze_bn_stats: bool = True  # Keras' rule for small data: pretrained BatchNorm keeps its statistics
     keep_start: bool = False  # count the starting weights as a candidate for "best" (stages after the first)
     verbose: bool = True
+
+
+def resolve_precision(requested: str) -> str:
+    """The "auto" precision: bf16 on CUDA devices that support it (no loss scaling needed, unlike fp16), full
+    precision on CPU, where autocast gains little for these convolution-heavy models and changes results."""
+    if requested != "auto":
+        return requested
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):  # what `accelerate launch --mixed_precision` asked for
+        return os.environ["ACCELERATE_MIXED_PRECISION"]
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def make_accelerator(mixed_precision: str, **kwargs) -> Accelerator:
+    precision = resolve_precision(mixed_precision)
+    if is_initialized() and AcceleratorState().mixed_precision != precision:
+        # Accelerate keeps one precision per process and refuses another; a later fit that asks for a different
+        # one gets a fresh state (the distributed process group, held apart in PartialState, is kept).
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), **kwargs)
 
 
 def param_groups(model: nn.Module, stage: Stage) -> list[dict]:
@@ -102,17 +125,20 @@ def _batches(loader: DataLoader):
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, task: str, accel: Accelerator) -> dict:
     model.eval()
-    total, n, correct = 0.0, 0, 0
+    outs, targets = [], []
     for x, y in _batches(loader):
         with accel.autocast():
             out = model(x)
-        total += float(loss_fn(out.float(), y)) * len(y)
-        n += len(y)
-        if task == "classification":
-            correct += int((out.argmax(-1) == y).sum())
-    result = {"val_loss": total / max(n, 1)}
+        # every process scores the whole validation set, so all make the same early-stopping decision
+        out, y = accel.gather_for_metrics((out.float(), y))
+        outs.append(out)
+        targets.append(y)
+    if not outs:
+        return {"val_loss": 0.0, **({"val_accuracy": 0.0} if task == "classification" else {})}
+    out, y = torch.cat(outs), torch.cat(targets)
+    result = {"val_loss": float(loss_fn(out, y))}
     if task == "classification":
-        result["val_accuracy"] = correct / max(n, 1)
+        result["val_accuracy"] = float((out.argmax(-1) == y).float().mean())
     return result
 
 
@@ -125,9 +151,14 @@ def run_stage(
     task: str,
     cfg: LoopConfig,
     on_epoch: Callable[[dict], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+    stage_index: int = 0,
 ) -> list[dict]:
-    """Train one stage; returns one record per epoch and leaves the best (lowest validation loss) weights."""
-    accel = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    """Train one stage; returns one record per epoch and leaves the best (lowest validation loss) weights.
+
+    With a `checkpointer`, the state is saved after every epoch, and a state it resumed for this stage is
+    restored first, so the stage continues after the last finished epoch."""
+    accel = make_accelerator(cfg.mixed_precision, dataloader_config=loader_config(train_loader))
     reinitialise(model, stage)
     groups = param_groups(model, stage)
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
@@ -140,17 +171,31 @@ def run_stage(
         )
     else:  # a handful of steps: a constant rate is all a schedule could give
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    shuffle_rng = getattr(train_loader.sampler, "generator", None)  # its state is checkpointed with the others
     model, opt, train_loader, val_loader, sched = accel.prepare(model, opt, train_loader, val_loader, sched)
     # The weights a stage starts from are a candidate too: a fine-tune that never beats the linear probe it
     # started from must not leave a worse model behind.
     best_loss, best_state, stale, history = math.inf, None, 0, []
-    if cfg.keep_start:
+    saved = checkpointer.resume_for(stage_index) if checkpointer is not None else None
+    if saved is not None:
+        accel.unwrap_model(model).load_state_dict(saved.model)
+        opt.load_state_dict(saved.optimizer)
+        sched.scheduler.load_state_dict(saved.scheduler)
+        best_loss, best_state, stale, history = saved.best_loss, saved.best_state, saved.stale, saved.stage_history
+        set_rng_states(saved.rng, shuffle_rng)
+    elif cfg.keep_start:
         best_loss = evaluate_loss(model, val_loader, loss_fn, task, accel)["val_loss"]
         best_state = {k: v.detach().clone() for k, v in accel.unwrap_model(model).state_dict().items()}
     trainable = [p for g in groups for p in g["params"]]
     with make_progress(cfg.verbose and accel.is_main_process) as bar:
         task_id = bar.add_task(f"{stage.name}", total=stage.epochs * len(train_loader), info="")
-        for epoch in range(1, stage.epochs + 1):
+        first_epoch = saved.epoch + 1 if saved is not None else 1
+        step = saved.step if saved is not None else 0
+        if saved is not None:
+            bar.update(task_id, completed=saved.epoch * len(train_loader))
+        if saved is not None and stale >= cfg.patience:
+            first_epoch = stage.epochs + 1  # it had stopped early before the crash
+        for epoch in range(first_epoch, stage.epochs + 1):
             set_train_mode(accel.unwrap_model(model), stage, cfg.freeze_bn_stats)
             start, seen, total_loss = time.perf_counter(), 0, 0.0
             for x, y in _batches(train_loader):
@@ -161,6 +206,7 @@ def run_stage(
                 if cfg.grad_clip:
                     accel.clip_grad_norm_(trainable, cfg.grad_clip)
                 opt.step()
+                step += 1
                 if sched.scheduler.last_epoch < steps:  # early-stopped plans never overrun the schedule
                     sched.step()
                 total_loss += float(loss.detach()) * len(y)
@@ -178,10 +224,17 @@ def run_stage(
                 best_state = {k: v.detach().clone() for k, v in accel.unwrap_model(model).state_dict().items()}
             else:
                 stale += 1
-                if stale >= cfg.patience:
-                    bar.update(task_id, completed=stage.epochs * len(train_loader), info=f"early stop at {epoch}")
-                    break
-    unwrapped = accel.unwrap_model(model)
+            if checkpointer is not None:
+                checkpointer.save(TrainState(
+                    stage=stage_index, epoch=epoch, step=step, model=accel.unwrap_model(model).state_dict(),
+                    optimizer=opt.state_dict(), scheduler=sched.scheduler.state_dict(), rng=rng_states(shuffle_rng),
+                    best_loss=best_loss, best_state=best_state, stale=stale, stage_history=history,
+                    earlier_history=checkpointer.earlier_history))
+            if stale >= cfg.patience:
+                bar.update(task_id, completed=stage.epochs * len(train_loader), info=f"early stop at {epoch}")
+                break
+    # without Accelerate's autocast wrapper: the fitted model then predicts in full precision, as it will once saved
+    unwrapped = accel.unwrap_model(model, keep_fp32_wrapper=False)
     if best_state is not None:
         unwrapped.load_state_dict(best_state)
     for p in unwrapped.parameters():

@@ -37,7 +37,9 @@ def test_fit_writes_bundle_metrics_and_report(fitted):
     assert os.path.isfile(os.path.join(out, "model.hs"))
     with open(os.path.join(out, "metrics.jsonl")) as f:
         lines = [json.loads(line) for line in f]
-    assert {r["stage"] for r in lines} == {"head", "finetune"}
+    epochs = [r for r in lines if "stage" in r]
+    assert {r["stage"] for r in epochs} == {"head", "finetune"}
+    assert lines[-1]["event"] == "final" and lines[-1]["strategy"] == "two-stage"
     for png in ("learning_curves.png", "confusion_matrix.png"):
         with open(os.path.join(out, "report", png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"

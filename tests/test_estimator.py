@@ -32,6 +32,17 @@ def test_fit_predict_save_load_round_trip(colour_folder, tmp_path, strategy):
     assert again.predict(colour_folder) == clf.predict(colour_folder)
 
 
+def test_fits_in_one_process_may_ask_for_different_precisions(colour_folder):
+    # Accelerate holds one precision per process; a second fit asking for another must not fail.
+    from headstart.train import resolve_precision
+
+    assert resolve_precision("auto") == ("bf16" if torch.cuda.is_available() else "no")
+    full = _clf(strategy="full", epochs=1, mixed_precision="no").fit(colour_folder)
+    half = _clf(strategy="full", epochs=1, mixed_precision="bf16").fit(colour_folder)
+    assert half.history_[0]["train_loss"] != full.history_[0]["train_loss"], "bf16 autocast must have run"
+    assert np.isfinite(full.predict_proba(colour_folder)).all()
+
+
 def test_colours_are_learned_from_random_features(colour_folder):
     clf = _clf(strategy="features", head_epochs=40).fit(colour_folder)
     assert clf.evaluate(colour_folder)["accuracy"] >= 0.8

@@ -62,7 +62,7 @@ def test_finetune_moves_only_unfrozen_groups_and_frozen_batchnorm_keeps_its_stat
     history = run_stage(model, stage, loader, loader, loss_for("classification"), "classification",
                         LoopConfig(verbose=False, freeze_bn_stats=False))
     assert len(history) == 2 and {"train_loss", "val_loss", "val_accuracy"} <= set(history[0])
-    after = model.state_dict()
+    after = {k: v.cpu() for k, v in model.state_dict().items()}  # training may have left it on a GPU
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("head.") for k in changed)
     assert any(k.startswith("backbone.body.conv_head") or k.startswith("backbone.body.bn2") for k in changed)
@@ -79,7 +79,7 @@ def test_freeze_bn_stats_keeps_trainable_batchnorm_statistics(colour_folder):
     (stage,) = get_strategy("full").plan(backbone.group_names(), 1, 1e-2, 1)
     run_stage(model, stage, loader, loader, loss_for("classification"), "classification",
               LoopConfig(verbose=False, freeze_bn_stats=True))
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())
+    assert all(torch.equal(v, model.state_dict()[k].cpu()) for k, v in stats.items())
 
 
 def test_early_stopping_keeps_the_best_epoch(colour_folder):
@@ -97,7 +97,7 @@ def test_early_stopping_keeps_the_best_epoch(colour_folder):
     assert len(history) < 200
     best = min(r["val_loss"] for r in history)
     with torch.no_grad():
-        final = loss_for("classification")(head(feats), labels.roll(1)).item()
+        final = loss_for("classification")(head.cpu()(feats), labels.roll(1)).item()
     assert final == pytest.approx(best, rel=1e-4), "the best epoch's weights must be restored"
 
 

@@ -77,8 +77,11 @@ def _read_csv_texts(path: str, columns: Sequence[str]) -> list[dict]:
 
     with open(path, "rb") as f:
         text = f.read().decode("utf-8", errors="surrogateescape")
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
-    rows = list(reader)
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))  # as csv wants: newlines untouched
+    try:
+        rows = list(reader)
+    except csv.Error as err:
+        raise DataError(f"{path}: malformed CSV ({err}); check quoting on that line") from None
     require_columns(path, reader.fieldnames or [], columns)
     for line, row in enumerate(rows, start=2):
         row["__line__"] = line
