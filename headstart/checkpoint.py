@@ -100,6 +100,7 @@ class TrainState:
     stale: int
     stage_history: list[dict]  # this stage's epoch records
     earlier_history: list[dict] = field(default_factory=list)  # records of the stages finished before it
+    start_losses: list[float] | None = None  # per-row validation losses of the stage's starting weights
 
 
 class Checkpointer:
@@ -126,7 +127,7 @@ class Checkpointer:
         header = {"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": self.fingerprint,
                   "stage": state.stage, "epoch": state.epoch, "step": state.step, "best_loss": state.best_loss,
                   "stale": state.stale, "stage_history": state.stage_history,
-                  "earlier_history": state.earlier_history, "states": meta}
+                  "earlier_history": state.earlier_history, "start_losses": state.start_losses, "states": meta}
         os.makedirs(self.dir, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=self.dir)
         os.close(fd)
@@ -162,6 +163,7 @@ class Checkpointer:
         self.resumed = TrainState(stage=header["stage"], epoch=header["epoch"], step=header["step"],
                                   best_loss=header["best_loss"], stale=header["stale"],
                                   stage_history=header["stage_history"], earlier_history=header["earlier_history"],
+                                  start_losses=header.get("start_losses"),
                                   **states)
         return self.resumed
 

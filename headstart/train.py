@@ -7,6 +7,7 @@ leaves the best weights in the model.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -23,7 +24,7 @@ from .adapters import lora_parameters
 from .checkpoint import Checkpointer, TrainState, rng_states, set_rng_states
 from .distributed import loader_config
 from .heads import TransferModel
-from .progress import make_progress
+from .progress import make_progress, say
 from .strategies import HEAD, LORA, Stage
 
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -123,7 +124,7 @@ def _batches(loader: DataLoader):
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, task: str, accel: Accelerator) -> dict:
+def _val_outputs(model: nn.Module, loader: DataLoader, accel: Accelerator) -> tuple[torch.Tensor, torch.Tensor] | None:
     model.eval()
     outs, targets = [], []
     for x, y in _batches(loader):
@@ -133,13 +134,46 @@ def evaluate_loss(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, task
         out, y = accel.gather_for_metrics((out.float(), y))
         outs.append(out)
         targets.append(y)
-    if not outs:
+    return (torch.cat(outs), torch.cat(targets)) if outs else None
+
+
+def _scores(scored: tuple[torch.Tensor, torch.Tensor] | None, loss_fn: nn.Module, task: str) -> dict:
+    if scored is None:
         return {"val_loss": 0.0, **({"val_accuracy": 0.0} if task == "classification" else {})}
-    out, y = torch.cat(outs), torch.cat(targets)
+    out, y = scored
     result = {"val_loss": float(loss_fn(out, y))}
     if task == "classification":
         result["val_accuracy"] = float((out.argmax(-1) == y).float().mean())
     return result
+
+
+def evaluate_loss(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, task: str, accel: Accelerator) -> dict:
+    return _scores(_val_outputs(model, loader, accel), loss_fn, task)
+
+
+def _row_losses(scored: tuple[torch.Tensor, torch.Tensor] | None, loss_fn: nn.Module) -> torch.Tensor | None:
+    """The validation loss of each row, for losses that can leave the reduction out (torch's own all can)."""
+    if scored is None or not hasattr(loss_fn, "reduction"):
+        return None
+    unreduced = copy.copy(loss_fn)
+    unreduced.reduction = "none"
+    rows = unreduced(*scored)
+    return (rows.reshape(len(rows), -1).mean(1) if rows.dim() > 1 else rows).cpu()
+
+
+def beats_start(rows: torch.Tensor | None, start_rows: torch.Tensor | None, z: float = 1.0) -> bool:
+    """Whether new weights beat the ones the stage started from by more than validation noise.
+
+    On a validation set of a few dozen rows, a fine-tune that lowers the mean loss by 0.001 is as likely worse
+    as better (measured on the tweets: 1.024 -> 1.023 on 38 rows, test accuracy 0.62 -> 0.54). So the paired
+    per-row improvement must exceed `z` standard errors before the starting weights (the probe) are given up.
+    """
+    if rows is None or start_rows is None or len(rows) != len(start_rows):
+        return True  # nothing to pair: plain lowest-loss selection
+    gain = start_rows.double() - rows.double()
+    if len(gain) < 2:
+        return bool(gain.mean() > 0)
+    return bool(gain.mean() > z * gain.std() / math.sqrt(len(gain)))
 
 
 def run_stage(
@@ -184,8 +218,13 @@ def run_stage(
         best_loss, best_state, stale, history = saved.best_loss, saved.best_state, saved.stale, saved.stage_history
         set_rng_states(saved.rng, shuffle_rng)
     elif cfg.keep_start:
-        best_loss = evaluate_loss(model, val_loader, loss_fn, task, accel)["val_loss"]
+        scored = _val_outputs(model, val_loader, accel)
+        best_loss, start_rows = _scores(scored, loss_fn, task)["val_loss"], _row_losses(scored, loss_fn)
         best_state = {k: v.detach().clone() for k, v in accel.unwrap_model(model).state_dict().items()}
+    if saved is not None:
+        start_rows = None if saved.start_losses is None else torch.tensor(saved.start_losses)
+    elif not cfg.keep_start:
+        start_rows = None
     trainable = [p for g in groups for p in g["params"]]
     with make_progress(cfg.verbose and accel.is_main_process) as bar:
         task_id = bar.add_task(f"{stage.name}", total=stage.epochs * len(train_loader), info="")
@@ -213,13 +252,19 @@ def run_stage(
                 seen += len(y)
                 bar.update(task_id, advance=1, info=f"epoch {epoch} loss {total_loss / max(seen, 1):.3f}")
             seconds = time.perf_counter() - start
+            scored = _val_outputs(model, val_loader, accel)
             record = {"stage": stage.name, "epoch": epoch, "train_loss": total_loss / max(seen, 1),
-                      **evaluate_loss(model, val_loader, loss_fn, task, accel),
+                      **_scores(scored, loss_fn, task),
                       "seconds": round(seconds, 3), "samples_per_s": round(seen / max(seconds, 1e-9), 1)}
+            improved = record["val_loss"] < best_loss - 1e-6
+            if improved and start_rows is not None:  # still on the starting weights: beat them beyond noise
+                improved = record["beats_start"] = beats_start(_row_losses(scored, loss_fn), start_rows)
+                if improved:
+                    start_rows = None  # from here on, plain lowest validation loss
             history.append(record)
             if on_epoch is not None and accel.is_main_process:
                 on_epoch(record)
-            if record["val_loss"] < best_loss - 1e-6:
+            if improved:
                 best_loss, stale = record["val_loss"], 0
                 best_state = {k: v.detach().clone() for k, v in accel.unwrap_model(model).state_dict().items()}
             else:
@@ -229,10 +274,15 @@ def run_stage(
                     stage=stage_index, epoch=epoch, step=step, model=accel.unwrap_model(model).state_dict(),
                     optimizer=opt.state_dict(), scheduler=sched.scheduler.state_dict(), rng=rng_states(shuffle_rng),
                     best_loss=best_loss, best_state=best_state, stale=stale, stage_history=history,
-                    earlier_history=checkpointer.earlier_history))
+                    earlier_history=checkpointer.earlier_history,
+                    start_losses=None if start_rows is None else start_rows.tolist()))
             if stale >= cfg.patience:
                 bar.update(task_id, completed=stage.epochs * len(train_loader), info=f"early stop at {epoch}")
                 break
+    if any(r.get("beats_start") is False for r in history) and start_rows is not None:
+        say(cfg.verbose and accel.is_main_process,
+            f"{stage.name}: kept the weights the stage started from: no epoch beat their validation loss by more "
+            "than one standard error")
     # without Accelerate's autocast wrapper: the fitted model then predicts in full precision, as it will once saved
     unwrapped = accel.unwrap_model(model, keep_fp32_wrapper=False)
     if best_state is not None:

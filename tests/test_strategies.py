@@ -8,7 +8,7 @@ from headstart.data.images import ImageRowsDataset, collate_skipping, eval_trans
 from headstart.errors import HeadstartError
 from headstart.heads import HeadConfig, TransferModel, build_head, loss_for
 from headstart.strategies import HEAD, get_strategy
-from headstart.train import LoopConfig, run_stage
+from headstart.train import LoopConfig, beats_start, run_stage
 
 GROUPS = ["stem", "stage0", "stage1", "stage2", "final"]
 
@@ -114,3 +114,35 @@ def test_a_stage_never_leaves_weights_worse_than_it_started_with(colour_folder):
                         LoopConfig(verbose=False, keep_start=True, grad_clip=0))
     assert all(not np.isfinite(r["val_loss"]) or r["val_loss"] > 0 for r in history)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in trained.items())
+
+
+def test_beats_start_needs_a_gain_beyond_validation_noise():
+    gen = torch.Generator().manual_seed(0)
+    start = torch.rand(40, generator=gen) * 2
+    noise = torch.randn(40, generator=gen) * 0.5
+    # the tweets case: mean loss lower by a hair, rows scattered either way - keep the probe
+    assert not beats_start(start + noise - noise.mean() - 0.001, start)
+    assert beats_start(start - 0.3 + 0.05 * noise, start)  # a clear, consistent gain on most rows
+    assert not beats_start(start + 0.1, start)
+    assert beats_start(start[:1] - 0.1, start[:1])  # one row: nothing to estimate noise from, plain comparison
+    assert beats_start(start, None)  # no per-row losses (a custom loss): plain lowest-loss selection
+
+
+def test_a_noisy_gain_keeps_the_starting_weights():
+    torch.manual_seed(0)
+    head = build_head(HeadConfig(), 16, 3)
+    gen = torch.Generator().manual_seed(1)
+    # features unrelated to the labels: what training on one half teaches about the other half is noise
+    feats, labels = torch.randn(60, 16, generator=gen), torch.as_tensor(np.arange(60) % 3)
+    train = DataLoader(torch.utils.data.TensorDataset(torch.arange(30), feats[:30], labels[:30]), batch_size=10)
+    val = DataLoader(torch.utils.data.TensorDataset(torch.arange(30), feats[30:], labels[30:]), batch_size=10)
+    with torch.no_grad():
+        start_loss = loss_for("classification")(head(feats[30:]), labels[30:]).item()
+    start = {k: v.clone() for k, v in head.state_dict().items()}
+    (stage,) = get_strategy("features").plan([], 1, 1e-2, 4)
+    history = run_stage(head, stage, train, val, loss_for("classification"), "classification",
+                        LoopConfig(verbose=False, keep_start=True, patience=10))
+    lower = [r for r in history if r["val_loss"] < start_loss]
+    assert lower, "the case must have epochs that plain lowest-loss selection would take"
+    assert all(r["beats_start"] is False for r in lower)
+    assert all(torch.equal(v, head.state_dict()[k].cpu()) for k, v in start.items())
