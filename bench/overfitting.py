@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs of the transfer run")
     ap.add_argument("--scratch-epochs", type=int, default=40)
+    ap.add_argument("--no-augment", dest="augment", action="store_false",
+                    help="train on the plain images (no random crops or flips), for every method")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "overfitting"))
     args = ap.parse_args()
     tune_allocator()
@@ -37,7 +39,8 @@ def main() -> None:
     train = export_subset(os.path.join(tmp, "train"), "train", args.per_class, seed=0)
     test = export_subset(os.path.join(tmp, "test"), "test", args.test_per_class, seed=1)
     rows = hs.compare(train, strategies=["two-stage"], sizes=[args.per_class], test=test, epochs=args.epochs,
-                      scratch_epochs=args.scratch_epochs, image_size=args.image_size, out_dir=args.out)
+                      scratch_epochs=args.scratch_epochs, image_size=args.image_size, out_dir=args.out,
+                      augment=args.augment)
     summary = []
     for r in rows:
         last = r["history"][-1]

@@ -60,6 +60,7 @@ def fit(
                                       "checkpoint in its output folder DIR (give the same data and options)"),
     unlabeled: str | None = typer.Option(None, help="unlabeled target-domain inputs (folder or file) to adapt to"),
     adapt: str = typer.Option("auto", help="with --unlabeled: auto | adabn | coral | dann"),
+    augment: bool = typer.Option(True, help="light random crops and flips on training images"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train a model on DATA and write the bundle, metrics and report to --out."""
@@ -71,7 +72,7 @@ def fit(
         head_epochs=head_epochs, lr=lr, time_limit=time_limit,
         batch_size=batch_size, image_size=image_size, head=head, last_n=last_n, val_fraction=val_fraction,
         pretrained=not scratch, strict=strict, seed=seed, out_dir=out, verbose=not quiet,
-        mixed_precision=mixed_precision, memory=memory, adapt=adapt,
+        mixed_precision=mixed_precision, memory=memory, adapt=adapt, augment=augment,
     )
     est.fit(data, valid=valid, resume=resume, unlabeled=unlabeled)
     out_console.print(api.summary_line(est.metrics_["validation"], prefix="validation"))
@@ -207,6 +208,7 @@ def compare_methods(
     epochs: int = typer.Option(3),
     scratch_epochs: int = typer.Option(6),
     image_size: int | None = typer.Option(None),
+    augment: bool = typer.Option(True, help="light random crops and flips on training images, for every method"),
     out: str = typer.Option("runs/compare", "--out", "-o"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -215,7 +217,7 @@ def compare_methods(
 
     rows = compare(data, [s for s in strategies.split(",") if s], [int(s) for s in sizes.split(",") if s],
                    test=test, backbone=backbone, epochs=epochs, scratch_epochs=scratch_epochs,
-                   image_size=image_size, out_dir=out, verbose=not quiet)
+                   image_size=image_size, augment=augment, out_dir=out, verbose=not quiet)
     table = Table(title=f"transfer vs from scratch on {data}")
     for col in ("per class", "method", "test accuracy", "macro-F1", "seconds"):
         table.add_column(col)

@@ -33,10 +33,13 @@ def _per_class_subset(data: LabeledData, per_class: int | None, seed: int) -> La
 def compare(data, strategies: Sequence[str] = ("features", "two-stage"), sizes: Sequence[int | None] = (10, 30, 100),
             test=None, modality: str | None = None, backbone: str | None = None, epochs: int = 3,
             scratch_epochs: int = 6, image_size: int | None = None, test_fraction: float = 0.2, seed: int = 0,
-            out_dir: str | None = None, verbose: bool = True, pretrained: bool = True) -> list[dict]:
+            out_dir: str | None = None, verbose: bool = True, pretrained: bool = True,
+            augment: bool = True) -> list[dict]:
     """One row per (training size, method): test accuracy, macro-F1, wall time, and the loss curves.
 
     `pretrained=False` runs the transfer methods from random weights too (a plumbing check, not a comparison).
+    `augment=False` trains every method on the plain images: the textbook setting in which a from-scratch
+    network memorises a small training set (headstart's light augmentation delays that).
     """
     from .api import detect_modality
     from .modalities import MODALITIES
@@ -52,7 +55,8 @@ def compare(data, strategies: Sequence[str] = ("features", "two-stage"), sizes: 
     smallest = min(pool.class_counts().values())
     sizes = sorted({min(s, smallest) if s is not None else smallest for s in sizes})
     cls = estimator_class(modality, "classification")
-    common = dict(backbone=backbone, image_size=image_size, seed=seed, verbose=False, val_fraction=0.25)
+    common = dict(backbone=backbone, image_size=image_size, seed=seed, verbose=False, val_fraction=0.25,
+                  augment=augment)
     methods = {s: dict(strategy=s, epochs=epochs, pretrained=pretrained) for s in strategies}
     methods[SCRATCH] = dict(strategy="full", pretrained=False, epochs=scratch_epochs, lr=3e-3, patience=scratch_epochs)
     rows = []

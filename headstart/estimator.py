@@ -74,6 +74,7 @@ class TransferEstimator:
         verbose: bool = True,
         memory: int = 0,
         adapt: str = "auto",
+        augment: bool = True,
     ) -> None:
         self.backbone = backbone
         self.strategy = strategy
@@ -98,6 +99,7 @@ class TransferEstimator:
         self.time_limit = time_limit
         self.input_col = input_col
         self.label_col = label_col
+        self.augment = augment  # light crops and flips on training images (texts have none)
         self.verbose = verbose
         self.memory = memory  # exemplars kept per class for continual learning (extend); 0: none
         self.adapt = adapt  # with fit(unlabeled=...): auto | adabn | coral | dann (adapt.py)
@@ -313,7 +315,8 @@ class TransferEstimator:
         modality = self._modality
 
         def loader(part: LabeledData, is_train: bool) -> DataLoader:
-            ds = modality.dataset(part.items, self._target_tensor(part.targets).numpy(), backbone, is_train)
+            ds = modality.dataset(part.items, self._target_tensor(part.targets).numpy(), backbone,
+                                  is_train and self.augment)
             return DataLoader(ds, batch_size=self.batch_size, shuffle=is_train, generator=gen,
                               num_workers=resolve_workers(self.num_workers), collate_fn=modality.collate(backbone),
                               pin_memory=torch.cuda.is_available())

@@ -148,7 +148,7 @@ def fewshot_advice(est, full: LabeledData, unlabeled=None):
         return None
     from .advisor import few_shot_advice
 
-    return few_shot_advice(full.class_counts())
+    return few_shot_advice(full.class_counts(), est.modality)
 
 
 def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unlabeled=None):

@@ -181,3 +181,17 @@ def test_a_bundle_serves_as_a_backbone(colour_folder, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     again = hs.load(second.save(str(tmp_path / "second.hs")))
     assert np.array_equal(again.predict_proba(colour_folder), second.predict_proba(colour_folder))
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_augment_switches_the_random_crops_of_training_images(colour_folder, augment):
+    from headstart.backbones import create_backbone, resolve_backbone
+    from headstart.modalities import MODALITIES
+
+    clf = _clf(augment=augment)
+    data = MODALITIES["image"].load(colour_folder, "classification", False, {})
+    backbone = create_backbone(resolve_backbone(TINY, "image"), pretrained=False, image_size=TINY_SIZE)
+    train_loader, _ = clf._input_loaders(backbone, data, data, torch.Generator().manual_seed(0))
+    dataset = train_loader.dataset
+    first, second = dataset[0][1], dataset[0][1]
+    assert torch.equal(first, second) is (not augment)

@@ -131,8 +131,9 @@ def test_beats_start_needs_a_gain_beyond_validation_noise():
 def test_a_noisy_gain_keeps_the_starting_weights():
     torch.manual_seed(0)
     head = build_head(HeadConfig(), 16, 3)
-    gen = torch.Generator().manual_seed(1)
-    # features unrelated to the labels: what training on one half teaches about the other half is noise
+    gen = torch.Generator().manual_seed(10)
+    # features unrelated to the labels: what training on one half teaches about the other half is noise (this
+    # seed gives two epochs whose mean validation loss dips below the start's by less than half a standard error)
     feats, labels = torch.randn(60, 16, generator=gen), torch.as_tensor(np.arange(60) % 3)
     train = DataLoader(torch.utils.data.TensorDataset(torch.arange(30), feats[:30], labels[:30]), batch_size=10)
     val = DataLoader(torch.utils.data.TensorDataset(torch.arange(30), feats[30:], labels[30:]), batch_size=10)

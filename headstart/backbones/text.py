@@ -88,12 +88,26 @@ def _model_folder(spec: BackboneSpec) -> str:
         raise BackboneUnavailable(f"cannot fetch '{spec.arch}' from the Hugging Face hub: {err}") from None
 
 
+def quiet_from_pretrained(loader, *args, **kwargs):
+    """`loader.from_pretrained` without transformers' own "Loading weights" bar: the files are local by now and
+    load in a second, and the bar would interleave with headstart's progress (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return loader.from_pretrained(*args, **kwargs)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def build_text(spec: BackboneSpec, pretrained: bool) -> Backbone:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     folder = _model_folder(spec)
     if pretrained:
-        model = AutoModel.from_pretrained(folder)
+        model = quiet_from_pretrained(AutoModel, folder)
     else:
         model = AutoModel.from_config(AutoConfig.from_pretrained(folder))
     pre = spec.preprocess if isinstance(spec.preprocess, TextPreprocess) else TextPreprocess()
