@@ -34,6 +34,16 @@ def make_class_images(root: str, classes: dict[str, tuple[int, int, int]], per_c
 COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 
 
+def tiny_colour_bundle(root) -> tuple[str, str]:
+    """A head on the tiny random backbone, fitted on colour images under `root` and saved: (bundle, data)."""
+    import headstart as hs
+
+    data = make_class_images(os.path.join(root, "train"), COLOURS, per_class=8)
+    clf = hs.ImageClassifier(backbone=TINY, pretrained=False, image_size=TINY_SIZE, strategy="features",
+                             head_epochs=5, verbose=False, use_cache=False).fit(data)
+    return clf.save(os.path.join(root, "model.hs")), data
+
+
 @pytest.fixture
 def colour_folder(tmp_path) -> str:
     return make_class_images(str(tmp_path / "train"), COLOURS, per_class=12)

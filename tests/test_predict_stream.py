@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import COLOURS, TINY, TINY_SIZE, make_class_images
+from conftest import COLOURS, make_class_images, tiny_colour_bundle
 
 import headstart as hs
 from headstart.errors import HeadstartError
@@ -19,11 +19,7 @@ from headstart.predict_stream import iter_inputs, stream_predict
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream")
-    data = make_class_images(str(root / "train"), COLOURS, per_class=8)
-    clf = hs.ImageClassifier(backbone=TINY, pretrained=False, image_size=TINY_SIZE, strategy="features",
-                             head_epochs=5, verbose=False, use_cache=False).fit(data)
-    return clf.save(str(root / "model.hs")), data
+    return tiny_colour_bundle(str(tmp_path_factory.mktemp("stream")))
 
 
 def _read_csv(path):

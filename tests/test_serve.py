@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import COLOURS, TINY, TINY_SIZE, make_class_images
+from conftest import COLOURS, TINY, tiny_colour_bundle
 from PIL import Image
 
 import headstart as hs
@@ -54,11 +54,8 @@ def _png(colour, size=24) -> bytes:
 
 @pytest.fixture(scope="module")
 def image_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    data = make_class_images(str(root / "train"), COLOURS, per_class=8)
-    clf = hs.ImageClassifier(backbone=TINY, pretrained=False, image_size=TINY_SIZE, strategy="features",
-                             head_epochs=5, verbose=False, use_cache=False).fit(data)
-    est = hs.load(clf.save(str(root / "model.hs")))
+    bundle, data = tiny_colour_bundle(str(tmp_path_factory.mktemp("serve")))
+    est = hs.load(bundle)
     with LoopbackServer(create_app(est, LIMITS, "model.hs")) as client:
         yield client, est, data
 
