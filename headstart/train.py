@@ -147,10 +147,6 @@ def _scores(scored: tuple[torch.Tensor, torch.Tensor] | None, loss_fn: nn.Module
     return result
 
 
-def evaluate_loss(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, task: str, accel: Accelerator) -> dict:
-    return _scores(_val_outputs(model, loader, accel), loss_fn, task)
-
-
 def _row_losses(scored: tuple[torch.Tensor, torch.Tensor] | None, loss_fn: nn.Module) -> torch.Tensor | None:
     """The validation loss of each row, for losses that can leave the reduction out (torch's own all can)."""
     if scored is None or not hasattr(loss_fn, "reduction"):
@@ -213,6 +209,7 @@ def run_stage(
     # The weights a stage starts from are a candidate too: a fine-tune that never beats the linear probe it
     # started from must not leave a worse model behind.
     best_loss, best_state, stale, history = math.inf, None, 0, []
+    start_rows = None  # per-row validation losses of the starting weights while they are still the best
     saved = checkpointer.resume_for(stage_index) if checkpointer is not None else None
     if saved is not None:
         accel.unwrap_model(model).load_state_dict(saved.model)
@@ -220,14 +217,11 @@ def run_stage(
         sched.scheduler.load_state_dict(saved.scheduler)
         best_loss, best_state, stale, history = saved.best_loss, saved.best_state, saved.stale, saved.stage_history
         set_rng_states(saved.rng, shuffle_rng)
+        start_rows = None if saved.start_losses is None else torch.tensor(saved.start_losses)
     elif cfg.keep_start:
         scored = _val_outputs(model, val_loader, accel)
         best_loss, start_rows = _scores(scored, loss_fn, task)["val_loss"], _row_losses(scored, loss_fn)
         best_state = {k: v.detach().clone() for k, v in accel.unwrap_model(model).state_dict().items()}
-    if saved is not None:
-        start_rows = None if saved.start_losses is None else torch.tensor(saved.start_losses)
-    elif not cfg.keep_start:
-        start_rows = None
     trainable = [p for g in groups for p in g["params"]]
     with make_progress(cfg.verbose and accel.is_main_process) as bar:
         task_id = bar.add_task(f"{stage.name}", total=stage.epochs * len(train_loader), info="")
