@@ -36,7 +36,8 @@ def model_key(*parts: object) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
-def _write_atomic(path: str, write) -> None:
+def write_atomic(path: str, write) -> None:
+    """`write(f)` into a temporary file beside `path`, synced, then renamed over it: readers see all or nothing."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, "wb") as f:
@@ -98,6 +99,6 @@ class FeatureCache:
         os.makedirs(self.dir, exist_ok=True)
         base = os.path.join(self.dir, f"shard-{uuid.uuid4().hex[:12]}")
         arr = np.ascontiguousarray(features, dtype=np.float32)
-        _write_atomic(base + ".npy", lambda f: np.save(f, arr))
-        _write_atomic(base + ".json", lambda f: f.write(json.dumps({"digests": list(digests)}).encode()))
+        write_atomic(base + ".npy", lambda f: np.save(f, arr))
+        write_atomic(base + ".json", lambda f: f.write(json.dumps({"digests": list(digests)}).encode()))
         self._index = None

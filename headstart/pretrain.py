@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -29,6 +29,7 @@ from . import __version__
 from ._runtime import seed_everything
 from .backbones import Backbone, create_backbone, resolve_backbone
 from .bundle import CONFIG, FORMAT, FORMAT_VERSION, WEIGHTS
+from .cache import write_atomic
 from .errors import DataError, HeadstartError
 from .modalities import MODALITIES
 from .progress import make_progress, say
@@ -206,10 +207,6 @@ def pretrain(unlabeled, backbone: str | None = None, out: str = "runs/pretrained
 def _write_folder(out: str, config: dict, state: dict[str, torch.Tensor]) -> None:
     """The bundle-folder layout `read_bundle` reads; weights first, config last, each renamed into place."""
     os.makedirs(out, exist_ok=True)
-    tmp = os.path.join(out, f".{WEIGHTS}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
-    os.replace(tmp, os.path.join(out, WEIGHTS))
-    tmp = os.path.join(out, f".{CONFIG}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(config, f, indent=2)
-    os.replace(tmp, os.path.join(out, CONFIG))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    write_atomic(os.path.join(out, WEIGHTS), lambda f: f.write(save(tensors)))
+    write_atomic(os.path.join(out, CONFIG), lambda f: f.write(json.dumps(config, indent=2).encode()))
