@@ -40,7 +40,8 @@ def fit(
                                  "| fewshot (auto measures your data and says why it chose)"),
     time_limit: float | None = typer.Option(None, help="seconds auto may plan for fine-tuning"),
     epochs: int = typer.Option(3, help="epochs of stages that train backbone layers"),
-    head_epochs: int = typer.Option(60, help="epochs of head-only stages (on cached features; cheap)"),
+    head_epochs: int = typer.Option(60, help="epochs of gradient-trained head stages (regression, multi-label, "
+                                     "torch-mlp); a linear classifier head is solved as logistic regression"),
     lr: float = typer.Option(1e-3, help="head learning rate; backbone groups get less"),
     batch_size: int = typer.Option(32),
     image_size: int | None = typer.Option(None, help="input size (default: the backbone's own)"),

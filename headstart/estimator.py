@@ -33,6 +33,7 @@ from .heads import HeadConfig, TransferModel, build_head, loss_for, outputs_to_s
 from .inference import _device, embed, run_over
 from .metrics import task_metrics
 from .modalities import MODALITIES, Modality
+from .probe import is_probe_head, probe_stage
 from .progress import say
 from .strategies import get_strategy
 from .train import LoopConfig, run_stage
@@ -228,8 +229,12 @@ class TransferEstimator:
             stage_loop = dataclasses.replace(loop, keep_start=i > 0)
             if stage.backbone_frozen and not backbone_trained:
                 loaders = self._feature_loaders(backbone, train, val, generator)
-                head[0].set_statistics(loaders[0].dataset.tensors[1])  # standardise on training features
-                records = run_stage(head, stage, *loaders, loss_for(self._task), self._task, stage_loop, log, ckpt, i)
+                if self._task == "classification" and is_probe_head(head):  # L2 strength by cross-validation
+                    records = probe_stage(head, stage.name, *loaders, len(self.classes_), self.seed, log)
+                else:
+                    head[0].set_statistics(loaders[0].dataset.tensors[1])  # standardise on training features
+                    records = run_stage(head, stage, *loaders, loss_for(self._task), self._task, stage_loop, log,
+                                        ckpt, i)
             else:
                 loaders = self._input_loaders(backbone, train, val, generator)
                 if stage.lora is not None:

@@ -73,7 +73,8 @@ def test_rehearsal_keeps_old_classes_that_finetuning_forgets(folders, tmp_path):
         assert r["after"]["new_accuracy"] >= 0.8
     assert reports["finetune"]["forgetting"] >= 0.3, "fine-tuning on new classes alone forgets"
     for method in ("rehearsal", "lwf", "ewc"):
-        assert reports[method]["forgetting"] <= reports["finetune"]["forgetting"] - 0.2, method
+        # 1e-9: forgetting is a difference of accuracies over 20 rows, and 0.7 - 0.2 is 0.49999999999999994
+        assert reports[method]["forgetting"] <= reports["finetune"]["forgetting"] - 0.2 + 1e-9, method
 
 
 def test_extended_bundle_round_trips_with_its_buffer(folders, tmp_path):
