@@ -118,7 +118,7 @@ def test_cli_fewshot_eval_json(fashion, tmp_path):
 def test_few_shot_rule_is_per_modality():
     from headstart.advisor import few_shot_advice
 
-    assert few_shot_advice({"a": 10, "b": 12}, "image").strategy == "fewshot"  # images: prototypes up to 10 shots
-    assert few_shot_advice({"a": 11, "b": 12}, "image") is None
+    assert few_shot_advice({"a": 7, "b": 12}, "image").strategy == "fewshot"  # images: prototypes up to 7 shots
+    assert few_shot_advice({"a": 8, "b": 12}, "image") is None
     assert few_shot_advice({"a": 8, "b": 12}, "text") is None  # texts: the SetFit path did not pay at 8 tweets
     assert few_shot_advice({"a": 5, "b": 12}, "text").strategy == "fewshot"
