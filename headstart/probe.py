@@ -1,4 +1,4 @@
-"""The linear probe of a head stage, solved by scikit-learn's logistic regression instead of trained by SGD.
+"""The linear probe of a head stage, solved as logistic regression (scikit-learn's objective) instead of trained by SGD.
 
 A head trained by AdamW on standardised features with light weight decay overfits a few hundred rows (training
 loss 0.14 on 192 tweets), and the fine-tune that starts from it gets little gradient. Logistic regression with
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .advisor import subsample
 from .heads import Standardize
 
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -29,16 +30,6 @@ def is_probe_head(head: nn.Module) -> bool:
     """A head this module can solve: Standardize -> Dropout -> Linear (the `linear` head)."""
     return (isinstance(head, nn.Sequential) and len(head) == 3 and isinstance(head[0], Standardize)
             and isinstance(head[2], nn.Linear))
-
-
-def _select_rows(labels: np.ndarray, seed: int) -> np.ndarray:
-    if len(labels) <= MAX_SELECT_ROWS:
-        return np.arange(len(labels))
-    from sklearn.model_selection import train_test_split
-
-    keep, _ = train_test_split(np.arange(len(labels)), train_size=MAX_SELECT_ROWS, random_state=seed,
-                               stratify=labels)
-    return np.sort(keep)
 
 
 def _smallest_class(y: torch.Tensor) -> int:
@@ -97,7 +88,7 @@ def fit_probe(head: nn.Sequential, features: torch.Tensor, targets: torch.Tensor
     standardize.set_statistics(features)
     x_all, y_all = features.float(), targets.long()
     scaled = {"standardized": (x_all - standardize.mean) / standardize.std, "as given": x_all}
-    rows = torch.as_tensor(_select_rows(y_all.numpy(), seed))
+    rows = torch.as_tensor(subsample(len(y_all), y_all.numpy(), seed, MAX_SELECT_ROWS))
     if _smallest_class(y_all) < 2:  # a class of one row: no folds to hold out
         searched = {"standardized": (DEFAULT_C, None)}
     else:
