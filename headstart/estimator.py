@@ -33,7 +33,7 @@ from .heads import HeadConfig, TransferModel, build_head, loss_for, outputs_to_s
 from .inference import _device, embed, run_over
 from .metrics import task_metrics
 from .modalities import MODALITIES, Modality
-from .probe import is_probe_head, probe_stage
+from .probe import is_probe_head, probe_stage, refit_probe
 from .progress import say
 from .strategies import get_strategy
 from .train import LoopConfig, run_stage
@@ -178,8 +178,8 @@ class TransferEstimator:
         full = self._load(data)
         from .fewshot import fewshot_advice, fit_fewshot
 
-        if self.strategy == "fewshot" or (advice := fewshot_advice(self, full, unlabeled)) is not None:
-            return fit_fewshot(self, full, valid, started, None if self.strategy == "fewshot" else advice, unlabeled)
+        if self.strategy in ("fewshot", "setfit") or (advice := fewshot_advice(self, full, unlabeled)) is not None:
+            return fit_fewshot(self, full, valid, started, None if self.strategy != "auto" else advice, unlabeled)
         if valid is not None:
             train, val = full, self._align(self._load(valid), full.classes)
         else:
@@ -210,9 +210,11 @@ class TransferEstimator:
                 strategy, self.advice_ = get_strategy(self.strategy, last_n=self.last_n), None
         model = TransferModel(backbone, head)
         stages = [] if classical else strategy.plan(backbone.group_names(), self.epochs, self.lr, self.head_epochs)
+        solved = self._task == "classification" and is_probe_head(head)  # head stages solved, not trained
         say(self.verbose, f"backbone {backbone.spec.name} ({backbone.feature_dim} features, "
             f"{len(backbone.group_names())} layer groups); strategy {strategy.name}: "
-            + " -> ".join(f"{s.name} x{s.epochs}" for s in stages))
+            + " -> ".join(f"{s.name} (logistic regression)" if solved and s.backbone_frozen and i == 0
+                          else f"{s.name} x{s.epochs}" for i, s in enumerate(stages)))
         loop = LoopConfig(patience=self.patience, mixed_precision=self.mixed_precision,
                           freeze_bn_stats=self.pretrained, verbose=self.verbose)
         log = self._open_log()
@@ -229,7 +231,7 @@ class TransferEstimator:
             stage_loop = dataclasses.replace(loop, keep_start=i > 0)
             if stage.backbone_frozen and not backbone_trained:
                 loaders = self._feature_loaders(backbone, train, val, generator)
-                if self._task == "classification" and is_probe_head(head):  # L2 strength by cross-validation
+                if solved:  # logistic regression, its L2 strength by cross-validation
                     records = probe_stage(head, stage.name, *loaders, len(self.classes_), self.seed, log)
                 else:
                     head[0].set_statistics(loaders[0].dataset.tensors[1])  # standardise on training features
@@ -242,7 +244,9 @@ class TransferEstimator:
                 records = run_stage(model, stage, *loaders, loss_for(self._task), self._task, stage_loop, log, ckpt, i)
                 if stage.lora is not None:
                     merge_lora(backbone)  # plain weights again: the bundle loads like any other
-                backbone_trained = True
+                # a stage that lost to the weights it started from leaves the pretrained backbone as it was
+                backbone_trained = backbone_trained or stage.reinit != () or not records[-1:] \
+                    or not records[-1].get("kept_start")
             self.history_.extend(records)
         if unlabeled is not None:  # domain adaptation to the unlabeled target data
             from .adapt import adapt_to_target
@@ -256,12 +260,25 @@ class TransferEstimator:
         val_scores = self._raw_scores(val.items)  # kept for the report's calibration plot and worst examples
         self.metrics_ = {"validation": self._score(val, val_scores),
                          "fit_seconds": round(time.perf_counter() - started, 2)}
+        if valid is None and unlabeled is None and solved and not backbone_trained:
+            self._refit_head(backbone, train, val)
         self.memory_, self.continual_ = remember(self, train), None
         if self.out_dir and is_main_process():  # one writer when several processes train together
             self._write_outputs(val, val_scores)
         if ckpt is not None:
             ckpt.remove()  # the bundle now holds the result
         return self
+
+    def _refit_head(self, backbone: Backbone, train: LabeledData, val: LabeledData) -> None:
+        """The final head is the probe: solve it again on training + validation rows (probe.refit_probe says why).
+        The validation metrics, already taken, stay those of the head fitted without the hold-out."""
+        chosen = next((r["probe"] for r in reversed(self.history_) if "probe" in r), None)
+        if chosen is None or not len(val):
+            return
+        parts = [loader.dataset.tensors[1:] for loader in self._feature_loaders(backbone, train, val, None)]
+        self.metrics_["refit"] = refit_probe(self.model_.head, parts, len(self.classes_), chosen)
+        say(self.verbose, f"head: refitted on all {self.metrics_['refit']['rows']} labeled rows (training + "
+            f"validation) at C={chosen['C']}; the validation metrics are those of the fit without the hold-out")
 
     def _classical_fit(self, backbone: Backbone, train: LabeledData):
         """Fit the scikit-learn head on cached frozen features (see classical.py for how it is saved)."""

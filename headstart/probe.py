@@ -95,16 +95,45 @@ def fit_probe(head: nn.Sequential, features: torch.Tensor, targets: torch.Tensor
         searched = {name: _cv_search(x[rows], y_all[rows], n_classes, seed) for name, x in scaled.items()}
     scaling = min(searched, key=lambda name: searched[name][1] or 0.0)
     c_value, cv_loss = searched[scaling]
-    weight, bias = _solve(scaled[scaling], y_all, n_classes, c_value)
+    _install(head, features, y_all, n_classes, scaling, c_value)
+    return {"scaling": scaling, "C": c_value, "cv_log_loss": _rounded(cv_loss),
+            "cv_candidates": {name: {"C": c, "cv_log_loss": _rounded(loss)} for name, (c, loss) in searched.items()}}
+
+
+def _install(head: nn.Sequential, features: torch.Tensor, targets: torch.Tensor, n_classes: int, scaling: str,
+             c_value: float) -> None:
+    """Solve at `c_value` on `features` scaled as `scaling` says, and copy the result into the torch head."""
+    standardize, x = head[0], features.float()
     with torch.no_grad():
         if scaling == "as given":
             standardize.mean.zero_()
             standardize.std.fill_(1.0)
+        else:
+            standardize.set_statistics(features)
+    weight, bias = _solve((x - standardize.mean) / standardize.std, targets.long(), n_classes, c_value)
+    with torch.no_grad():
         linear = head[2]
         linear.weight.copy_(weight.to(linear.weight.dtype))
         linear.bias.copy_(bias.to(linear.bias.dtype))
-    return {"scaling": scaling, "C": c_value, "cv_log_loss": _rounded(cv_loss),
-            "cv_candidates": {name: {"C": c, "cv_log_loss": _rounded(loss)} for name, (c, loss) in searched.items()}}
+
+
+def refit_probe(head: nn.Sequential, parts: list[tuple[torch.Tensor, torch.Tensor]], n_classes: int,
+                chosen: dict) -> dict:
+    """Solve the head again on every labeled row (training + validation: `parts`), at the scaling and C that
+    cross-validation chose on the training rows, as scikit-learn's LogisticRegressionCV refits. The hold-out
+    has done its work (it scored the fit and gated the fine-tune); left out of the final head, it is a fifth of
+    the labels wasted. Measured (`features`, test accuracy, 3 subsets or seeds each, without -> with): Fashion-MNIST
+    @64 px 10 / 30 / 100 per class 0.701 / 0.754 / 0.796 -> 0.703 / 0.760 / 0.799; tweets at 64 per class 0.627
+    (0.619 over 5 seeds without). It lost on some single subsets (Fashion-MNIST subset 0: 0.724 -> 0.706 at 10)."""
+    started = time.perf_counter()
+    x = torch.cat([f for f, _ in parts])
+    y = torch.cat([t for _, t in parts])
+    _install(head, x, y, n_classes, chosen["scaling"], chosen["C"])
+    head.eval()
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return {"rows": len(y), "scaling": chosen["scaling"], "C": chosen["C"],
+            "seconds": round(time.perf_counter() - started, 3)}
 
 
 def _rounded(loss: float | None) -> float | None:
@@ -133,3 +162,27 @@ def probe_stage(head: nn.Sequential, stage_name: str, train_loader, val_loader, 
     if on_epoch is not None:
         on_epoch(record)
     return [record]
+
+
+def cross_validated_proba(features: torch.Tensor, targets: torch.Tensor, n_classes: int, chosen: dict,
+                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold probabilities of every row at the chosen scaling and C (up to 3 folds), and a mask of the rows
+    scored: the validation numbers of a fit that kept no hold-out. None are scored if a class has a single row."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = targets.long()
+    keep = np.zeros(len(y), dtype=bool)
+    if len(y) == 0 or _smallest_class(y) < 2:
+        return np.zeros((0, n_classes)), keep
+    x = features.float()
+    if chosen["scaling"] != "as given":
+        scaler = Standardize(x.shape[1])
+        scaler.set_statistics(x)
+        x = (x - scaler.mean) / scaler.std
+    proba = np.zeros((len(y), n_classes))
+    folds = StratifiedKFold(max(2, min(3, _smallest_class(y))), shuffle=True, random_state=seed)
+    for fit_rows, held_rows in folds.split(np.zeros(len(y)), y.numpy()):
+        weight, bias = _solve(x[fit_rows], y[fit_rows], n_classes, chosen["C"])
+        proba[held_rows] = torch.softmax(x[held_rows] @ weight.T + bias, -1).numpy()
+    keep[:] = True
+    return proba, keep

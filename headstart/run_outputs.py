@@ -21,7 +21,8 @@ def run_report(est, val: LabeledData, scores: np.ndarray, ok: np.ndarray) -> Run
     """The report of a fitted estimator, from its validation scores (as `_raw_scores` returns them)."""
     run = RunReport(title=f"{est.spec_.name} / {est.strategy_['name']} ({est.modality}, {est._task})",
                     history=est.history_, metrics=est.metrics_["validation"], classes=est.classes_,
-                    reasons=est.advice_.reasons if getattr(est, "advice_", None) else [], data=est.data_summary_)
+                    reasons=[*(est.advice_.reasons if getattr(est, "advice_", None) else []), *_refit_line(est)],
+                    data=est.data_summary_)
     if est._task == "classification" and ok.any():
         keep = np.flatnonzero(ok)
         targets, proba = val.targets[keep].astype(int), scores[keep]
@@ -32,3 +33,11 @@ def run_report(est, val: LabeledData, scores: np.ndarray, ok: np.ndarray) -> Run
         with open(comparison) as f:
             run.comparison = json.load(f)
     return run
+
+
+def _refit_line(est) -> list[str]:
+    refit = est.metrics_.get("refit")
+    if not refit:
+        return []
+    return [f"the head was refitted on all {refit['rows']} labeled rows (training + validation) at C={refit['C']} "
+            "once the plan was settled; the validation numbers above are from the fit that held them out"]

@@ -210,6 +210,7 @@ def run_stage(
     # started from must not leave a worse model behind.
     best_loss, best_state, stale, history = math.inf, None, 0, []
     start_rows = None  # per-row validation losses of the starting weights while they are still the best
+    start_is_best = False  # the stage so far leaves its starting weights (a fine-tune that lost to its probe)
     saved = checkpointer.resume_for(stage_index) if checkpointer is not None else None
     if saved is not None:
         accel.unwrap_model(model).load_state_dict(saved.model)
@@ -218,7 +219,9 @@ def run_stage(
         best_loss, best_state, stale, history = saved.best_loss, saved.best_state, saved.stale, saved.stage_history
         set_rng_states(saved.rng, shuffle_rng)
         start_rows = None if saved.start_losses is None else torch.tensor(saved.start_losses)
+        start_is_best = start_rows is not None
     elif cfg.keep_start:
+        start_is_best = True
         scored = _val_outputs(model, val_loader, accel)
         best_loss, start_rows = _scores(scored, loss_fn, task)["val_loss"], _row_losses(scored, loss_fn)
         best_state = {k: v.detach().clone() for k, v in accel.unwrap_model(model).state_dict().items()}
@@ -262,7 +265,7 @@ def run_stage(
             if on_epoch is not None and accel.is_main_process:
                 on_epoch(record)
             if improved:
-                best_loss, stale = record["val_loss"], 0
+                best_loss, stale, start_is_best = record["val_loss"], 0, False
                 best_state = {k: v.detach().clone() for k, v in accel.unwrap_model(model).state_dict().items()}
             else:
                 stale += 1
@@ -276,10 +279,11 @@ def run_stage(
             if stale >= cfg.patience:
                 bar.update(task_id, completed=stage.epochs * len(train_loader), info=f"early stop at {epoch}")
                 break
-    if any(r.get("beats_start") is False for r in history) and start_rows is not None:
+    if start_is_best and history:
+        history[-1]["kept_start"] = True  # the estimator then knows the backbone is still the pretrained one
         say(cfg.verbose and accel.is_main_process,
-            f"{stage.name}: kept the weights the stage started from: no epoch beat their validation loss by more "
-            "than half a standard error")
+            f"{stage.name}: kept the weights the stage started from: no epoch beat their validation loss"
+            + (" by more than half a standard error" if start_rows is not None else ""))
     # without Accelerate's autocast wrapper: the fitted model then predicts in full precision, as it will once saved
     unwrapped = accel.unwrap_model(model, keep_fp32_wrapper=False)
     if best_state is not None:

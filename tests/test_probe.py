@@ -62,3 +62,34 @@ def test_mlp_heads_still_train_by_gradient(colour_folder):
     torch_mlp.fit(colour_folder)
     assert not is_probe_head(torch_mlp.model_.head)
     assert [r["epoch"] for r in torch_mlp.history_ if r["stage"] == "head"] == [1, 2]
+
+
+def test_a_probe_that_the_fine_tune_did_not_beat_is_refitted_on_every_labeled_row(colour_folder, tmp_path):
+    from headstart.inference import embed
+    from headstart.probe import _install
+
+    # lr=0: the fine-tune cannot move, so it never beats the probe it started from, and the backbone stays as it was
+    clf = hs.ImageClassifier(TINY, strategy="two-stage", lr=0.0, epochs=1, pretrained=False, image_size=TINY_SIZE,
+                             verbose=False).fit(colour_folder)
+    assert clf.history_[-1]["kept_start"] and not clf.backbone_trained_
+    summary = clf.data_summary_
+    assert summary["validation"] > 0 and clf.metrics_["refit"]["rows"] == summary["train"] + summary["validation"]
+    # the saved head is logistic regression on all rows at the C cross-validation chose on the training rows
+    chosen = next(r["probe"] for r in clf.history_ if "probe" in r)
+    data = clf._load(colour_folder)
+    feats, ok = embed(clf.model_.backbone, data.items, verbose=False)
+    expected = build_head(HeadConfig(), feats.shape[1], 3)
+    _install(expected, torch.as_tensor(feats[ok]), torch.as_tensor(data.targets[ok]), 3, chosen["scaling"],
+             chosen["C"])
+    x = torch.as_tensor(feats[ok])
+    with torch.no_grad():
+        gap = (clf.model_.head(x).softmax(-1) - expected.eval()(x).softmax(-1)).abs().max()
+    assert gap < 2e-3, gap  # the same solve up to L-BFGS's tolerance (rows come in another order)
+    reloaded = hs.load(clf.save(str(tmp_path / "refit.hs")))
+    assert np.allclose(reloaded.predict_proba(data.items[:6]), clf.predict_proba(data.items[:6]), atol=1e-6)
+
+
+def test_no_refit_when_the_validation_set_is_the_users(colour_folder):
+    clf = hs.ImageClassifier(TINY, strategy="features", pretrained=False, image_size=TINY_SIZE, verbose=False,
+                             use_cache=False).fit(colour_folder, valid=colour_folder)
+    assert "refit" not in clf.metrics_
