@@ -118,6 +118,8 @@ def run_setting(setting: str, args: argparse.Namespace, tmp: str) -> dict:
     modality, train, test, desc = make_data(setting, args, tmp)
     runs = {}
     for name in [*hs.STRATEGIES, "auto"]:
+        if name == "setfit" and modality != "text":
+            continue  # tunes sentence encoders only
         runs[name] = run_fit(modality, train, test, args, tmp, strategy=name)
         r = runs[name]
         console.print(f"  {setting} {name:<10} " + (f"acc {r['accuracy']:.3f}" if "accuracy" in r else r["error"])

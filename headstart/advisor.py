@@ -16,10 +16,14 @@ Rules, in order (thresholds are in the code below, each with its reason printed)
    (0.66/0.44, 0.77/0.58, 0.83/0.75, 0.85/0.81; one fine-tuned episode per K scored 0.09, 0.23, 0.33, 0.68), but
    that logistic regression had a fixed C: the head stage's cross-validated probe (probe.py) overtakes prototypes
    by 10 per class (see FEWSHOT_PER_CLASS).
+0b. texts with 32 to 255 in the smallest class, before any hold-out: `setfit` (encoder tuned on pairs of the
+   labeled texts, then the cross-validated logistic-regression head; SETFIT_PER_CLASS says what was measured).
 1. fewer than 5 examples in a class (after the validation hold-out): train the head only.
-2. frozen features no better than the raw-input reference: say so; with >= 500 per class, `truncate` (keep the
-   early, generic layers, retrain the rest); with less, retraining layers from scratch would overfit, so the
-   size rules below decide.
+2. frozen features no better than the raw-input reference: say so; with >= 200 per class (after the hold-out),
+   `truncate` (keep the early, generic layers, retrain the rest); with less, retraining layers from scratch would
+   overfit, so the size rules below decide. Measured (bench/auto_regret.py, Fashion-MNIST @64 px, flagged negative
+   transfer at 80 and 240 per class): `truncate` scored chance at 8 and 24 per class, tied the best at 80 (0.804)
+   and led at 240 (0.866 against 0.848 for `full` and 0.821 for `two-stage`).
 3. fine-tuning would not fit the time limit: the head only.
 4. small (< 50 per class): similar to the source (gain >= 0.6) and fine-tuning over a minute -> head only;
    otherwise `two-stage` (it keeps the probe unless fine-tuning wins on validation; bench/auto_regret.py measured
@@ -27,6 +31,8 @@ Rules, in order (thresholds are in the code below, each with its reason printed)
 5. medium (< 1000 per class): `two-stage` (probe, then fine-tune everything with discriminative rates), unless
    the probe is near its ceiling (gain >= 0.9) and fine-tuning would cost over 5 minutes: then the head only.
 6. large: `full` fine-tuning when unlike the source (gain < 0.6), else `two-stage`.
+Whatever the rule, a plan that ends with the probe (head only, or a fine-tune that did not beat it on validation)
+has its head refitted on the validation rows too once they have done their work (probe.refit_probe).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-SMALL_PER_CLASS, LARGE_PER_CLASS, TINY_PER_CLASS, TRUNCATE_PER_CLASS = 50, 1000, 5, 500
+SMALL_PER_CLASS, LARGE_PER_CLASS, TINY_PER_CLASS, TRUNCATE_PER_CLASS = 50, 1000, 5, 200
 SIMILAR_GAIN, CEILING_GAIN = 0.6, 0.9
 # Below these, before the hold-out: prototypes (few_shot_advice). Images, Fashion-MNIST @64 px on this CPU, three
 # training subsets each: against the head stage's cross-validated logistic regression (probe.py), prototypes won at
@@ -45,6 +51,13 @@ SIMILAR_GAIN, CEILING_GAIN = 0.6, 0.9
 # few-shot path tunes the encoder (SetFit-style), and at 8 tweets per class it did not beat the head on frozen
 # features (0.493 vs 0.498, 25x slower).
 FEWSHOT_PER_CLASS = {"image": 8, "text": 6}
+# Texts in this range (smallest class, before any hold-out): `setfit`, the encoder tuned on pairs for one pass, then
+# the cross-validated logistic-regression head, all labels used. Tweets (MiniLM-L6, 600 test tweets, 4 training
+# subsets): at 64 per class it beat the probe on frozen features on every subset (0.643 vs 0.631 mean, 19 s more);
+# at 24 and at 8 per class it won on some subsets and lost on others; at 512 it tied two-stage (0.718) for 1.5x the
+# time (145 s vs 99 s). The range is drawn around what won.
+SETFIT_PER_CLASS = (32, 256)
+SETFIT_SECONDS_PER_PAIR = 0.05  # one pair (two texts, forward + backward) on this 2-core CPU: 384 pairs in 18.4 s
 NEGATIVE_MARGIN = 0.02
 EXPENSIVE_SECONDS, CHEAP_SECONDS = 300, 60
 MAX_MEASURE_ROWS = 1000  # the probe and LogME run on a subsample: their cost grows ~linearly (11 s at 800 rows here)
@@ -143,21 +156,35 @@ def decide(*, per_class: int, n_train: int, n_classes: int, probe: float, baseli
     return advice("two-stage", "large data similar to the source: probe, then fine-tune everything")
 
 
-def few_shot_advice(class_counts: dict[str, int], modality: str = "image") -> Advice | None:
-    """Rule 0, before any hold-out: with under FEWSHOT_PER_CLASS examples in a class, prototypes (fewshot.py).
+def few_shot_advice(class_counts: dict[str, int], modality: str = "image", time_limit: float | None = None,
+                    head: str = "linear") -> Advice | None:
+    """Rules taken before any hold-out, as they use every label: under FEWSHOT_PER_CLASS examples in a class,
+    prototypes (fewshot.py); texts with SETFIT_PER_CLASS examples per class, `setfit`.
 
     Holding out a validation split would take a third or more of so few labels, and a head trained on the rest
     does no better than class means: on Fashion-MNIST with EfficientNet-Lite0 (`headstart fewshot-eval`), the
     prototype classifier matched or beat logistic regression on the same features up to 5 shots.
     """
     smallest = min(class_counts.values()) if class_counts else 0
+    said = [f"smallest class has {smallest} labeled examples ({len(class_counts)} classes)"]
     limit = FEWSHOT_PER_CLASS.get(modality, 6)
-    if not 0 < smallest < limit:
+    if 0 < smallest < limit:
+        return Advice("fewshot", {}, [*said, f"-> fewshot: fewer than {limit} examples in a class: class prototypes "
+                                      "of the pretrained features, all labels used, nothing to overfit"],
+                      {"per_class_min": smallest})
+    low, high = SETFIT_PER_CLASS
+    if modality != "text" or head != "linear" or not low <= smallest < high:
         return None
-    return Advice("fewshot", {}, [f"smallest class has {smallest} labeled examples ({len(class_counts)} classes)",
-                                  f"-> fewshot: fewer than {limit} examples in a class: class prototypes "
-                                  "of the pretrained features, all labels used, nothing to overfit"],
-                  {"per_class_min": smallest})
+    seconds = 2 * sum(class_counts.values()) * SETFIT_SECONDS_PER_PAIR
+    if time_limit is not None and seconds > time_limit:
+        return None  # the measured rules after the hold-out respect the limit
+    return Advice("setfit", {"iterations": 1}, [
+        *said, f"tuning the encoder on {2 * sum(class_counts.values())} pairs would take about {seconds:.0f} s on a "
+        "2-core CPU",
+        f"-> setfit: texts with {low} to {high - 1} examples per class: tune the encoder on pairs of them (one pass), "
+        "then a cross-validated logistic-regression head; on tweets at 64 per class this beat the head on frozen "
+        "features on every training subset tried"],
+        {"per_class_min": smallest, "setfit_seconds_estimate": round(seconds)})
 
 
 def time_forward(backbone, modality, items: list, batch: int = 8) -> float:

@@ -7,7 +7,8 @@
 * `contrastive_tune`: SetFit (Tunstall et al. 2022) for sentence encoders: pairs of texts from the few labels
   (same class -> cosine 1, different -> 0), MSE on their cosine similarity; prototypes are then taken on the tuned
   embeddings.
-* `fit_fewshot`: what `fit(strategy="fewshot")` runs (and `auto` below a few examples per class).
+* `fit_fewshot`: what `fit(strategy="fewshot")` and `fit(strategy="setfit")` run (and `auto` below a few examples
+  per class, or for texts in the range where SetFit measured best: advisor.few_shot_advice).
 * `fewshot_eval`: N-way K-shot episodes drawn from a labeled set, on cached features: prototype vs logistic
   regression on the same features (every episode) vs fine-tuning from the K shots (the first few episodes).
 """
@@ -148,25 +149,33 @@ def fewshot_advice(est, full: LabeledData, unlabeled=None):
         return None
     from .advisor import few_shot_advice
 
-    return few_shot_advice(full.class_counts(), est.modality)
+    return few_shot_advice(full.class_counts(), est.modality, est.time_limit, est.head)
 
 
 def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unlabeled=None):
-    """Prototypes on the frozen (or, for text, contrastively tuned) backbone, from every labeled example.
+    """`fewshot`: prototypes on the frozen (or, for text, contrastively tuned) backbone; `setfit` (texts): the
+    tuned encoder with a logistic-regression head (probe.py). Both use every labeled example.
 
-    With no `valid` set the validation metrics are leave-one-out: with a few shots, holding examples out would
-    cost more than it tells. `est.epochs` sets SetFit's pair iterations for text backbones.
+    With no `valid` set, the validation metrics are leave-one-out (prototypes) or cross-validated (setfit) on the
+    tuned embeddings: with few labels, holding examples out would cost more than it tells, but the encoder has seen
+    those labels, so the numbers are optimistic and say so. `est.epochs` sets the pair iterations of `fewshot`.
     """
     from .backbones import create_backbone, resolve_backbone
-    from .heads import TransferModel
+    from .heads import HeadConfig, TransferModel, build_head
     from .inference import embed, run_over
     from .metrics import task_metrics
+    from .probe import cross_validated_proba, fit_probe
+    from .strategies import get_strategy
 
+    name = advice.strategy if advice is not None else est.strategy
     if est._task != "classification":
-        raise HeadstartError(f"strategy 'fewshot' classifies; for {est._task} use 'features' or 'two-stage'")
+        raise HeadstartError(f"strategy '{name}' classifies; for {est._task} use 'features' or 'two-stage'")
     if unlabeled is not None:
-        raise HeadstartError("strategy 'fewshot' does not adapt to unlabeled target data; use strategy 'features' "
+        raise HeadstartError(f"strategy '{name}' does not adapt to unlabeled target data; use strategy 'features' "
                              "(or 'auto') with unlabeled=")
+    if name == "setfit" and (est.modality != "text" or est.head != "linear"):
+        raise HeadstartError("strategy 'setfit' tunes a sentence encoder and solves a linear head: use it with "
+                             "texts and head='linear' (for images, try 'fewshot' or 'auto')")
     if advice is not None:
         for line in advice.reasons:
             say(est.verbose, f"auto: {line}")
@@ -175,24 +184,35 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     spec = resolve_backbone(est.backbone or est.default_backbone, est.modality)
     backbone = create_backbone(spec, pretrained=est.pretrained,
                                image_size=est.image_size if est.modality == "image" else None)
+    setfit = get_strategy("setfit", **(advice.options if advice is not None else {})) if name == "setfit" else None
+    iterations = setfit.iterations if setfit is not None else max(1, est.epochs)
     say(est.verbose, f"data: {len(full)} labeled {est._modality.noun}, {len(est.classes_)} classes, smallest "
-        f"{min(full.class_counts().values())}; strategy fewshot: prototypes on {spec.name} features")
+        f"{min(full.class_counts().values())}; strategy {name}: "
+        + ("contrastive tuning, then a logistic-regression head" if setfit else "prototypes") + f" on {spec.name}")
     est.history_, tuned = [], est.modality == "text"
-    if tuned:  # SetFit: the few labels reshape the embedding itself, then prototypes are taken on it
-        est.history_ = contrastive_tune(backbone, full.items, full.targets, iterations=max(1, est.epochs),
+    if tuned:  # SetFit: the labels reshape the embedding itself before the head is fitted on it
+        est.history_ = contrastive_tune(backbone, full.items, full.targets, iterations=iterations,
                                         seed=est.seed, verbose=est.verbose)
         feats, ok = run_over(backbone, full.items, est.batch_size, est.num_workers, est.verbose)
     else:
         feats, ok = embed(backbone, full.items, batch_size=est.batch_size, num_workers=est.num_workers,
                           use_cache=est.use_cache, cache_dir=est.cache_dir, verbose=est.verbose)
-    head = PrototypeHead(backbone.feature_dim, len(est.classes_))
     x, y = torch.as_tensor(feats[ok]), torch.as_tensor(full.targets[ok])
-    head.set_prototypes(x, y)
+    if setfit is not None:
+        head = build_head(HeadConfig(kind="linear"), backbone.feature_dim, len(est.classes_)).eval()
+        chosen = fit_probe(head, x, y, len(est.classes_), est.seed)
+        est.history_.append({"stage": "head", "epoch": 1, "solver": "logistic regression (L-BFGS)", "probe": chosen})
+        scored = cross_validated_proba(x, y, len(est.classes_), chosen, est.seed)
+        how = {"cross_validated": True}
+    else:
+        head = PrototypeHead(backbone.feature_dim, len(est.classes_))
+        head.set_prototypes(x, y)
+        scored, how = leave_one_out_scores(head, x, y), {"leave_one_out": True}
     est.model_ = TransferModel(backbone, head).eval()
     est.spec_, est.backbone_trained_, est.classical_ = backbone.spec, tuned, None
     est.memory_, est.continual_ = None, None
-    est.strategy_ = {"name": "fewshot", "stages": [{"name": "setfit" if tuned else "prototypes",
-                                                    "epochs": max(1, est.epochs) if tuned else 0}]}
+    stages = [{"name": "setfit", "epochs": iterations}] if tuned else [{"name": "prototypes", "epochs": 0}]
+    est.strategy_ = {"name": name, "stages": stages + ([{"name": "head", "epochs": 1}] if setfit else [])}
     est.advice_ = advice
     est.data_summary_ = {"train": len(full), "validation": 0 if valid is None else "given",
                          "class_counts": full.class_counts(),
@@ -200,8 +220,9 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     if valid is not None:
         validation = est._score(est._align(est._load(valid), est.classes_))
     else:
-        proba, keep = leave_one_out_scores(head, x, y)
-        validation = ({**task_metrics("classification", y.numpy()[keep], proba, est.classes_), "leave_one_out": True}
+        proba, keep = scored
+        validation = ({**task_metrics("classification", y.numpy()[keep], proba, est.classes_), **how,
+                       **({"optimistic": "the encoder was tuned on these labels"} if tuned else {})}
                       if keep.any() else {"n": 0, "note": "one example per class: nothing to validate on"})
     est.metrics_ = {"validation": validation, "fit_seconds": round(time.perf_counter() - started, 2)}
     if est.out_dir:

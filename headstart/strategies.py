@@ -142,11 +142,24 @@ class FewShot:
         return []
 
 
+@dataclass(frozen=True)
+class SetFit:
+    """Texts: tune the sentence encoder on pairs of the labeled texts (SetFit, Tunstall et al. 2022), then solve a
+    logistic-regression head on the tuned embeddings; every label is used for both. `iterations`: passes over the
+    pairs (each text once with a same-class partner and once with another class's). fewshot.py carries it out."""
+
+    iterations: int = 1
+    name: str = "setfit"
+
+    def plan(self, groups: list[str], epochs: int, lr: float, head_epochs: int) -> list[Stage]:
+        return []
+
+
 STRATEGIES = {"features": Features, "finetune": Finetune, "full": Full, "two-stage": TwoStage, "truncate": Truncate,
-              "lora": Lora, "fewshot": FewShot}
+              "lora": Lora, "fewshot": FewShot, "setfit": SetFit}
 
 
-def get_strategy(name: str, **options) -> Features | Finetune | Full | TwoStage | Truncate | Lora | FewShot:
+def get_strategy(name: str, **options) -> Features | Finetune | Full | TwoStage | Truncate | Lora | FewShot | SetFit:
     """A strategy by name; options not taken by it (e.g. last_n for full) are ignored."""
     if name not in STRATEGIES:
         raise HeadstartError(f"unknown strategy '{name}': choose one of {', '.join(STRATEGIES)}")

@@ -19,6 +19,7 @@ BASE = dict(n_classes=10, logme_score=0.1, seconds_per_item=0.01, epochs=3, time
     (200, 0.8, 0.3, None, "two-stage"),       # medium
     (200, 0.8, 0.3, 10, "features"),          # medium, but fine-tuning does not fit the time limit
     (600, 0.3, 0.5, None, "truncate"),        # negative transfer with data enough to retrain upper layers
+    (240, 0.815, 0.799, None, "truncate"),    # Fashion-MNIST @64 px, 300 per class: within the margin, truncate won
     (100, 0.3, 0.5, None, "two-stage"),       # negative transfer, too little data to retrain: size rules
     (2000, 0.4, 0.2, 10**9, "full"),          # large and unlike the source
     (2000, 0.9, 0.2, 10**9, "two-stage"),     # large and similar

@@ -122,3 +122,31 @@ def test_few_shot_rule_is_per_modality():
     assert few_shot_advice({"a": 8, "b": 12}, "image") is None
     assert few_shot_advice({"a": 8, "b": 12}, "text") is None  # texts: the SetFit path did not pay at 8 tweets
     assert few_shot_advice({"a": 5, "b": 12}, "text").strategy == "fewshot"
+    setfit = few_shot_advice({"a": 64, "b": 70}, "text")  # texts in SetFit's measured range
+    assert setfit.strategy == "setfit" and setfit.options == {"iterations": 1}
+    assert few_shot_advice({"a": 64, "b": 70}, "image") is None
+    assert few_shot_advice({"a": 600, "b": 700}, "text") is None  # two-stage matched it there, for less time
+    assert few_shot_advice({"a": 64, "b": 70}, "text", head="torch-mlp") is None
+    assert few_shot_advice({"a": 64, "b": 70}, "text", time_limit=1.0) is None  # tuning would overrun the limit
+
+
+def test_auto_tunes_the_encoder_setfit_style_for_dozens_of_tweets_per_class(tmp_path):
+    from headstart.data import tweets
+    from headstart.probe import C_GRID, is_probe_head
+
+    train_csv, test_csv, _ = tweets.export_split(str(tmp_path / "tw"), per_class_train=32, test_size=90, seed=0)
+    clf = hs.TextClassifier(verbose=False).fit(train_csv)  # strategy="auto"
+    assert clf.advice_.strategy == "setfit" and clf.strategy_["name"] == "setfit" and clf.backbone_trained_
+    assert is_probe_head(clf.model_.head) and clf.history_[-1]["probe"]["C"] in C_GRID
+    validation = clf.metrics_["validation"]
+    assert validation["cross_validated"] and validation["n"] == 96 and "optimistic" in validation
+    assert clf.evaluate(test_csv)["accuracy"] > 0.45  # 3 classes: chance is 1/3
+    texts = ["what a great day", "this is awful", "the meeting is at noon"]
+    assert np.allclose(hs.load(clf.save(str(tmp_path / "sf.hs"))).predict_proba(texts), clf.predict_proba(texts),
+                       atol=1e-5)
+
+
+def test_setfit_refuses_images(colour_folder):
+    with pytest.raises(hs.HeadstartError, match="setfit"):
+        hs.ImageClassifier(TINY, strategy="setfit", pretrained=False, image_size=TINY_SIZE, verbose=False
+                           ).fit(colour_folder)
