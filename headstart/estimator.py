@@ -245,8 +245,8 @@ class TransferEstimator:
                 if stage.lora is not None:
                     merge_lora(backbone)  # plain weights again: the bundle loads like any other
                 # a stage that lost to the weights it started from leaves the pretrained backbone as it was
-                backbone_trained = backbone_trained or stage.reinit != () or not records[-1:] \
-                    or not records[-1].get("kept_start")
+                kept = bool(records) and records[-1].get("kept_start", False) and not stage.reinit
+                backbone_trained = backbone_trained or not kept
             self.history_.extend(records)
         if unlabeled is not None:  # domain adaptation to the unlabeled target data
             from .adapt import adapt_to_target

@@ -62,13 +62,18 @@ def _solve(x: torch.Tensor, y: torch.Tensor, n_classes: int, c_value: float,
     return weight.detach(), bias.detach()
 
 
-def _cv_search(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int) -> tuple[float, float]:
-    """(best C, its mean cross-validated log loss) over C_GRID; each fold walks the grid from strong to weak."""
+def _folds(y: torch.Tensor, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified (fit rows, held-out rows) pairs: 3 folds, fewer when the smallest class has fewer rows."""
     from sklearn.model_selection import StratifiedKFold
 
-    folds = max(2, min(3, _smallest_class(y)))
-    losses = np.zeros((folds, len(C_GRID)))
-    split = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y.numpy())
+    folds = StratifiedKFold(max(2, min(3, _smallest_class(y))), shuffle=True, random_state=seed)
+    return list(folds.split(np.zeros(len(y)), y.numpy()))
+
+
+def _cv_search(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int) -> tuple[float, float]:
+    """(best C, its mean cross-validated log loss) over C_GRID; each fold walks the grid from strong to weak."""
+    split = _folds(y, seed)
+    losses = np.zeros((len(split), len(C_GRID)))
     for f, (fit_rows, held_rows) in enumerate(split):
         fit_rows, held_rows = torch.as_tensor(fit_rows), torch.as_tensor(held_rows)
         solved = None
@@ -168,8 +173,6 @@ def cross_validated_proba(features: torch.Tensor, targets: torch.Tensor, n_class
                           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold probabilities of every row at the chosen scaling and C (up to 3 folds), and a mask of the rows
     scored: the validation numbers of a fit that kept no hold-out. None are scored if a class has a single row."""
-    from sklearn.model_selection import StratifiedKFold
-
     y = targets.long()
     keep = np.zeros(len(y), dtype=bool)
     if len(y) == 0 or _smallest_class(y) < 2:
@@ -180,8 +183,7 @@ def cross_validated_proba(features: torch.Tensor, targets: torch.Tensor, n_class
         scaler.set_statistics(x)
         x = (x - scaler.mean) / scaler.std
     proba = np.zeros((len(y), n_classes))
-    folds = StratifiedKFold(max(2, min(3, _smallest_class(y))), shuffle=True, random_state=seed)
-    for fit_rows, held_rows in folds.split(np.zeros(len(y)), y.numpy()):
+    for fit_rows, held_rows in _folds(y, seed):
         weight, bias = _solve(x[fit_rows], y[fit_rows], n_classes, chosen["C"])
         proba[held_rows] = torch.softmax(x[held_rows] @ weight.T + bias, -1).numpy()
     keep[:] = True
