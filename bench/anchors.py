@@ -56,21 +56,21 @@ def text_rows(path: str) -> tuple[list[str], list[str]]:
     return [r["text"] for r in rows], [r["label"] for r in rows]
 
 
-def make_split(setting: str, args: argparse.Namespace, root: str) -> dict:
+def make_split(setting: str, args: argparse.Namespace, root: str, seed: int) -> dict:
     from headstart.data.fashion_mnist import export_subset
     from headstart.data.tweets import export_split
 
-    dest = os.path.join(root, setting)
+    dest = os.path.join(root, f"{setting}-{seed}")
     if setting.startswith("fm"):
         n = int(setting[2:])
-        train = export_subset(os.path.join(dest, "train"), "train", n, seed=args.seed)
-        test = export_subset(os.path.join(dest, "test"), "test", args.test_per_class, seed=args.seed + 1)
-        return {"setting": setting, "modality": "image", "train": train, "test": test,
+        train = export_subset(os.path.join(dest, "train"), "train", n, seed=seed)
+        test = export_subset(os.path.join(dest, "test"), "test", args.test_per_class, seed=seed + 1)
+        return {"setting": setting, "modality": "image", "train": train, "test": test, "seed": seed,
                 "description": f"Fashion-MNIST, {n}/class train, {args.test_per_class}/class test"}
     if setting.startswith("tweets"):
         n = int(setting[6:])
-        train, test, _ = export_split(dest, n, args.tweets_test, seed=args.seed)
-        return {"setting": setting, "modality": "text", "train": train, "test": test,
+        train, test, _ = export_split(dest, n, args.tweets_test, seed=seed)
+        return {"setting": setting, "modality": "text", "train": train, "test": test, "seed": seed,
                 "description": f"tweets, {n}/class train, {args.tweets_test} test (corpus class mix)"}
     raise SystemExit(f"unknown setting '{setting}': use fmN or tweetsN")
 
@@ -246,12 +246,12 @@ def child_main(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- the parent: splits, one process per run, report
 
 def run_child(tool: str, split: dict, args: argparse.Namespace, tmp: str) -> dict:
-    out = os.path.join(tmp, f"{split['setting']}-{tool}.json")
+    out = os.path.join(tmp, f"{split['setting']}-{split['seed']}-{tool}.json")
     job = json.dumps({**{k: split[k] for k in ("modality", "train", "test")}, "tool": tool})
-    flags = ["--image-size", str(args.image_size), "--epochs", str(args.epochs), "--seed", str(args.seed),
+    flags = ["--image-size", str(args.image_size), "--epochs", str(args.epochs), "--seed", str(split["seed"]),
              "--setfit-iterations", str(args.setfit_iterations)]
     env = {**os.environ, **CHILD_ENV, "HEADSTART_CACHE": tempfile.mkdtemp(prefix="cache-", dir=tmp)}  # cold cache
-    log = os.path.join(tmp, f"{split['setting']}-{tool}.log")
+    log = os.path.join(tmp, f"{split['setting']}-{split['seed']}-{tool}.log")
     started = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), *flags, "--child-job", job,
@@ -264,6 +264,28 @@ def run_child(tool: str, split: dict, args: argparse.Namespace, tmp: str) -> dic
         return {"error": f"exit {proc.returncode}: {tail}", "process_s": process_s}
     with open(out) as f:
         return {**json.load(f), "process_s": process_s}
+
+
+def aggregate(repeats: list[dict]) -> dict:
+    """Per tool, the mean over repeats (each repeat: another training subset and seed) of accuracy, macro-F1 and
+    wall time, the spread of accuracy, and the largest peak RSS. One repeat: its numbers as they are."""
+    if len(repeats) == 1:
+        return dict(repeats[0])
+    out = {}
+    for tool in dict.fromkeys(t for rep in repeats for t in rep):
+        ok = [rep[tool] for rep in repeats if "accuracy" in rep.get(tool, {})]
+        if len(ok) < len(repeats):  # a tool that failed once has no comparable mean
+            out[tool] = {"error": next(rep[tool]["error"] for rep in repeats if "error" in rep.get(tool, {}))}
+            continue
+        acc = np.array([r["accuracy"] for r in ok])
+        out[tool] = {"accuracy": float(acc.mean()), "accuracy_sd": float(acc.std(ddof=1)),
+                     "accuracy_each": acc.round(4).tolist(),
+                     "macro_f1": float(np.mean([r["macro_f1"] for r in ok])),
+                     "seconds": float(np.mean([r["seconds"] for r in ok])),
+                     "peak_rss_mb": float(max(r["peak_rss_mb"] for r in ok)), "repeats": len(ok)}
+        if "chosen" in ok[0]:
+            out[tool]["chosen"] = [r.get("chosen") for r in ok]
+    return out
 
 
 def verdict(runs: dict) -> dict:
@@ -315,7 +337,8 @@ def print_table(out: dict) -> None:
                 print(f"{s['setting']:<9} {tool:<15} error: {r['error'][-120:]!r}")
                 continue
             ratio = f"{ratios[tool]:.2f}" if tool in ratios else "-"
-            print(f"{s['setting']:<9} {tool:<15} {r['accuracy']:6.3f} {r['macro_f1']:6.3f} {r['seconds']:8.1f} "
+            sd = f" ±{r['accuracy_sd']:.3f}" if "accuracy_sd" in r else ""
+            print(f"{s['setting']:<9} {tool:<15} {r['accuracy']:6.3f}{sd} {r['macro_f1']:6.3f} {r['seconds']:8.1f} "
                   f"{r['peak_rss_mb']:7.0f} {ratio:>8}")
         v = s.get("verdict", {})
         if "best_anchor" in v:
@@ -342,6 +365,8 @@ def main() -> int:
     ap.add_argument("--setfit-iterations", type=int, default=20, help="0: SetFit's default (all pairs)")
     ap.add_argument("--run-timeout", type=float, default=3600)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="training subsets per setting (seeds seed..seed+N-1); tables and verdicts use the means")
     ap.add_argument("--json", default=os.path.join(RESULTS, "anchors.json"))
     ap.add_argument("--child-job", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -354,7 +379,8 @@ def main() -> int:
 
     wanted = args.tools.split(",")
     scale = (f"image size {args.image_size} px, {args.epochs} epochs, {args.test_per_class} test images/class, "
-             f"{args.tweets_test} test tweets, SetFit num_iterations {args.setfit_iterations or 'default'}")
+             f"{args.tweets_test} test tweets, SetFit num_iterations {args.setfit_iterations or 'default'}"
+             + (f", mean of {args.repeats} training subsets" if args.repeats > 1 else ""))
     out: dict = {"args": {k: v for k, v in vars(args).items() if not k.startswith("child")}, "scale": scale,
                  "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                              "torch": torch.__version__, "cuda": torch.cuda.is_available(),
@@ -362,19 +388,22 @@ def main() -> int:
                  "child_env": CHILD_ENV, "settings": []}
     with tempfile.TemporaryDirectory(prefix="headstart-anchors-") as tmp:
         for setting in [s for s in args.settings.split(",") if s]:
-            split = make_split(setting, args, os.path.join(tmp, "data"))
-            entry = {k: split[k] for k in ("setting", "modality", "description")}
-            entry["runs"] = {}
+            entry: dict = {"setting": setting, "runs": {}, "repeats": []}
             out["settings"].append(entry)
-            for tool in IMAGE_TOOLS if split["modality"] == "image" else TEXT_TOOLS:
-                if tool not in wanted:
-                    continue
-                r = entry["runs"][tool] = run_child(tool, split, args, tmp)
-                print(f"{setting} {tool:<15} " + (f"acc {r['accuracy']:.3f}  {r['seconds']:.0f} s" if "accuracy" in r
-                                                  else r["error"][-300:]), flush=True)
-                entry["verdict"] = verdict(entry["runs"])
-                save(out, args.json)
-                plot(out, os.path.splitext(args.json)[0] + ".png")
+            for seed in range(args.seed, args.seed + args.repeats):
+                split = make_split(setting, args, os.path.join(tmp, "data"), seed)
+                entry.update({k: split[k] for k in ("modality", "description")})
+                entry["repeats"].append({})
+                for tool in IMAGE_TOOLS if split["modality"] == "image" else TEXT_TOOLS:
+                    if tool not in wanted:
+                        continue
+                    r = entry["repeats"][-1][tool] = run_child(tool, split, args, tmp)
+                    said = f"acc {r['accuracy']:.3f}  {r['seconds']:.0f} s" if "accuracy" in r else r["error"][-300:]
+                    print(f"{setting} seed {seed} {tool:<15} {said}", flush=True)
+                    entry["runs"] = aggregate(entry["repeats"])
+                    entry["verdict"] = verdict(entry["runs"])
+                    save(out, args.json)
+                    plot(out, os.path.splitext(args.json)[0] + ".png")
     out["machine"]["load_avg_at_end"] = os.getloadavg()
     save(out, args.json)
     print_table(out)

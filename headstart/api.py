@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from .backbones import BackboneSpec, available_offline, list_backbones
-from .estimator import TransferEstimator, estimator_class, load
+from .estimator import TransferEstimator, estimator_class
+from .restore import load
 
 __all__ = ["backbone_table", "detect_modality", "estimator_for", "load", "prediction_rows", "summary_line",
            "write_predictions"]

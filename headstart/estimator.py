@@ -1,12 +1,12 @@
 """The estimator facade: `fit / predict / predict_proba / evaluate / save`, parameters stored in `__init__`.
 
-Fitted state ends in `_` (scikit-learn's convention). `fit` walks the strategy's plan: stages that train only
-the head run on cached features; stages that unfreeze layer groups run the images through the backbone.
+Fitted state ends in `_` (scikit-learn's convention). `fit` loads the data, builds the model, lets the strategy
+(or `auto`) plan the stages and hands the plan to plan_runner.py: stages that train only the head run on cached
+features; stages that unfreeze layer groups run the inputs through the backbone. `load` lives in restore.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import os
@@ -16,12 +16,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from ._runtime import resolve_workers, seed_everything
-from .adapters import LoraSettings, inject_lora, merge_lora
+from ._runtime import seed_everything
 from .backbones import Backbone, create_backbone, resolve_backbone
-from .bundle import read_bundle, unbuildable, write_bundle
+from .bundle import write_bundle
 from .checkpoint import run_checkpointer
 from .classical import CLASSICAL_HEADS, fit_classical, predict_proba_full, to_tensors
 from .continual import ContinualSettings, extend_estimator, remember
@@ -29,14 +27,15 @@ from .data.labeled import LabeledData, stratified_split
 from .data.summary import summarize
 from .distributed import is_main_process
 from .errors import DataError, HeadstartError
-from .heads import HeadConfig, TransferModel, build_head, loss_for, outputs_to_scores
+from .heads import HeadConfig, TransferModel, build_head, outputs_to_scores
 from .inference import _device, embed, run_over
 from .metrics import task_metrics
 from .modalities import MODALITIES, Modality
-from .probe import is_probe_head, probe_stage, refit_probe
+from .plan_runner import describe_plan, open_run_log, refit_final_probe, run_plan
+from .probe import is_probe_head
 from .progress import say
 from .strategies import get_strategy
-from .train import LoopConfig, run_stage
+from .train import LoopConfig
 
 
 class TransferEstimator:
@@ -213,41 +212,13 @@ class TransferEstimator:
         solved = self._task == "classification" and is_probe_head(head)  # head stages solved, not trained
         say(self.verbose, f"backbone {backbone.spec.name} ({backbone.feature_dim} features, "
             f"{len(backbone.group_names())} layer groups); strategy {strategy.name}: "
-            + " -> ".join(f"{s.name} (logistic regression)" if solved and s.backbone_frozen and i == 0
-                          else f"{s.name} x{s.epochs}" for i, s in enumerate(stages)))
+            + describe_plan(stages, solved, self.batch_size))
         loop = LoopConfig(patience=self.patience, mixed_precision=self.mixed_precision,
                           freeze_bn_stats=self.pretrained, verbose=self.verbose)
-        log = self._open_log()
+        log = open_run_log(self.out_dir, is_main_process())
         ckpt = run_checkpointer(self, resume, len(train), len(val), stages, log)
         self.history_: list[dict] = list(ckpt.earlier_history) if ckpt else []
-        backbone_trained = False
-        for i, stage in enumerate(stages):
-            if ckpt is not None and ckpt.skips(i):  # finished before the checkpoint: its weights are in it
-                backbone_trained = backbone_trained or not stage.backbone_frozen
-                continue
-            if ckpt is not None:
-                ckpt.earlier_history = list(self.history_)
-            generator = seed_everything(self.seed + i)  # each stage repeatable whatever the cache held
-            stage_loop = dataclasses.replace(loop, keep_start=i > 0)
-            if stage.backbone_frozen and not backbone_trained:
-                loaders = self._feature_loaders(backbone, train, val, generator)
-                if solved:  # logistic regression, its L2 strength by cross-validation
-                    records = probe_stage(head, stage.name, *loaders, len(self.classes_), self.seed, log)
-                else:
-                    head[0].set_statistics(loaders[0].dataset.tensors[1])  # standardise on training features
-                    records = run_stage(head, stage, *loaders, loss_for(self._task), self._task, stage_loop, log,
-                                        ckpt, i)
-            else:
-                loaders = self._input_loaders(backbone, train, val, generator)
-                if stage.lora is not None:
-                    inject_lora(backbone, LoraSettings.from_dict(stage.lora))
-                records = run_stage(model, stage, *loaders, loss_for(self._task), self._task, stage_loop, log, ckpt, i)
-                if stage.lora is not None:
-                    merge_lora(backbone)  # plain weights again: the bundle loads like any other
-                # a stage that lost to the weights it started from leaves the pretrained backbone as it was
-                kept = bool(records) and records[-1].get("kept_start", False) and not stage.reinit
-                backbone_trained = backbone_trained or not kept
-            self.history_.extend(records)
+        backbone_trained = run_plan(self, model, stages, train, val, solved, loop, log, ckpt)
         if unlabeled is not None:  # domain adaptation to the unlabeled target data
             from .adapt import adapt_to_target
 
@@ -261,24 +232,13 @@ class TransferEstimator:
         self.metrics_ = {"validation": self._score(val, val_scores),
                          "fit_seconds": round(time.perf_counter() - started, 2)}
         if valid is None and unlabeled is None and solved and not backbone_trained:
-            self._refit_head(backbone, train, val)
+            refit_final_probe(self, backbone, train, val)
         self.memory_, self.continual_ = remember(self, train), None
         if self.out_dir and is_main_process():  # one writer when several processes train together
             self._write_outputs(val, val_scores)
         if ckpt is not None:
             ckpt.remove()  # the bundle now holds the result
         return self
-
-    def _refit_head(self, backbone: Backbone, train: LabeledData, val: LabeledData) -> None:
-        """The final head is the probe: solve it again on training + validation rows (probe.refit_probe says why).
-        The validation metrics, already taken, stay those of the head fitted without the hold-out."""
-        chosen = next((r["probe"] for r in reversed(self.history_) if "probe" in r), None)
-        if chosen is None or not len(val):
-            return
-        parts = [loader.dataset.tensors[1:] for loader in self._feature_loaders(backbone, train, val, None)]
-        self.metrics_["refit"] = refit_probe(self.model_.head, parts, len(self.classes_), chosen)
-        say(self.verbose, f"head: refitted on all {self.metrics_['refit']['rows']} labeled rows (training + "
-            f"validation) at C={chosen['C']}; the validation metrics are those of the fit without the hold-out")
 
     def _classical_fit(self, backbone: Backbone, train: LabeledData):
         """Fit the scikit-learn head on cached frozen features (see classical.py for how it is saved)."""
@@ -307,43 +267,6 @@ class TransferEstimator:
         for line in advice.reasons:
             say(self.verbose, f"auto: {line}")
         return get_strategy(advice.strategy, **advice.options), advice
-
-    def _open_log(self):
-        if not self.out_dir or not is_main_process():
-            return None
-        os.makedirs(self.out_dir, exist_ok=True)
-        path = os.path.join(self.out_dir, "metrics.jsonl")
-        open(path, "w").close()
-
-        def log(record: dict) -> None:  # one line per epoch, flushed: a crash keeps what was learned so far
-            with open(path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-        return log
-
-    def _feature_loaders(self, backbone: Backbone, train: LabeledData, val: LabeledData, gen):
-        def loader(part: LabeledData, shuffle: bool) -> DataLoader:
-            feats, ok = embed(backbone, part.items, batch_size=self.batch_size,
-                                     num_workers=self.num_workers, use_cache=self.use_cache,
-                                     cache_dir=self.cache_dir, verbose=self.verbose)
-            keep = np.flatnonzero(ok)
-            ds = TensorDataset(torch.as_tensor(keep), torch.as_tensor(feats[keep]),
-                               self._target_tensor(part.targets[keep]))
-            return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, generator=gen)
-
-        return loader(train, True), loader(val, False)
-
-    def _input_loaders(self, backbone: Backbone, train: LabeledData, val: LabeledData, gen):
-        modality = self._modality
-
-        def loader(part: LabeledData, is_train: bool) -> DataLoader:
-            ds = modality.dataset(part.items, self._target_tensor(part.targets).numpy(), backbone,
-                                  is_train and self.augment)
-            return DataLoader(ds, batch_size=self.batch_size, shuffle=is_train, generator=gen,
-                              num_workers=resolve_workers(self.num_workers), collate_fn=modality.collate(backbone),
-                              pin_memory=torch.cuda.is_available())
-
-        return loader(train, True), loader(val, False)
 
     # --- predict ----------------------------------------------------------------------------------------
     def _raw_scores(self, items: Sequence) -> tuple[np.ndarray, np.ndarray]:
@@ -479,32 +402,6 @@ class ImageRegressor(TransferEstimator):
     """Image regression: one number per image, from a CSV of path,value."""
 
     default_task = "regression"
-
-
-def load(path: str, runtime: str = "torch") -> TransferEstimator:
-    """A saved bundle, ready to predict. Reads only JSON and safetensors; refuses newer bundle formats.
-
-    runtime="onnx" predicts through onnxruntime on the exported graph (exported once per bundle, then cached).
-    """
-    if runtime not in ("torch", "onnx"):
-        raise HeadstartError(f"unknown runtime '{runtime}': choose torch or onnx")
-    config, state = read_bundle(path)
-    if config["task"] == "pretrain":
-        raise HeadstartError(f"{path}: a pre-trained backbone (headstart pretrain), not a model with a head; "
-                             f"train one on it with `headstart fit DATA --backbone {path}`")
-    try:
-        if config["task"] == "multitask":
-            from .multitask import MultiTaskModel
-
-            return MultiTaskModel._from_bundle(config, state)
-        est = estimator_class(config["modality"], config["task"])._from_bundle(config, state)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
-        raise unbuildable(path, err) from None  # a crafted or hand-edited config: one line, not a traceback
-    if runtime == "onnx":
-        from .export import attach_onnx_runtime
-
-        attach_onnx_runtime(est, path)
-    return est
 
 
 def estimator_class(modality: str, task: str) -> type[TransferEstimator]:

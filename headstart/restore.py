@@ -1,18 +1,53 @@
-"""Rebuilding a fitted estimator from a bundle's config and tensors: architecture from the spec, weights from
-the bundle (never downloaded again), fitted attributes from the JSON."""
+"""Loading a bundle: `load` reads it (JSON and safetensors only) and rebuilds the fitted estimator, architecture
+from the spec, weights from the bundle (never downloaded again), fitted attributes from the JSON."""
 
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from . import __version__
 from .backbones import BackboneSpec, create_backbone
+from .bundle import read_bundle, unbuildable
 from .classical import from_tensors
 from .continual import Memory
+from .errors import HeadstartError
 from .heads import HeadConfig, TransferModel, build_head
+
+if TYPE_CHECKING:
+    from .estimator import TransferEstimator
+    from .multitask import MultiTaskModel
+
+
+def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskModel:
+    """A saved bundle, ready to predict. Reads only JSON and safetensors; refuses newer bundle formats.
+
+    runtime="onnx" predicts through onnxruntime on the exported graph (exported once per bundle, then cached).
+    """
+    if runtime not in ("torch", "onnx"):
+        raise HeadstartError(f"unknown runtime '{runtime}': choose torch or onnx")
+    config, state = read_bundle(path)
+    if config["task"] == "pretrain":
+        raise HeadstartError(f"{path}: a pre-trained backbone (headstart pretrain), not a model with a head; "
+                             f"train one on it with `headstart fit DATA --backbone {path}`")
+    try:
+        if config["task"] == "multitask":
+            from .multitask import MultiTaskModel
+
+            return MultiTaskModel._from_bundle(config, state)
+        from .estimator import estimator_class
+
+        est = estimator_class(config["modality"], config["task"])._from_bundle(config, state)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+        raise unbuildable(path, err) from None  # a crafted or hand-edited config: one line, not a traceback
+    if runtime == "onnx":
+        from .export import attach_onnx_runtime
+
+        attach_onnx_runtime(est, path)
+    return est
 
 
 def restore_estimator(cls: type, config: dict, state: dict[str, torch.Tensor]):

@@ -233,7 +233,7 @@ def serve(bundle: str, host: str = "127.0.0.1", port: int = 8000, runtime: str =
     """Load `bundle` and serve it until interrupted."""
     import uvicorn
 
-    from .estimator import load
+    from .restore import load
 
     est = load(bundle, runtime=runtime)
     est.verbose = False

@@ -22,6 +22,7 @@ class Stage:
     lrs: dict[str, float] = field(default_factory=dict)  # group -> learning rate; groups left out stay frozen
     reinit: tuple[str, ...] = ()  # groups re-initialised before the stage (new upper layers, trained from scratch)
     lora: dict | None = None  # LoRA settings: adapters injected for the stage, trained at lrs[LORA], then merged
+    batch_size: int | None = None  # training batches of a backbone stage (at most the estimator's); None: its own
 
     @property
     def backbone_frozen(self) -> bool:
@@ -69,10 +70,12 @@ class Full:
     """Every layer trains. `backbone_lr_scale=1` is training from scratch's setting."""
 
     backbone_lr_scale: float = 0.1
+    finetune_batch_size: int | None = None
     name: str = "full"
 
     def plan(self, groups: list[str], epochs: int, lr: float, head_epochs: int) -> list[Stage]:
-        return [Stage("full", epochs, {HEAD: lr, **{g: lr * self.backbone_lr_scale for g in groups}})]
+        return [Stage("full", epochs, {HEAD: lr, **{g: lr * self.backbone_lr_scale for g in groups}},
+                      batch_size=self.finetune_batch_size)]
 
 
 @dataclass(frozen=True)
@@ -85,13 +88,15 @@ class TwoStage:
 
     backbone_lr_scale: float = 0.1
     spread: float = 10.0
+    finetune_batch_size: int | None = None  # `auto` sets 16 for texts (advisor.TEXT_FINETUNE_BATCH says why)
     name: str = "two-stage"
 
     def plan(self, groups: list[str], epochs: int, lr: float, head_epochs: int) -> list[Stage]:
         ft_lr = lr * self.backbone_lr_scale
         return [
             Stage("head", head_epochs, {HEAD: lr}),
-            Stage("finetune", epochs, {HEAD: ft_lr, **_discriminative(groups, ft_lr, self.spread)}),
+            Stage("finetune", epochs, {HEAD: ft_lr, **_discriminative(groups, ft_lr, self.spread)},
+                  batch_size=self.finetune_batch_size),
         ]
 
 

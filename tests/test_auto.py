@@ -8,6 +8,7 @@ from conftest import TINY, TINY_SIZE
 import headstart as hs
 from headstart.advisor import decide
 from headstart.rank import leep, logme, probe_accuracy
+from headstart.strategies import get_strategy
 
 BASE = dict(n_classes=10, logme_score=0.1, seconds_per_item=0.01, epochs=3, time_limit=None)
 
@@ -84,3 +85,14 @@ def test_rank_puts_imagenet_weights_above_random_ones(fashion):
     assert [r["backbone"] for r in results] == ["efficientnet_lite0", "efficientnet_lite0@random"]
     assert results[0]["probe_accuracy"] > results[1]["probe_accuracy"]
     assert "leep" in results[0] and results[0]["seconds"] >= 0
+
+
+def test_texts_fine_tune_in_smaller_batches_and_say_so():
+    from headstart.advisor import TEXT_FINETUNE_BATCH, Advice, with_text_batches
+
+    tuned = with_text_batches(Advice("two-stage", reasons=["medium data"]))
+    assert tuned.options == {"finetune_batch_size": TEXT_FINETUNE_BATCH}
+    assert f"batches of {TEXT_FINETUNE_BATCH}" in tuned.reasons[-1]
+    assert get_strategy(tuned.strategy, **tuned.options).finetune_batch_size == TEXT_FINETUNE_BATCH
+    head_only = with_text_batches(Advice("features", reasons=["few"]))
+    assert head_only.options == {} and head_only.reasons == ["few"]

@@ -187,11 +187,27 @@ def test_a_bundle_serves_as_a_backbone(colour_folder, tmp_path):
 def test_augment_switches_the_random_crops_of_training_images(colour_folder, augment):
     from headstart.backbones import create_backbone, resolve_backbone
     from headstart.modalities import MODALITIES
+    from headstart.plan_runner import input_loaders
 
     clf = _clf(augment=augment)
     data = MODALITIES["image"].load(colour_folder, "classification", False, {})
     backbone = create_backbone(resolve_backbone(TINY, "image"), pretrained=False, image_size=TINY_SIZE)
-    train_loader, _ = clf._input_loaders(backbone, data, data, torch.Generator().manual_seed(0))
+    train_loader, _ = input_loaders(clf, backbone, data, data, torch.Generator().manual_seed(0))
     dataset = train_loader.dataset
     first, second = dataset[0][1], dataset[0][1]
     assert torch.equal(first, second) is (not augment)
+
+
+@pytest.mark.parametrize(("estimator_batch", "plan_batch", "expected"), [(32, 16, 16), (8, 16, 8), (32, None, 32)])
+def test_a_stage_trains_in_the_plan_batch_size_capped_at_the_estimators(colour_folder, estimator_batch, plan_batch,
+                                                                        expected):
+    from headstart.backbones import create_backbone, resolve_backbone
+    from headstart.modalities import MODALITIES
+    from headstart.plan_runner import input_loaders
+
+    clf = _clf(batch_size=estimator_batch)
+    data = MODALITIES["image"].load(colour_folder, "classification", False, {})
+    backbone = create_backbone(resolve_backbone(TINY, "image"), pretrained=False, image_size=TINY_SIZE)
+    train_loader, val_loader = input_loaders(clf, backbone, data, data, torch.Generator().manual_seed(0), plan_batch)
+    assert train_loader.batch_size == expected
+    assert val_loader.batch_size == estimator_batch  # no gradients there: the larger batch is the faster one

@@ -34,6 +34,14 @@ def test_two_stage_probes_then_uses_discriminative_rates():
     assert rates[-1] == pytest.approx(10 * rates[0])
 
 
+def test_a_plan_can_fine_tune_in_smaller_batches_than_it_extracts_features():
+    probe, tune = get_strategy("two-stage", finetune_batch_size=16).plan(GROUPS, 3, 1e-3, 50)
+    assert probe.batch_size is None and tune.batch_size == 16
+    (full,) = get_strategy("full", finetune_batch_size=8).plan(GROUPS, 3, 1e-3, 50)
+    assert full.batch_size == 8
+    assert all(s.batch_size is None for s in get_strategy("two-stage").plan(GROUPS, 3, 1e-3, 50))
+
+
 def test_full_trains_every_group():
     (stage,) = get_strategy("full").plan(GROUPS, 3, 1e-3, 50)
     assert set(stage.lrs) == {HEAD, *GROUPS}

@@ -1,0 +1,133 @@
+"""Carrying out a strategy's plan: the middle of `fit`, between choosing the plan and storing the result.
+
+Each stage reads the data it needs: cached features when only the head trains on a still-pretrained backbone (the
+backbone is never run twice on the same input), the inputs themselves when layer groups unfreeze. A head stage
+with a solved head (logistic regression, probe.py) is solved rather than trained. LoRA adapters live for their
+stage only and are merged back, so the result loads like any other model. What the walk returns, whether the
+backbone's weights changed, decides how prediction runs: on cached features, or through the whole model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from ._runtime import resolve_workers, seed_everything
+from .adapters import LoraSettings, inject_lora, merge_lora
+from .backbones import Backbone
+from .checkpoint import Checkpointer
+from .data.labeled import LabeledData
+from .heads import TransferModel, loss_for
+from .inference import embed
+from .probe import probe_stage, refit_probe
+from .progress import say
+from .strategies import Stage
+from .train import LoopConfig, run_stage
+
+
+def run_plan(est, model: TransferModel, stages: list[Stage], train: LabeledData, val: LabeledData, solved: bool,
+             loop: LoopConfig, log: Callable[[dict], None] | None, ckpt: Checkpointer | None) -> bool:
+    """Run `stages` in order on `model`, appending each epoch's record to `est.history_`. Returns True when the
+    backbone's weights changed (a stage that never beat its start leaves them as they were, see train.py)."""
+    backbone, head = model.backbone, model.head
+    backbone_trained = False
+    for i, stage in enumerate(stages):
+        if ckpt is not None and ckpt.skips(i):  # finished before the checkpoint: its weights are in it
+            backbone_trained = backbone_trained or not stage.backbone_frozen
+            continue
+        if ckpt is not None:
+            ckpt.earlier_history = list(est.history_)
+        generator = seed_everything(est.seed + i)  # each stage repeatable whatever the cache held
+        stage_loop = dataclasses.replace(loop, keep_start=i > 0)
+        if stage.backbone_frozen and not backbone_trained:
+            loaders = feature_loaders(est, backbone, train, val, generator)
+            if solved:  # logistic regression, its L2 strength by cross-validation
+                records = probe_stage(head, stage.name, *loaders, len(est.classes_), est.seed, log)
+            else:
+                head[0].set_statistics(loaders[0].dataset.tensors[1])  # standardise on training features
+                records = run_stage(head, stage, *loaders, loss_for(est._task), est._task, stage_loop, log, ckpt, i)
+        else:
+            loaders = input_loaders(est, backbone, train, val, generator, stage.batch_size)
+            if stage.lora is not None:
+                inject_lora(backbone, LoraSettings.from_dict(stage.lora))
+            records = run_stage(model, stage, *loaders, loss_for(est._task), est._task, stage_loop, log, ckpt, i)
+            if stage.lora is not None:
+                merge_lora(backbone)  # plain weights again: the bundle loads like any other
+            # a stage that lost to the weights it started from leaves the pretrained backbone as it was
+            kept = bool(records) and records[-1].get("kept_start", False) and not stage.reinit
+            backbone_trained = backbone_trained or not kept
+        est.history_.extend(records)
+    return backbone_trained
+
+
+def describe_plan(stages: list[Stage], solved: bool, batch_size: int) -> str:
+    """The plan in one line, e.g. `head (logistic regression) -> finetune x3 (batch 16)`."""
+    def one(i: int, stage: Stage) -> str:
+        if solved and stage.backbone_frozen and i == 0:
+            return f"{stage.name} (logistic regression)"
+        batch = f" (batch {min(stage.batch_size, batch_size)})" if stage.batch_size else ""
+        return f"{stage.name} x{stage.epochs}{batch}"
+
+    return " -> ".join(one(i, s) for i, s in enumerate(stages))
+
+
+def feature_loaders(est, backbone: Backbone, train: LabeledData, val: LabeledData,
+                    gen: torch.Generator | None) -> tuple[DataLoader, DataLoader]:
+    """(row index, cached feature, target) batches; rows whose input could not be read are left out."""
+    def loader(part: LabeledData, shuffle: bool) -> DataLoader:
+        feats, ok = embed(backbone, part.items, batch_size=est.batch_size, num_workers=est.num_workers,
+                          use_cache=est.use_cache, cache_dir=est.cache_dir, verbose=est.verbose)
+        keep = np.flatnonzero(ok)
+        ds = TensorDataset(torch.as_tensor(keep), torch.as_tensor(feats[keep]), est._target_tensor(part.targets[keep]))
+        return DataLoader(ds, batch_size=est.batch_size, shuffle=shuffle, generator=gen)
+
+    return loader(train, True), loader(val, False)
+
+
+def input_loaders(est, backbone: Backbone, train: LabeledData, val: LabeledData, gen: torch.Generator | None,
+                  train_batch: int | None = None) -> tuple[DataLoader, DataLoader]:
+    """Batches of the inputs themselves, prepared the backbone's way (training images augmented if asked).
+    `train_batch`: the plan's training batch size, capped at the estimator's (its memory limit)."""
+    modality = est._modality
+
+    def loader(part: LabeledData, is_train: bool) -> DataLoader:
+        ds = modality.dataset(part.items, est._target_tensor(part.targets).numpy(), backbone, is_train and est.augment)
+        size = min(est.batch_size, train_batch or est.batch_size) if is_train else est.batch_size
+        return DataLoader(ds, batch_size=size, shuffle=is_train, generator=gen,
+                          num_workers=resolve_workers(est.num_workers), collate_fn=modality.collate(backbone),
+                          pin_memory=torch.cuda.is_available())
+
+    return loader(train, True), loader(val, False)
+
+
+def refit_final_probe(est, backbone: Backbone, train: LabeledData, val: LabeledData) -> None:
+    """The final head is the probe: solve it again on training + validation rows (probe.refit_probe says why).
+    The validation metrics, already taken, stay those of the head fitted without the hold-out."""
+    chosen = next((r["probe"] for r in reversed(est.history_) if "probe" in r), None)
+    if chosen is None or not len(val):
+        return
+    parts = [loader.dataset.tensors[1:] for loader in feature_loaders(est, backbone, train, val, None)]
+    est.metrics_["refit"] = refit_probe(est.model_.head, parts, len(est.classes_), chosen)
+    say(est.verbose, f"head: refitted on all {est.metrics_['refit']['rows']} labeled rows (training + "
+        f"validation) at C={chosen['C']}; the validation metrics are those of the fit without the hold-out")
+
+
+def open_run_log(out_dir: str | None, main_process: bool) -> Callable[[dict], None] | None:
+    """metrics.jsonl in the run's folder, one line per epoch, flushed: a crash keeps what was learned so far."""
+    if not out_dir or not main_process:
+        return None
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "metrics.jsonl")
+    open(path, "w").close()
+
+    def log(record: dict) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    return log
