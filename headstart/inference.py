@@ -46,9 +46,13 @@ def run_over(
     module = module.to(device).eval()
     # Its own generator: iterating a loader draws a seed, and must not shift the global RNG that training
     # augmentations use (else a cache hit would change the next stage's results).
+    # Batches in the modality's preferred order (texts: by length, so padding is short); each batch carries its
+    # rows' own indices, so outputs land where they belong whatever the order.
+    order = getattr(modality, "inference_order", lambda _: None)(items)
     loader = DataLoader(modality.dataset(items, None, backbone, train=False), batch_size=batch_size,
-                        num_workers=resolve_workers(num_workers), collate_fn=modality.collate(backbone),
-                        generator=torch.Generator(), pin_memory=device.type == "cuda")
+                        sampler=order, num_workers=resolve_workers(num_workers),
+                        collate_fn=modality.collate(backbone), generator=torch.Generator(),
+                        pin_memory=device.type == "cuda")
     out: np.ndarray | None = None
     ok = np.zeros(len(items), dtype=bool)
     with make_progress(verbose) as bar, torch.inference_mode():

@@ -35,6 +35,8 @@ class Modality(Protocol):
 
     def collate(self, backbone: Backbone) -> Callable: ...
 
+    def inference_order(self, items: Sequence) -> list[int] | None: ...
+
 
 class ImageModality:
     name = "image"
@@ -57,6 +59,9 @@ class ImageModality:
     def collate(self, backbone: Backbone) -> Callable:
         return collate_skipping
 
+    def inference_order(self, items: Sequence) -> list[int] | None:
+        return None  # every image is resized to the same shape: order does not change the work
+
 
 class TextModality:
     name = "text"
@@ -77,6 +82,11 @@ class TextModality:
 
     def collate(self, backbone: Backbone) -> Callable:
         return tokenizing_collate(backbone.tokenizer, backbone.spec.preprocess.max_length)
+
+    def inference_order(self, items: Sequence) -> list[int] | None:
+        """Longest first, so each batch pads to texts of about its own length (what sentence-transformers'
+        `encode` does); outputs still land on their own rows."""
+        return sorted(range(len(items)), key=lambda i: -len(items[i]) if isinstance(items[i], str) else 0)
 
 
 MODALITIES: dict[str, Modality] = {"image": ImageModality(), "text": TextModality()}

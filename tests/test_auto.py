@@ -96,3 +96,11 @@ def test_texts_fine_tune_in_smaller_batches_and_say_so():
     assert get_strategy(tuned.strategy, **tuned.options).finetune_batch_size == TEXT_FINETUNE_BATCH
     head_only = with_text_batches(Advice("features", reasons=["few"]))
     assert head_only.options == {} and head_only.reasons == ["few"]
+
+
+def test_negative_transfer_on_texts_is_said_but_never_retrains_layers_from_scratch():
+    flagged = dict(BASE, per_class=409, n_train=1229, n_classes=3, probe=0.595, baseline=0.618)
+    assert decide(**flagged).strategy == "truncate"  # images: measured to pay at this size
+    text = decide(**flagged, modality="text")
+    assert text.strategy == "two-stage"
+    assert any("negative transfer" in r for r in text.reasons) and any("texts:" in r for r in text.reasons)

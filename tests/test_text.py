@@ -149,3 +149,19 @@ def test_lora_on_the_packaged_encoder_round_trips(sentiment_csv, tmp_path):
     key = "body.model.embeddings.word_embeddings.weight"
     assert torch.equal(tuned[key], fresh[key])
     assert any(not torch.equal(tuned[k], fresh[k]) for k in tuned if k.endswith("attention.self.query.weight"))
+
+
+def test_texts_run_longest_first_and_each_output_lands_on_its_own_row():
+    from headstart.backbones import create_backbone, resolve_backbone
+    from headstart.inference import run_over
+    from headstart.modalities import MODALITIES
+
+    texts = ["short", "a much longer text about a wonderful, happy day at the seaside with old friends", "",
+             "a middling text here"]
+    assert MODALITIES["text"].inference_order(texts) == [1, 3, 0, 2]
+    backbone = create_backbone(resolve_backbone("minilm_l6", "text"))
+    together, ok = run_over(backbone, texts, batch_size=2, verbose=False)  # the short text padded to the long one
+    assert ok.tolist() == [True, True, False, True]
+    for i in (0, 1, 3):
+        alone, _ = run_over(backbone, [texts[i]], batch_size=1, verbose=False)
+        np.testing.assert_allclose(together[i], alone[0], atol=1e-5)
