@@ -277,12 +277,11 @@ def aggregate(repeats: list[dict]) -> dict:
         return dict(repeats[0])
     out = {}
     for tool in dict.fromkeys(t for rep in repeats for t in rep):
-        runs = [rep[tool] for rep in repeats if tool in rep]  # while a repeat runs, its later tools are missing
-        failed = [r["error"] for r in runs if "error" in r]
+        ok = [rep[tool] for rep in repeats if tool in rep]  # while a repeat runs, its later tools are missing
+        failed = [r["error"] for r in ok if "error" in r]
         if failed:  # a tool that failed once has no comparable mean
             out[tool] = {"error": failed[0]}
             continue
-        ok = runs
         acc = np.array([r["accuracy"] for r in ok])
         out[tool] = {"accuracy": float(acc.mean()), "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
                      "accuracy_each": acc.round(4).tolist(),
