@@ -15,6 +15,7 @@ BASE = dict(n_classes=10, logme_score=0.1, seconds_per_item=0.01, epochs=3, time
 
 @pytest.mark.parametrize("per_class, probe, baseline, time_limit, expected", [
     (4, 0.9, 0.3, None, "features"),          # tiny: fine-tuning would memorise
+    (8, 0.35, 0.2, None, "features"),         # 10 per class less the hold-out: validation cannot judge a fine-tune
     (30, 0.85, 0.3, None, "two-stage"),       # small and similar, fine-tuning cheap (9 s)
     (30, 0.35, 0.2, None, "two-stage"),       # small and unlike the source
     (200, 0.8, 0.3, None, "two-stage"),       # medium
