@@ -53,7 +53,7 @@ def run_plan(est, model: TransferModel, stages: list[Stage], train: LabeledData,
                 head[0].set_statistics(loaders[0].dataset.tensors[1])  # standardise on training features
                 records = run_stage(head, stage, *loaders, loss_for(est._task), est._task, stage_loop, log, ckpt, i)
         else:
-            loaders = input_loaders(est, backbone, train, val, generator, stage.batch_size)
+            loaders = input_loaders(est, backbone, train, val, generator, stage.train_batch(est.batch_size))
             if stage.lora is not None:
                 inject_lora(backbone, LoraSettings.from_dict(stage.lora))
             records = run_stage(model, stage, *loaders, loss_for(est._task), est._task, stage_loop, log, ckpt, i)
@@ -71,7 +71,7 @@ def describe_plan(stages: list[Stage], solved: bool, batch_size: int) -> str:
     def one(i: int, stage: Stage) -> str:
         if solved and stage.backbone_frozen and i == 0:
             return f"{stage.name} (logistic regression)"
-        batch = f" (batch {min(stage.batch_size, batch_size)})" if stage.batch_size else ""
+        batch = f" (batch {stage.train_batch(batch_size)})" if stage.batch_size else ""
         return f"{stage.name} x{stage.epochs}{batch}"
 
     return " -> ".join(one(i, s) for i, s in enumerate(stages))
@@ -93,12 +93,12 @@ def feature_loaders(est, backbone: Backbone, train: LabeledData, val: LabeledDat
 def input_loaders(est, backbone: Backbone, train: LabeledData, val: LabeledData, gen: torch.Generator | None,
                   train_batch: int | None = None) -> tuple[DataLoader, DataLoader]:
     """Batches of the inputs themselves, prepared the backbone's way (training images augmented if asked).
-    `train_batch`: the plan's training batch size, capped at the estimator's (its memory limit)."""
+    `train_batch`: the training batch size (Stage.train_batch); validation and None use the estimator's."""
     modality = est._modality
 
     def loader(part: LabeledData, is_train: bool) -> DataLoader:
         ds = modality.dataset(part.items, est._target_tensor(part.targets).numpy(), backbone, is_train and est.augment)
-        size = min(est.batch_size, train_batch or est.batch_size) if is_train else est.batch_size
+        size = (train_batch or est.batch_size) if is_train else est.batch_size
         return DataLoader(ds, batch_size=size, shuffle=is_train, generator=gen,
                           num_workers=resolve_workers(est.num_workers), collate_fn=modality.collate(backbone),
                           pin_memory=torch.cuda.is_available())

@@ -105,17 +105,22 @@ def fit_probe(head: nn.Sequential, features: torch.Tensor, targets: torch.Tensor
             "cv_candidates": {name: {"C": c, "cv_log_loss": _rounded(loss)} for name, (c, loss) in searched.items()}}
 
 
-def _install(head: nn.Sequential, features: torch.Tensor, targets: torch.Tensor, n_classes: int, scaling: str,
-             c_value: float) -> None:
-    """Solve at `c_value` on `features` scaled as `scaling` says, and copy the result into the torch head."""
-    standardize, x = head[0], features.float()
+def _scale(standardize: Standardize, features: torch.Tensor, scaling: str) -> torch.Tensor:
+    """Set `standardize` for `scaling` (the features' own statistics, or the identity for "as given") and return
+    the features through it: what the solver sees is what the head will compute."""
     with torch.no_grad():
         if scaling == "as given":
             standardize.mean.zero_()
             standardize.std.fill_(1.0)
         else:
             standardize.set_statistics(features)
-    weight, bias = _solve((x - standardize.mean) / standardize.std, targets.long(), n_classes, c_value)
+    return (features.float() - standardize.mean) / standardize.std
+
+
+def _install(head: nn.Sequential, features: torch.Tensor, targets: torch.Tensor, n_classes: int, scaling: str,
+             c_value: float) -> None:
+    """Solve at `c_value` on `features` scaled as `scaling` says, and copy the result into the torch head."""
+    weight, bias = _solve(_scale(head[0], features, scaling), targets.long(), n_classes, c_value)
     with torch.no_grad():
         linear = head[2]
         linear.weight.copy_(weight.to(linear.weight.dtype))
@@ -176,11 +181,7 @@ def cross_validated_proba(features: torch.Tensor, targets: torch.Tensor, n_class
     y = targets.long()
     if len(y) == 0 or _smallest_class(y) < 2:
         return np.zeros((0, n_classes)), np.zeros(len(y), dtype=bool)
-    x = features.float()
-    if chosen["scaling"] != "as given":
-        scaler = Standardize(x.shape[1])
-        scaler.set_statistics(x)
-        x = (x - scaler.mean) / scaler.std
+    x = _scale(Standardize(features.shape[1]), features, chosen["scaling"])
     proba = np.zeros((len(y), n_classes))
     for fit_rows, held_rows in _folds(y, seed):
         weight, bias = _solve(x[fit_rows], y[fit_rows], n_classes, chosen["C"])

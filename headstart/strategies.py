@@ -28,6 +28,10 @@ class Stage:
     def backbone_frozen(self) -> bool:
         return set(self.lrs) == {HEAD}
 
+    def train_batch(self, cap: int) -> int:
+        """The stage's training batch size: its own if it has one, never above `cap` (the estimator's)."""
+        return min(cap, self.batch_size or cap)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -204,10 +204,13 @@ def test_a_stage_trains_in_the_plan_batch_size_capped_at_the_estimators(colour_f
     from headstart.backbones import create_backbone, resolve_backbone
     from headstart.modalities import MODALITIES
     from headstart.plan_runner import input_loaders
+    from headstart.strategies import Stage
 
     clf = _clf(batch_size=estimator_batch)
     data = MODALITIES["image"].load(colour_folder, "classification", False, {})
     backbone = create_backbone(resolve_backbone(TINY, "image"), pretrained=False, image_size=TINY_SIZE)
-    train_loader, val_loader = input_loaders(clf, backbone, data, data, torch.Generator().manual_seed(0), plan_batch)
+    stage = Stage("finetune", 1, {"head": 1e-3}, batch_size=plan_batch)  # run_plan's call, as it makes it
+    train_loader, val_loader = input_loaders(clf, backbone, data, data, torch.Generator().manual_seed(0),
+                                             stage.train_batch(clf.batch_size))
     assert train_loader.batch_size == expected
     assert val_loader.batch_size == estimator_batch  # no gradients there: the larger batch is the faster one
