@@ -105,3 +105,16 @@ def test_negative_transfer_on_texts_is_said_but_never_retrains_layers_from_scrat
     text = decide(**flagged, modality="text")
     assert text.strategy == "two-stage"
     assert any("negative transfer" in r for r in text.reasons) and any("texts:" in r for r in text.reasons)
+
+
+def test_raw_input_reference_learns_real_images_and_leaves_blas_threads_alone(fashion):
+    from threadpoolctl import threadpool_info
+
+    from headstart.advisor import raw_input_accuracy
+    from headstart.modalities import MODALITIES
+
+    data = MODALITIES["image"].load(fashion[0], "classification", False, {"path": "path", "label": "label"})
+    before = [pool["num_threads"] for pool in threadpool_info()]
+    accuracy = raw_input_accuracy("image", data.items, data.targets)
+    assert 0.4 < accuracy < 1.0  # 16x16 grey pixels tell Fashion-MNIST's 10 classes apart well above chance (0.1)
+    assert [pool["num_threads"] for pool in threadpool_info()] == before  # one thread only inside the solve
