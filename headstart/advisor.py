@@ -102,7 +102,8 @@ def raw_input_accuracy(modality: str, items: list, labels: np.ndarray, seed: int
     if modality == "text":
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=1), LogisticRegression(max_iter=300))
+        x, model = list(items), make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=1),
+                                              LogisticRegression(max_iter=300))
     else:
         from PIL import Image
 
@@ -113,12 +114,12 @@ def raw_input_accuracy(modality: str, items: list, labels: np.ndarray, seed: int
             except Exception:  # unreadable files were skipped when loading; keep rows aligned
                 return np.zeros(256, dtype=np.float32)
 
-        items = np.stack([pixels(p) for p in items])
+        x = np.stack([pixels(p) for p in items])
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.5))
     # One BLAS thread: on solves this small, threads cost more than they share (800 images x 256 pixels, 3 folds,
     # on this 2-core CPU: 5.2 s with two threads, 0.28 s with one; the same accuracy).
     with threadpool_limits(1):
-        return float(cross_val_score(model, list(items) if modality == "text" else items, labels, cv=folds).mean())
+        return float(cross_val_score(model, x, labels, cv=folds).mean())
 
 
 def subsample(n: int, labels: np.ndarray, seed: int, limit: int = MAX_MEASURE_ROWS) -> np.ndarray:
