@@ -17,20 +17,28 @@ import numpy as np
 import torch
 
 
-def logme(features: np.ndarray, labels: np.ndarray, iterations: int = 11) -> float:
-    """LogME of integer class labels given features (N, D), by the paper's fixed-point evidence maximisation."""
+def logme(features: np.ndarray, labels: np.ndarray, iterations: int = 11, gram: bool | None = None) -> float:
+    """LogME of integer class labels given features (N, D), by the paper's fixed-point evidence maximisation.
+    `gram`: take the spectrum from the N x N Gram matrix instead of the D x D covariance; by default when N < D,
+    where it is the same nonzero spectrum, cheaper (80 x 1,280 features: 0.2 s -> a few ms)."""
     f = np.asarray(features, dtype=np.float64)
     n, d = f.shape
-    s, v = np.linalg.eigh(f.T @ f)  # eigenvalues of F^T F (D of them, >= 0 up to rounding)
+    if n < d if gram is None else gram:
+        s, u = np.linalg.eigh(f @ f.T)  # F F^T = U S U^T; the weights live in F^T's column space
+        to_weights, basis_of = f.T @ u, u.T  # weights = F^T U c; y's coordinates are U^T y
+    else:
+        s, v = np.linalg.eigh(f.T @ f)  # F^T F = V S V^T
+        to_weights, basis_of = v, v.T @ f.T  # weights = V c; y's coordinates are V^T F^T y
     s = np.clip(s, 0, None)
+    unseen = d - len(s)  # directions F never spans (eigenvalue 0): each adds log(alpha) to the log-determinant
     evidences = []
     for k in np.unique(labels):
         y = (labels == k).astype(np.float64)
-        proj = v.T @ (f.T @ y)  # F^T y in the eigenbasis
+        proj = basis_of @ y
         alpha, beta = 1.0, 1.0
         for _ in range(iterations):
             gamma = float((beta * s / (alpha + beta * s)).sum())
-            m = v @ (proj * beta / (alpha + beta * s))  # posterior mean of the weights
+            m = to_weights @ (proj * beta / (alpha + beta * s))  # posterior mean of the weights
             alpha_de = float(m @ m)
             beta_de = float(((y - f @ m) ** 2).sum())
             new_alpha = gamma / (alpha_de + 1e-5)
@@ -39,7 +47,8 @@ def logme(features: np.ndarray, labels: np.ndarray, iterations: int = 11) -> flo
             alpha, beta = new_alpha, new_beta
             if converged:
                 break
-        evidence = (d / 2 * np.log(alpha) + n / 2 * np.log(beta) - 0.5 * np.log(alpha + beta * s).sum()
+        log_det = np.log(alpha + beta * s).sum() + unseen * np.log(alpha)
+        evidence = (d / 2 * np.log(alpha) + n / 2 * np.log(beta) - 0.5 * log_det
                     - beta / 2 * beta_de - alpha / 2 * alpha_de - n / 2 * np.log(2 * np.pi))
         evidences.append(evidence / n)
     return float(np.mean(evidences))
@@ -63,11 +72,15 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, folds: int = 3, see
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     folds = max(2, min(folds, int(np.bincount(labels).min())))
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.5))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return float(cross_val_score(model, features, labels, cv=cv).mean())
+    # One BLAS thread, as advisor.raw_input_accuracy: 1,000 x 1,280 Lite0 features on this 2-core CPU took
+    # 1.8-2.2 s with two threads, 0.63 s with one, the same accuracy.
+    with threadpool_limits(1):
+        return float(cross_val_score(model, features, labels, cv=cv).mean())
 
 
 def transferability(features: np.ndarray, labels: np.ndarray, source_head: torch.nn.Module | None = None,

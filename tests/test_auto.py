@@ -52,6 +52,16 @@ def test_scores_prefer_informative_features():
     assert leep(informative, y) > leep(np.full((300, 5), 0.2), y) == pytest.approx(np.log(1 / 3), abs=0.05)
 
 
+@pytest.mark.parametrize("rows", [40, 300])  # fewer rows than features, and more
+def test_logme_is_the_same_from_the_gram_matrix_as_from_the_covariance(rows):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, rows)
+    features = np.eye(3)[y] @ rng.normal(0, 1, (3, 120)) + rng.normal(0, 1, (rows, 120))
+    from_gram, from_covariance = logme(features, y, gram=True), logme(features, y, gram=False)
+    assert from_gram == pytest.approx(from_covariance, rel=1e-9, abs=1e-9)
+    assert logme(features, y) == (from_gram if rows < 120 else from_covariance)  # the default: the smaller one
+
+
 def test_auto_explains_itself_and_the_bundle_keeps_it(colour_folder, tmp_path, capsys):
     clf = hs.ImageClassifier(backbone=TINY, pretrained=False, image_size=TINY_SIZE, epochs=1, head_epochs=10,
                              batch_size=8, verbose=True).fit(colour_folder)

@@ -65,8 +65,12 @@ def bundle_round_trip(config: dict, tensors: dict) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize("name", sorted(CLASSICAL_HEADS))
 def test_head_beats_chance_and_reloads_identically(name, colour_features):
+    from threadpoolctl import threadpool_info
+
     X, y, X_test, y_test = colour_features
+    threads = [pool["num_threads"] for pool in threadpool_info()]
     est = fit_classical(name, X, y, seed=0)
+    assert [pool["num_threads"] for pool in threadpool_info()] == threads  # the logistic fit's limit is undone
     accuracy = float((est.predict(X_test) == y_test).mean())
     assert accuracy > 0.6, f"{name}: {accuracy:.2f} on 3 colour classes (chance 0.33)"
     config, tensors = to_tensors(name, X, y, seed=0, fitted=est)

@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 
 import headstart as hs
 from headstart.heads import HeadConfig, build_head
-from headstart.probe import C_GRID, _solve, fit_probe, is_probe_head
+from headstart.probe import C_GRID, _solve, _solve_folds, fit_probe, is_probe_head
 
 
 def _blobs(n: int, d: int, classes: int, noise: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,6 +26,20 @@ def test_solver_matches_scikit_learn_at_the_same_c(c_value):
     ours = torch.softmax(x.double() @ weight.T + bias, -1).numpy()
     theirs = LogisticRegression(C=c_value, max_iter=5000, tol=1e-10).fit(x.numpy(), y.numpy()).predict_proba(x.numpy())
     assert np.abs(ours - theirs).max() < 2e-3
+
+
+def test_folds_solved_together_match_each_fold_solved_alone():
+    x, y = _blobs(90, 20, 3, noise=2.0)
+    x = x.double()
+    masks = torch.zeros(3, 90, dtype=torch.bool)
+    for f in range(3):  # overlapping, unequal fits: each fold must see only its own rows, at its own mean
+        masks[f, f * 20:f * 20 + 50 + 10 * f] = True
+    weights, biases = _solve_folds(x, y, masks, 3, 0.3)
+    together = [torch.softmax(x @ weights[f].T + biases[f], -1) for f in range(3)]
+    for f in range(3):
+        alone_w, alone_b = _solve(x[masks[f]], y[masks[f]], 3, 0.3)
+        assert (together[f] - torch.softmax(x @ alone_w.T + alone_b, -1)).abs().max() < 1e-3
+    assert (together[0] - together[2]).abs().max() > 0.05  # different rows, different solutions
 
 
 def test_cross_validation_regularises_noisy_wide_data_more_than_clean_data():
