@@ -16,7 +16,10 @@ BASE = dict(n_classes=10, logme_score=0.1, seconds_per_item=0.01, epochs=3, time
 @pytest.mark.parametrize("per_class, probe, baseline, time_limit, expected", [
     (4, 0.9, 0.3, None, "features"),          # tiny: fine-tuning would memorise
     (8, 0.35, 0.2, None, "features"),         # 10 per class less the hold-out: validation cannot judge a fine-tune
-    (30, 0.85, 0.3, None, "two-stage"),       # small and similar, fine-tuning cheap (9 s)
+    (30, 0.85, 0.3, None, "features"),        # small and similar: a fine-tune gained nothing there
+    (80, 0.8, 0.3, None, "features"),         # similar, under HEAD_ONLY_PER_CLASS
+    (80, 0.5, 0.3, None, "two-stage"),        # unlike the source (gain 0.44): fine-tuning may adapt the features
+    (80, 0.8, 0.79, None, "two-stage"),       # negative transfer, too little data to retrain: size rules
     (30, 0.35, 0.2, None, "two-stage"),       # small and unlike the source
     (200, 0.8, 0.3, None, "two-stage"),       # medium
     (200, 0.8, 0.3, 10, "features"),          # medium, but fine-tuning does not fit the time limit
@@ -36,9 +39,11 @@ def test_rules(per_class, probe, baseline, time_limit, expected):
         assert any("negative transfer" in r for r in advice.reasons)
 
 
-def test_small_similar_data_trains_the_head_only_when_fine_tuning_is_costly():
-    advice = decide(**{**BASE, "seconds_per_item": 0.1}, per_class=40, n_train=400, probe=0.85, baseline=0.3)
-    assert advice.strategy == "features" and advice.measurements["finetune_seconds_estimate"] == 360
+def test_the_fine_tuning_estimate_is_reported_and_said():
+    # 3 epochs x 400 examples x 0.1 s a forward pass x 3 (forward + backward)
+    advice = decide(**{**BASE, "seconds_per_item": 0.1}, per_class=300, n_train=400, probe=0.85, baseline=0.3)
+    assert advice.measurements["finetune_seconds_estimate"] == 360
+    assert "fine-tuning 3 epoch(s) would take about 360 s here" in advice.reasons
 
 
 def test_scores_prefer_informative_features():
