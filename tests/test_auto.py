@@ -19,7 +19,7 @@ BASE = dict(n_classes=10, logme_score=0.1, seconds_per_item=0.01, epochs=3, time
     (30, 0.85, 0.3, None, "features"),        # small and similar: a fine-tune gained nothing there
     (80, 0.8, 0.3, None, "features"),         # similar, under HEAD_ONLY_PER_CLASS
     (80, 0.5, 0.3, None, "two-stage"),        # unlike the source (gain 0.44): fine-tuning may adapt the features
-    (80, 0.8, 0.79, None, "two-stage"),       # negative transfer, too little data to retrain: size rules
+    (80, 0.8, 0.79, None, "features"),        # raw inputs as good, but the features fit well: head only
     (30, 0.35, 0.2, None, "two-stage"),       # small and unlike the source
     (200, 0.8, 0.3, None, "two-stage"),       # medium
     (200, 0.8, 0.3, 10, "features"),          # medium, but fine-tuning does not fit the time limit
