@@ -88,27 +88,23 @@ def _solve_folds(x: torch.Tensor, y: torch.Tensor, fit_masks: torch.Tensor, n_cl
     return weight.detach(), bias.detach()
 
 
-def _folds(y: torch.Tensor, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified (fit rows, held-out rows) pairs: 3 folds, fewer when the smallest class has fewer rows."""
+def _folds(y: torch.Tensor, seed: int) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Stratified folds (3, fewer when the smallest class has fewer rows): their fit-row masks [folds, rows] and
+    their held-out row indices (a fold fits on every row it does not hold out)."""
     from sklearn.model_selection import StratifiedKFold
 
     folds = StratifiedKFold(max(2, min(3, _smallest_class(y))), shuffle=True, random_state=seed)
-    return list(folds.split(np.zeros(len(y)), y.numpy()))
-
-
-def _fold_masks(y: torch.Tensor, seed: int) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """The folds' fit-row masks [folds, rows] and their held-out row indices."""
-    split = _folds(y, seed)
-    masks = torch.zeros(len(split), len(y), dtype=torch.bool)
-    for f, (fit_rows, _) in enumerate(split):
-        masks[f, torch.as_tensor(fit_rows)] = True
-    return masks, [held for _, held in split]
+    held = [rows for _, rows in folds.split(np.zeros(len(y)), y.numpy())]
+    masks = torch.ones(len(held), len(y), dtype=torch.bool)
+    for f, rows in enumerate(held):
+        masks[f, torch.as_tensor(rows)] = False
+    return masks, held
 
 
 def _cv_search(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int) -> tuple[float, float]:
     """(best C, its mean cross-validated log loss) over C_GRID; the folds walk the grid from strong to weak
     together, each solve starting from the previous C's solution."""
-    masks, held = _fold_masks(y, seed)
+    masks, held = _folds(y, seed)
     losses = np.zeros((len(held), len(C_GRID)))
     solved = None
     for j, c_value in enumerate(C_GRID):
@@ -219,7 +215,7 @@ def cross_validated_proba(features: torch.Tensor, targets: torch.Tensor, n_class
         return np.zeros((0, n_classes)), np.zeros(len(y), dtype=bool)
     x = _scale(Standardize(features.shape[1]), features, chosen["scaling"])
     proba = np.zeros((len(y), n_classes))
-    masks, held = _fold_masks(y, seed)
+    masks, held = _folds(y, seed)
     weight, bias = _solve_folds(x, y, masks, n_classes, chosen["C"])
     for f, rows in enumerate(held):
         proba[rows] = torch.softmax(x[rows] @ weight[f].T + bias[f], -1).numpy()
