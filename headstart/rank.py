@@ -23,18 +23,18 @@ def logme(features: np.ndarray, labels: np.ndarray, iterations: int = 11, gram: 
     where it is the same nonzero spectrum, cheaper (80 x 1,280 features: 0.2 s -> a few ms)."""
     f = np.asarray(features, dtype=np.float64)
     n, d = f.shape
+    classes = np.unique(labels)
+    targets = (np.asarray(labels)[:, None] == classes[None, :]).astype(np.float64)  # one-vs-rest, [N, classes]
     if n < d if gram is None else gram:
         s, u = np.linalg.eigh(f @ f.T)  # F F^T = U S U^T; the weights live in F^T's column space
-        to_weights, basis_of = f.T @ u, u.T  # weights = F^T U c; y's coordinates are U^T y
+        to_weights, projections = f.T @ u, u.T @ targets  # weights = F^T U c; y's coordinates are U^T y
     else:
         s, v = np.linalg.eigh(f.T @ f)  # F^T F = V S V^T
-        to_weights, basis_of = v, v.T @ f.T  # weights = V c; y's coordinates are V^T F^T y
+        to_weights, projections = v, v.T @ (f.T @ targets)  # weights = V c; y's coordinates are V^T F^T y
     s = np.clip(s, 0, None)
     unseen = d - len(s)  # directions F never spans (eigenvalue 0): each adds log(alpha) to the log-determinant
     evidences = []
-    for k in np.unique(labels):
-        y = (labels == k).astype(np.float64)
-        proj = basis_of @ y
+    for y, proj in zip(targets.T, projections.T):
         alpha, beta = 1.0, 1.0
         for _ in range(iterations):
             gamma = float((beta * s / (alpha + beta * s)).sum())
