@@ -74,7 +74,7 @@ class Full:
     """Every layer trains. `backbone_lr_scale=1` is training from scratch's setting."""
 
     backbone_lr_scale: float = 0.1
-    finetune_batch_size: int | None = None
+    finetune_batch_size: int | None = None  # `auto`: 8 for texts, at rate 0.05 (advisor.TEXT_FINETUNE says why)
     name: str = "full"
 
     def plan(self, groups: list[str], epochs: int, lr: float, head_epochs: int) -> list[Stage]:
@@ -92,7 +92,7 @@ class TwoStage:
 
     backbone_lr_scale: float = 0.1
     spread: float = 10.0
-    finetune_batch_size: int | None = None  # `auto` sets 16 for texts (advisor.TEXT_FINETUNE_BATCH says why)
+    finetune_batch_size: int | None = None  # the fine-tune's batches, when they should be smaller than the estimator's
     name: str = "two-stage"
 
     def plan(self, groups: list[str], epochs: int, lr: float, head_epochs: int) -> list[Stage]:

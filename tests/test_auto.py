@@ -103,15 +103,19 @@ def test_rank_puts_imagenet_weights_above_random_ones(fashion):
     assert "leep" in results[0] and results[0]["seconds"] >= 0
 
 
-def test_texts_fine_tune_in_smaller_batches_and_say_so():
-    from headstart.advisor import TEXT_FINETUNE_BATCH, Advice, with_text_batches
+def test_texts_fine_tune_at_the_trainer_recipe_and_say_so():
+    from headstart.advisor import TEXT_FINETUNE, Advice, with_text_finetune
 
-    tuned = with_text_batches(Advice("two-stage", reasons=["medium data"]))
-    assert tuned.options == {"finetune_batch_size": TEXT_FINETUNE_BATCH}
-    assert f"batches of {TEXT_FINETUNE_BATCH}" in tuned.reasons[-1]
-    assert get_strategy(tuned.strategy, **tuned.options).finetune_batch_size == TEXT_FINETUNE_BATCH
-    head_only = with_text_batches(Advice("features", reasons=["few"]))
-    assert head_only.options == {} and head_only.reasons == ["few"]
+    for planned in ("two-stage", "full"):
+        tuned = with_text_finetune(Advice(planned, reasons=["medium data"]))
+        assert tuned.strategy == "full" and tuned.options == TEXT_FINETUNE
+        assert tuned.reasons[0] == "medium data" and tuned.reasons[-1].startswith("-> full (texts)")
+        assert f"batches of {TEXT_FINETUNE['finetune_batch_size']}" in tuned.reasons[-1]
+        (stage,) = get_strategy(tuned.strategy, **tuned.options).plan(["embeddings", "layer.0", "layer.1"], 3, 1e-3, 50)
+        assert stage.batch_size == 8 and set(stage.lrs.values()) == {1e-3, 5e-5}  # a fresh head, one encoder rate
+        assert stage.lrs["layer.0"] == stage.lrs["embeddings"] == 5e-5
+    head_only = with_text_finetune(Advice("features", reasons=["few"]))
+    assert head_only.strategy == "features" and head_only.options == {} and head_only.reasons == ["few"]
 
 
 def test_negative_transfer_on_texts_is_said_but_never_retrains_layers_from_scratch():
