@@ -282,9 +282,11 @@ def with_text_finetune(advice: Advice) -> Advice:
     """Texts that would fine-tune the encoder (`two-stage`, `full`) do so at the Trainer's recipe (TEXT_FINETUNE)."""
     if advice.strategy not in ("two-stage", "full"):
         return advice
+    planned, rate = advice.strategy, TEXT_FINETUNE["backbone_lr_scale"]
     advice.strategy, advice.options = "full", {**advice.options, **TEXT_FINETUNE}
-    rate = TEXT_FINETUNE["backbone_lr_scale"]
-    advice.reasons.append(f"-> full (texts): every encoder layer at one rate (lr x {rate:g}) under a fresh head, in "
-                          f"batches of {TEXT_FINETUNE['finetune_batch_size']}, the Hugging Face Trainer's recipe; on "
-                          "tweets it beat a probe-first fine-tune with discriminative rates, whose top layers overfit")
+    instead = "" if planned == "full" else f", in place of {planned}"
+    advice.reasons.append(f"-> full (texts{instead}): every encoder layer at one rate (lr x {rate:g}) under a fresh "
+                          f"head, in batches of {TEXT_FINETUNE['finetune_batch_size']}, the Hugging Face Trainer's "
+                          "recipe; on tweets it beat a probe-first fine-tune with discriminative rates, whose top "
+                          "layers overfit")
     return advice

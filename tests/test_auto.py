@@ -109,7 +109,8 @@ def test_texts_fine_tune_at_the_trainer_recipe_and_say_so():
     for planned in ("two-stage", "full"):
         tuned = with_text_finetune(Advice(planned, reasons=["medium data"]))
         assert tuned.strategy == "full" and tuned.options == TEXT_FINETUNE
-        assert tuned.reasons[0] == "medium data" and tuned.reasons[-1].startswith("-> full (texts)")
+        assert tuned.reasons[0] == "medium data" and tuned.reasons[-1].startswith("-> full (texts")
+        assert ("in place of two-stage" in tuned.reasons[-1]) == (planned == "two-stage")
         assert f"batches of {TEXT_FINETUNE['finetune_batch_size']}" in tuned.reasons[-1]
         (stage,) = get_strategy(tuned.strategy, **tuned.options).plan(["embeddings", "layer.0", "layer.1"], 3, 1e-3, 50)
         assert stage.batch_size == 8 and set(stage.lrs.values()) == {1e-3, 5e-5}  # a fresh head, one encoder rate
