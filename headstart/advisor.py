@@ -107,35 +107,27 @@ class Advice:
 
 
 def raw_input_accuracy(modality: str, items: list, labels: np.ndarray, seed: int = 0) -> float:
-    """A from-scratch reference: logistic regression on raw inputs (tiny grey images, or TF-IDF of texts)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
+    """A from-scratch reference: logistic regression on raw inputs (tiny grey images, or TF-IDF of texts), scored
+    as the frozen features' probe is (rank.cv_accuracy)."""
+    from .rank import cv_accuracy, probe_accuracy
 
-    folds = StratifiedKFold(max(2, min(3, int(np.bincount(labels).min()))), shuffle=True, random_state=seed)
     if modality == "text":
         from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
 
-        x, model = list(items), make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=1),
-                                              LogisticRegression(max_iter=300))
-    else:
-        from PIL import Image
+        model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=1), LogisticRegression(max_iter=300))
+        return cv_accuracy(model, list(items), labels, seed=seed)
+    from PIL import Image
 
-        def pixels(path: str) -> np.ndarray:
-            try:
-                with Image.open(path) as img:
-                    return np.asarray(img.convert("L").resize((16, 16)), dtype=np.float32).ravel() / 255
-            except Exception:  # unreadable files were skipped when loading; keep rows aligned
-                return np.zeros(256, dtype=np.float32)
+    def pixels(path: str) -> np.ndarray:
+        try:
+            with Image.open(path) as img:
+                return np.asarray(img.convert("L").resize((16, 16)), dtype=np.float32).ravel() / 255
+        except Exception:  # unreadable files were skipped when loading; keep rows aligned
+            return np.zeros(256, dtype=np.float32)
 
-        x = np.stack([pixels(p) for p in items])
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.5))
-    # One BLAS thread: on solves this small, threads cost more than they share (800 images x 256 pixels, 3 folds,
-    # on this 2-core CPU: 5.2 s with two threads, 0.28 s with one; the same accuracy).
-    with threadpool_limits(1):
-        return float(cross_val_score(model, x, labels, cv=folds).mean())
+    return probe_accuracy(np.stack([pixels(p) for p in items]), labels, seed=seed)  # the same model, on pixels
 
 
 def subsample(n: int, labels: np.ndarray, seed: int, limit: int = MAX_MEASURE_ROWS) -> np.ndarray:
