@@ -28,6 +28,13 @@ def tune_allocator() -> bool:
     return ok and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 40) == 1
 
 
+def adamw(params, **kwargs) -> torch.optim.AdamW:
+    """AdamW on PyTorch's fused kernel: each step updates a tensor in one pass, where the default for CPU tensors
+    loops over a dozen element-wise ops per tensor. Measured on this CPU for MiniLM-L6's 22.7M weights: 44 -> 14 ms
+    a step, about an eighth of a batch of 8 tweets' training step; the Hugging Face Trainer uses it by default."""
+    return torch.optim.AdamW(params, fused=True, **kwargs)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch, and return a generator for data shuffling."""
     random.seed(seed)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from ._runtime import adamw
 from .data.labeled import LabeledData
 from .errors import DataError, HeadstartError
 from .heads import Standardize, loss_for
@@ -142,7 +143,7 @@ def dann_train(model: nn.Module, source: LabeledData, target_items: Sequence, *,
     for g in groups:
         for p in g["params"]:
             p.requires_grad_(True)
-    opt = torch.optim.AdamW(groups, weight_decay=1e-4)
+    opt = adamw(groups, weight_decay=1e-4)
     label_loss, domain_loss = loss_for("classification"), nn.BCEWithLogitsLoss()
     steps, step, history = epochs * len(src), 0, []
     target_batches = iter(tgt)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._runtime import seed_everything
+from ._runtime import adamw, seed_everything
 from .backbones import BackboneSpec, create_backbone, resolve_backbone
 from .bundle import write_bundle
 from .data.labeled import LabeledData, stratified_split
@@ -147,7 +147,7 @@ class MultiTaskModel:
         return total
 
     def _train(self, x: torch.Tensor, y: dict[str, torch.Tensor], rows: torch.Tensor, gen: torch.Generator) -> None:
-        opt = torch.optim.AdamW(self.heads_.parameters(), lr=self.lr, weight_decay=1e-4)
+        opt = adamw(self.heads_.parameters(), lr=self.lr, weight_decay=1e-4)
         steps = self.epochs * -(-len(rows) // self.batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=max(steps, 1))
         with make_progress(self.verbose) as bar:

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
-from ._runtime import seed_everything
+from ._runtime import adamw, seed_everything
 from .backbones import Backbone, create_backbone, resolve_backbone
 from .bundle import CONFIG, FORMAT, FORMAT_VERSION, WEIGHTS
 from .cache import write_atomic
@@ -104,7 +104,7 @@ def pretrain_images(backbone: Backbone, paths: list[str], settings: PretrainSett
                         generator=torch.Generator().manual_seed(settings.seed),
                         persistent_workers=settings.num_workers > 0)
     params = [*backbone.parameters(), *projector.parameters()]
-    opt = torch.optim.AdamW(params, lr=settings.lr or 1e-3, weight_decay=1e-4)
+    opt = adamw(params, lr=settings.lr or 1e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.epochs * len(loader)))
     losses = []
     with make_progress(verbose) as bar:
@@ -145,7 +145,7 @@ def pretrain_texts(backbone: Backbone, texts: list[str], settings: PretrainSetti
                         generator=torch.Generator().manual_seed(settings.seed))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mlm.to(device).train()
-    opt = torch.optim.AdamW(mlm.parameters(), lr=settings.lr or 5e-5, weight_decay=0.01)
+    opt = adamw(mlm.parameters(), lr=settings.lr or 5e-5, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.epochs * len(loader)))
     losses = []
     with make_progress(verbose) as bar:

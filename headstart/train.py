@@ -20,6 +20,7 @@ from accelerate.state import AcceleratorState, is_initialized
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ._runtime import adamw
 from .adapters import lora_parameters
 from .checkpoint import Checkpointer, TrainState, rng_states, set_rng_states
 from .distributed import loader_config
@@ -194,7 +195,7 @@ def run_stage(
     accel = make_accelerator(cfg.mixed_precision, dataloader_config=loader_config(train_loader))
     reinitialise(model, stage)
     groups = param_groups(model, stage)
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    opt = adamw(groups, weight_decay=cfg.weight_decay)
     steps = max(1, stage.epochs * max(1, len(train_loader)))
     if steps >= 4:
         # one-cycle needs at least one whole step of warm-up: very short stages get a longer warm-up share
