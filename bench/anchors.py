@@ -306,7 +306,9 @@ def verdict(runs: dict) -> dict:
         return {"pass": False}
     ratios = {k: ours["seconds"] / v["seconds"] for k, v in anchors.items()}
     best = max(anchors, key=lambda k: anchors[k]["accuracy"])
-    gap = 100 * (ours["accuracy"] - anchors[best]["accuracy"])
+    # accuracies are counts over the same test sets, so a gap of exactly half a point (9 of 1,800 tweets) must not
+    # fail on the last bit of a float (-0.5000000000000004)
+    gap = round(100 * (ours["accuracy"] - anchors[best]["accuracy"]), 9)
     ok_acc, ok_time = gap >= -100 * ACC_MARGIN, ratios[best] <= TIME_TARGET
     return {"time_ratio": ratios, "best_anchor": best, "gap_points": gap, "pass_accuracy": ok_acc,
             "pass_time": ok_time, "pass": ok_acc and ok_time}

@@ -154,10 +154,10 @@ class FewShot:
 @dataclass(frozen=True)
 class SetFit:
     """Texts: tune the sentence encoder on pairs of the labeled texts (SetFit, Tunstall et al. 2022), then solve a
-    logistic-regression head on the tuned embeddings; every label is used for both. `iterations`: passes over the
-    pairs (each text once with a same-class partner and once with another class's). fewshot.py carries it out."""
+    logistic-regression head on the tuned embeddings; every label is used for both. `epochs`: passes over the texts,
+    each batch's every pair scored. fewshot.py carries it out (and says why 4)."""
 
-    iterations: int = 1
+    epochs: int = 4
     name: str = "setfit"
 
     def plan(self, groups: list[str], epochs: int, lr: float, head_epochs: int) -> list[Stage]:

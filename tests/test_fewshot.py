@@ -11,7 +11,7 @@ import torch
 from conftest import COLOURS, TINY, TINY_SIZE, make_class_images
 
 import headstart as hs
-from headstart.fewshot import PrototypeHead, contrastive_pairs, leave_one_out_scores
+from headstart.fewshot import PrototypeHead, leave_one_out_scores, pair_loss
 
 
 def test_prototypes_are_centred_normalised_class_means():
@@ -41,11 +41,18 @@ def test_leave_one_out_leaves_the_row_out():
     assert proba[0].argmax() == 1 and proba[1].argmax() == 0 and proba[3].argmax() == 1
 
 
-def test_setfit_pairs_follow_the_labels():
-    labels = np.array([0, 0, 1, 1, 2])
-    pairs = contrastive_pairs(labels, iterations=3, rng=np.random.default_rng(0))
-    assert all((labels[i] == labels[j]) == bool(same) and i != j for i, j, same in pairs)
-    assert sum(same for *_, same in pairs) == 3 * 4  # a positive for every example that has a classmate
+def test_setfit_loss_scores_every_pair_of_the_batch_against_the_labels():
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    classes_apart = torch.eye(3)[labels] * 2.0  # classmates identical, other classes orthogonal: nothing to learn
+    assert pair_loss(classes_apart, labels).item() == pytest.approx(0.0, abs=1e-7)
+    emb = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    cos = torch.nn.functional.cosine_similarity
+    expected = np.mean([(cos(emb[i], emb[j], dim=0).item() - float(labels[i] == labels[j])) ** 2
+                        for i in range(5) for j in range(i + 1, 5)])  # all 10 pairs, each once
+    loss = pair_loss(emb, labels)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert emb.grad.abs().sum() > 0
 
 
 def test_auto_picks_prototypes_for_a_few_shots_and_the_bundle_keeps_them(tmp_path, capsys):
@@ -123,7 +130,7 @@ def test_few_shot_rule_is_per_modality():
     assert few_shot_advice({"a": 8, "b": 12}, "text") is None  # texts: the SetFit path did not pay at 8 tweets
     assert few_shot_advice({"a": 5, "b": 12}, "text").strategy == "fewshot"
     setfit = few_shot_advice({"a": 64, "b": 70}, "text")  # texts in SetFit's measured range
-    assert setfit.strategy == "setfit" and setfit.options == {"iterations": 1}
+    assert setfit.strategy == "setfit" and setfit.options == {"epochs": 4}
     assert few_shot_advice({"a": 64, "b": 70}, "image") is None
     assert few_shot_advice({"a": 600, "b": 700}, "text") is None  # two-stage matched it there, for less time
     assert few_shot_advice({"a": 64, "b": 70}, "text", head="torch-mlp") is None
