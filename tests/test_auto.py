@@ -44,6 +44,9 @@ def test_the_fine_tuning_estimate_is_reported_and_said():
     advice = decide(**{**BASE, "seconds_per_item": 0.1}, per_class=300, n_train=400, probe=0.85, baseline=0.3)
     assert advice.measurements["finetune_seconds_estimate"] == 360
     assert "fine-tuning 3 epoch(s) would take about 360 s here" in advice.reasons
+    text = decide(**{**BASE, "seconds_per_item": 0.1}, per_class=300, n_train=400, probe=0.85, baseline=0.3,
+                  modality="text")  # a text's training step costs 4 forward passes (measured on tweets)
+    assert text.measurements["finetune_seconds_estimate"] == 480
 
 
 def test_scores_prefer_informative_features():
