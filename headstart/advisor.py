@@ -49,6 +49,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .strategies import SetFit
+
 SMALL_PER_CLASS, LARGE_PER_CLASS, TINY_PER_CLASS, TRUNCATE_PER_CLASS = 50, 1000, 10, 200
 # TINY_PER_CLASS: at 8 per class (Fashion-MNIST 10/class @64 px and tweets 8/class, six training subsets each, seeds
 # 0-5), `two-stage`'s fine-tune beat the probe on validation on 4 of the 12 and changed test accuracy by +3.0, -3.2,
@@ -215,8 +217,6 @@ def few_shot_advice(class_counts: dict[str, int], modality: str = "image", time_
     low, high = SETFIT_PER_CLASS
     if modality != "text" or head != "linear" or not low <= smallest < high:
         return None
-    from .strategies import SetFit
-
     passes = SetFit.epochs
     seconds = passes * sum(class_counts.values()) * SETFIT_SECONDS_PER_TEXT
     if time_limit is not None and seconds > time_limit:

@@ -124,10 +124,8 @@ def contrastive_tune(backbone: nn.Module, texts: Sequence[str], labels: np.ndarr
         task = bar.add_task("setfit", total=epochs * len(texts), info="")
         for epoch in range(1, epochs + 1):
             order, losses = rng.permutation(len(texts)), []
-            # a last batch of one text has no pair: it joins the batch before it
-            starts = [s for s in range(0, len(order), batch_size) if len(order) - s > 1 or s == 0]
-            for k, start in enumerate(starts):
-                rows = order[start:starts[k + 1] if k + 1 < len(starts) else len(order)]
+            # batches of at most batch_size, of near-equal sizes: never a last batch of one text, which has no pair
+            for rows in np.array_split(order, -(-len(order) // batch_size)):
                 enc = backbone.tokenizer([texts[r] for r in rows], padding=True, truncation=True,
                                          max_length=max_length, return_tensors="pt")
                 loss = pair_loss(backbone(_to(dict(enc), device)), labels[rows].to(device))
