@@ -34,7 +34,8 @@ Rules, in order (thresholds are in the code below, each with its reason printed)
 5. small (< 50 per class), features that fit less well: `two-stage` (it keeps the probe unless fine-tuning wins on
    validation; bench/auto_regret.py measured it ahead of head-only and top-layer fine-tuning on small subsets).
 6. medium (< 1000 per class): `two-stage` (probe, then fine-tune everything with discriminative rates), unless
-   the probe is near its ceiling (gain >= 0.9) and fine-tuning would cost over 5 minutes: then the head only.
+   the probe is near its ceiling (gain >= 0.9) and fine-tuning would cost over 5 minutes (under a time limit; without
+   one, over 5,400 example passes, so that the plan never depends on the machine's speed): then the head only.
 7. large: `full` fine-tuning when unlike the source (gain < 0.6), else `two-stage`.
 For texts, a plan that fine-tunes the encoder (`two-stage`, `full`) becomes `full` at the Hugging Face Trainer's
 recipe: one rate for every encoder layer, a fresh head, batches of 8 (TEXT_FINETUNE has the measurement).
@@ -94,7 +95,11 @@ SETFIT_SECONDS_PER_TEXT = 0.02  # one text, one pass (forward + backward, batche
 # subset 1. Batches of 8 cost about 12% more time (34 texts/s against 43 here).
 TEXT_FINETUNE = {"backbone_lr_scale": 0.05, "finetune_batch_size": 8}
 NEGATIVE_MARGIN = 0.02
+# "Fine-tuning would cost a lot" for rule 6. Under a time limit, in estimated seconds; without one, the plan must not
+# depend on how fast (or how loaded) this machine is, so in examples processed: 300 s of full fine-tuning of
+# EfficientNet-Lite0 at about 18 images/s on a 2-core CPU is 5,400 (epochs x training examples).
 EXPENSIVE_SECONDS = 300
+EXPENSIVE_EXAMPLE_PASSES = 5400
 # A training step's cost per example over a timed forward pass's, times every labeled example (the hold-out share
 # included). Texts, tweets512 on this CPU: forward 4.4 ms a tweet, the fine-tune 82 s (3 epochs of 1,229 tweets in
 # batches of 8, the fused optimizer): 4.0, where 3 said 49 s.
@@ -189,9 +194,13 @@ def decide(*, per_class: int, n_train: int, n_classes: int, probe: float, baseli
         return advice("two-stage", f"small data, features that fit less well (gain < {SIMILAR_GAIN}): probe first, "
                       "then fine-tune with discriminative rates")
     if per_class < LARGE_PER_CLASS:
-        if gain >= CEILING_GAIN and finetune_seconds > EXPENSIVE_SECONDS:
+        expensive = (finetune_seconds > EXPENSIVE_SECONDS if time_limit is not None
+                     else epochs * n_train > EXPENSIVE_EXAMPLE_PASSES)
+        if gain >= CEILING_GAIN and expensive:
+            cost = (f"over {EXPENSIVE_SECONDS} s" if time_limit is not None
+                    else f"over {EXPENSIVE_EXAMPLE_PASSES} example passes ({epochs} x {n_train})")
             return advice("features", f"the probe is near its ceiling (gain >= {CEILING_GAIN}) and fine-tuning "
-                          f"would cost over {EXPENSIVE_SECONDS} s")
+                          f"would cost {cost}")
         return advice("two-stage", "medium data: probe first, then fine-tune all layers with discriminative rates")
     if gain < SIMILAR_GAIN:
         return advice("full", f"large data unlike the source (gain < {SIMILAR_GAIN}): retrain the whole network")

@@ -37,7 +37,8 @@ def fit(
     input_col: str | None = typer.Option(None, help="table column with the image path or the text"),
     label_col: str = typer.Option("label", help="table column with the label"),
     strategy: str = typer.Option("auto", help="auto | features | finetune | full | two-stage | truncate | lora "
-                                 "| fewshot | setfit (auto measures your data and says why it chose)"),
+                                 "| fewshot | setfit | baseline (no transfer: raw pixels or TF-IDF); auto measures "
+                                 "your data, races the baseline on validation and says why"),
     time_limit: float | None = typer.Option(None, help="seconds auto may plan for fine-tuning"),
     epochs: int = typer.Option(3, help="epochs of stages that train backbone layers"),
     head_epochs: int = typer.Option(60, help="epochs of gradient-trained head stages (regression, multi-label, "

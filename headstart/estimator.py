@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ._runtime import seed_everything
-from .backbones import Backbone, create_backbone, resolve_backbone
+from .backbones import Backbone, create_backbone, resolve_backbone, scratch_spec
 from .bundle import write_bundle
 from .checkpoint import run_checkpointer
 from .classical import CLASSICAL_HEADS, fit_classical, predict_proba_full, to_tensors
@@ -191,12 +191,15 @@ class TransferEstimator:
             + (f", {len(self.classes_)} classes" if self.classes_ else "")
             + (f"; skipped {len(full.skipped)} unusable input(s), first {full.skipped[0][0]}: {full.skipped[0][1]}"
                if full.skipped else ""))
-        spec = resolve_backbone(self.backbone or self.default_backbone, self.modality)
-        if spec.modality != self.modality:
-            raise HeadstartError(f"backbone '{spec.name}' is for {spec.modality}s, but {type(self).__name__} "
-                                 f"works on {self.modality}s; see `headstart models`")
-        backbone = create_backbone(spec, pretrained=self.pretrained,
-                                   image_size=self.image_size if self.modality == "image" else None)
+        if self.strategy == "baseline":  # no transfer: raw inputs (backbones/scratch.py), fitted on training rows
+            backbone = create_backbone(scratch_spec(self.modality, train.items), pretrained=False)
+        else:
+            spec = resolve_backbone(self.backbone or self.default_backbone, self.modality)
+            if spec.modality != self.modality:
+                raise HeadstartError(f"backbone '{spec.name}' is for {spec.modality}s, but {type(self).__name__} "
+                                     f"works on {self.modality}s; see `headstart models`")
+            backbone = create_backbone(spec, pretrained=self.pretrained,
+                                       image_size=self.image_size if self.modality == "image" else None)
         classical = self.head in CLASSICAL_HEADS
         if classical:  # a scikit-learn model on frozen features: no torch head, no stages
             head, (strategy, self.advice_) = nn.Identity(), self._classical_fit(backbone, train)
@@ -209,7 +212,7 @@ class TransferEstimator:
                 strategy, self.advice_ = get_strategy(self.strategy, last_n=self.last_n), None
         model = TransferModel(backbone, head)
         stages = [] if classical else strategy.plan(backbone.group_names(), self.epochs, self.lr, self.head_epochs)
-        solved = self._task == "classification" and is_probe_head(head)  # head stages solved, not trained
+        solved = self._solved_head(head)
         say(self.verbose, f"backbone {backbone.spec.name} ({backbone.feature_dim} features, "
             f"{len(backbone.group_names())} layer groups); strategy {strategy.name}: "
             + describe_plan(stages, solved, self.batch_size))
@@ -229,16 +232,24 @@ class TransferEstimator:
         self.strategy_ = {"name": strategy.name, "stages": [s.to_dict() for s in stages]}
         self.data_summary_ = summarize(full, train, val, self.modality)
         val_scores = self._raw_scores(val.items)  # kept for the report's calibration plot and worst examples
+        if self.strategy == "auto" and not classical and unlabeled is None and len(val):
+            from .race import race_baseline  # never ship a model worse than the no-transfer one
+
+            val_scores = race_baseline(self, train, val, val_scores, time.perf_counter() - started, loop)
         self.metrics_ = {"validation": self._score(val, val_scores),
                          "fit_seconds": round(time.perf_counter() - started, 2)}
-        if valid is None and unlabeled is None and solved and not backbone_trained:
-            refit_final_probe(self, backbone, train, val)
+        if valid is None and unlabeled is None and self._solved_head(self.model_.head) and not self.backbone_trained_:
+            refit_final_probe(self, self.model_.backbone, train, val)
         self.memory_, self.continual_ = remember(self, train), None
         if self.out_dir and is_main_process():  # one writer when several processes train together
             self._write_outputs(val, val_scores)
         if ckpt is not None:
             ckpt.remove()  # the bundle now holds the result
         return self
+
+    def _solved_head(self, head: nn.Module) -> bool:
+        """Head stages of this head are solved (probe.py), not trained."""
+        return self._task == "classification" and is_probe_head(head)
 
     def _classical_fit(self, backbone: Backbone, train: LabeledData):
         """Fit the scikit-learn head on cached frozen features (see classical.py for how it is saved)."""
@@ -283,18 +294,21 @@ class TransferEstimator:
             scores[~ok] = np.nan
             return scores, ok
         if not self.backbone_trained_:
-            feats, ok = embed(self.model_.backbone, items, batch_size=self.batch_size,
-                                     num_workers=self.num_workers, use_cache=self.use_cache,
-                                     cache_dir=self.cache_dir, verbose=self.verbose)
-            # always on the inference device (a GPU, if any), so a fitted and a reloaded model agree exactly
-            device = _device()
-            head = self.model_.head.to(device).eval()
-            with torch.inference_mode():
-                logits = head(torch.as_tensor(feats, device=device)).cpu()
-        else:
-            out, ok = run_over(self.model_, items, self.batch_size, self.num_workers, self.verbose,
-                               description="predict")
-            logits = torch.as_tensor(out)
+            return self._head_scores(self.model_, items)
+        out, ok = run_over(self.model_, items, self.batch_size, self.num_workers, self.verbose, description="predict")
+        scores = outputs_to_scores(self._task, torch.as_tensor(out).float()).numpy().astype(np.float64)
+        scores[~ok] = np.nan
+        return scores, ok
+
+    def _head_scores(self, model: TransferModel, items: Sequence) -> tuple[np.ndarray, np.ndarray]:
+        """`_raw_scores` of a model whose backbone is still as built: its head on the (cached) features."""
+        feats, ok = embed(model.backbone, items, batch_size=self.batch_size, num_workers=self.num_workers,
+                          use_cache=self.use_cache, cache_dir=self.cache_dir, verbose=self.verbose)
+        # always on the inference device (a GPU, if any), so a fitted and a reloaded model agree exactly
+        device = _device()
+        head = model.head.to(device).eval()
+        with torch.inference_mode():
+            logits = head(torch.as_tensor(feats, device=device)).cpu()
         scores = outputs_to_scores(self._task, logits.float()).numpy().astype(np.float64)
         scores[~ok] = np.nan
         return scores, ok

@@ -89,7 +89,7 @@ def embed(
     Returns (features, ok): rows of unreadable inputs are zeros with ok=False.
     """
     items = list(items)
-    if not use_cache:
+    if not use_cache or not backbone.cache_features:
         return run_over(backbone, items, batch_size, num_workers, verbose)
     cache = feature_cache_for(backbone, cache_dir)
     digests = modality_of(backbone).digests(items)

@@ -164,11 +164,25 @@ class SetFit:
         return []
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """No transfer: the same solved linear head on the raw inputs (grey pixels, or TF-IDF fitted on the training
+    texts; backbones/scratch.py) instead of pretrained features. `auto` races its transferred model against it on
+    validation and ships this one when it wins (race.py)."""
+
+    name: str = "baseline"
+
+    def plan(self, groups: list[str], epochs: int, lr: float, head_epochs: int) -> list[Stage]:
+        return [Stage("head", head_epochs, {HEAD: lr})]
+
+
 STRATEGIES = {"features": Features, "finetune": Finetune, "full": Full, "two-stage": TwoStage, "truncate": Truncate,
-              "lora": Lora, "fewshot": FewShot, "setfit": SetFit}
+              "lora": Lora, "fewshot": FewShot, "setfit": SetFit,
+              "baseline": Baseline}
 
 
-def get_strategy(name: str, **options) -> Features | Finetune | Full | TwoStage | Truncate | Lora | FewShot | SetFit:
+def get_strategy(name: str, **options) -> (Features | Finetune | Full | TwoStage | Truncate | Lora | FewShot | SetFit
+                                          | Baseline):
     """A strategy by name; options not taken by it (e.g. last_n for full) are ignored."""
     if name not in STRATEGIES:
         raise HeadstartError(f"unknown strategy '{name}': choose one of {', '.join(STRATEGIES)}")

@@ -141,3 +141,26 @@ def test_raw_input_reference_learns_real_images_and_leaves_blas_threads_alone(fa
     accuracy = raw_input_accuracy("image", data.items, data.targets)
     assert 0.4 < accuracy < 1.0  # 16x16 grey pixels tell Fashion-MNIST's 10 classes apart well above chance (0.1)
     assert [pool["num_threads"] for pool in threadpool_info()] == before  # one thread only inside the solve
+
+
+@pytest.mark.parametrize("per_class", [4, 30, 80, 200, 600, 2000])
+@pytest.mark.parametrize("probe", [0.3, 0.6, 0.95])
+def test_without_a_time_limit_the_rules_ignore_the_machines_speed(per_class, probe):
+    fast, slow = (decide(**{**BASE, "seconds_per_item": s}, per_class=per_class, n_train=per_class * 10,
+                         probe=probe, baseline=0.4) for s in (0.001, 10.0))
+    assert (fast.strategy, fast.options) == (slow.strategy, slow.options)
+
+
+def test_a_seeded_plan_is_the_same_on_a_machine_ten_times_slower(colour_folder, monkeypatch):
+    import time
+
+    def plan() -> tuple:
+        clf = hs.ImageClassifier(backbone=TINY, pretrained=False, image_size=TINY_SIZE, epochs=1, head_epochs=5,
+                                 batch_size=8, verbose=False, seed=0).fit(colour_folder)
+        return clf.advice_.strategy, clf.advice_.options, clf.strategy_
+
+    normal = plan()
+    real = time.perf_counter
+    start = real()
+    monkeypatch.setattr(time, "perf_counter", lambda: start + 10 * (real() - start))  # every timing reads 10x
+    assert plan() == normal

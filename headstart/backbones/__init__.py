@@ -11,10 +11,11 @@ import os
 
 from ..errors import BackboneUnavailable
 from .base import Backbone, BackboneSpec, ImagePreprocess, TextPreprocess
+from .scratch import build_scratch, scratch_spec
 from .text import build_text, hf_text_spec
 from .vision import BUILDERS, LITE0_PREPROCESS, hf_image_preprocess, timm_preprocess
 
-BUILDERS = {**BUILDERS, "packaged-text": build_text, "hf-text": build_text}
+BUILDERS = {**BUILDERS, "packaged-text": build_text, "hf-text": build_text, "scratch": build_scratch}
 
 __all__ = [
     "Backbone",
@@ -25,6 +26,7 @@ __all__ = [
     "list_backbones",
     "register_backbone",
     "resolve_backbone",
+    "scratch_spec",
 ]
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -99,6 +101,8 @@ def available_offline(spec: BackboneSpec) -> bool:
         return importlib.util.find_spec(spec.options.get("package", "")) is not None
     if spec.source == "local":
         return os.path.exists(spec.arch)
+    if spec.source == "scratch":
+        return True
     try:
         from huggingface_hub import try_to_load_from_cache
 

