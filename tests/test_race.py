@@ -103,6 +103,7 @@ def test_auto_ships_the_baseline_on_permuted_fashion_mnist_and_says_why(tmp_path
     said = "".join(capfd.readouterr())  # rich may hold the stream of an earlier capture: read the descriptors
     assert clf.strategy_["name"] == "baseline" and clf.spec_.name == "pixels"
     assert "transfer does not pay on this data" in said and "no transfer (28x28 grey pixels)" in said
+    assert "cross-validation on training + validation rows" in said  # 200 rows, not the 40 held out
     candidates = clf.advice_.measurements["candidates"]
     assert [c["shipped"] for c in candidates] == [False, True]
     assert candidates[1]["validation"] > candidates[0]["validation"]
