@@ -94,7 +94,7 @@ def _check_config(path: str, raw: bytes) -> dict:
 
 # The types the restoring code relies on: a bundle edited by hand, or crafted, fails here with a message.
 _SCHEMA = {"modality": str, "task": str, "backbone": dict, "head": dict, "labels": list, "backbone_trained": bool,
-           "params": dict, "target_scaling": (dict, type(None))}
+           "params": dict, "target_scaling": (dict, type(None)), "thresholds": (list, type(None))}
 
 
 def _check_schema(path: str, config: dict) -> None:
@@ -109,6 +109,10 @@ def _check_schema(path: str, config: dict) -> None:
     if config["task"] in ("classification", "multilabel") and out_dim not in (None, len(labels)):
         raise BundleError(f"{path}: {len(labels)} labels but the head has {out_dim!r} outputs; the bundle is damaged "
                           "or was edited: re-save it")
+    thresholds = config.get("thresholds")
+    if thresholds is not None and (len(thresholds) != len(labels)
+                                   or not all(isinstance(t, (int, float)) for t in thresholds)):
+        raise BundleError(f"{path}: 'thresholds' in {CONFIG} needs one number per label; the bundle is damaged")
     scaling = config.get("target_scaling")
     if scaling is not None and not all(isinstance(scaling.get(k), (int, float)) for k in ("mean", "std")):
         raise BundleError(f"{path}: 'target_scaling' in {CONFIG} needs numbers mean and std; the bundle is damaged")

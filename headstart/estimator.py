@@ -33,6 +33,7 @@ from .metrics import task_metrics
 from .modalities import MODALITIES, Modality
 from .plan_runner import describe_plan, open_run_log, refit_final_probe, run_plan
 from .probe import is_probe_head
+from .probe_heads import set_decision_thresholds
 from .progress import say
 from .strategies import get_strategy
 from .train import LoopConfig
@@ -215,7 +216,7 @@ class TransferEstimator:
         solved = self._solved_head(head)
         say(self.verbose, f"backbone {backbone.spec.name} ({backbone.feature_dim} features, "
             f"{len(backbone.group_names())} layer groups); strategy {strategy.name}: "
-            + describe_plan(stages, solved, self.batch_size))
+            + describe_plan(stages, solved, self.batch_size, self._task))
         loop = LoopConfig(patience=self.patience, mixed_precision=self.mixed_precision,
                           freeze_bn_stats=self.pretrained, verbose=self.verbose)
         log = open_run_log(self.out_dir, is_main_process())
@@ -236,8 +237,10 @@ class TransferEstimator:
             from .race import race_baseline  # never ship a model worse than the no-transfer one
 
             val_scores = race_baseline(self, train, val, val_scores, time.perf_counter() - started, loop)
+        self.thresholds_ = None  # the validation metrics decide at 0.5: out-of-sample for the thresholds below
         self.metrics_ = {"validation": self._score(val, val_scores),
                          "fit_seconds": round(time.perf_counter() - started, 2)}
+        set_decision_thresholds(self, val, val_scores)  # multi-label: per-label thresholds where they help
         if valid is None and unlabeled is None and self._solved_head(self.model_.head) and not self.backbone_trained_:
             refit_final_probe(self, self.model_.backbone, train, val)
         self.memory_, self.continual_ = remember(self, train), None
@@ -248,8 +251,8 @@ class TransferEstimator:
         return self
 
     def _solved_head(self, head: nn.Module) -> bool:
-        """Head stages of this head are solved (probe.py), not trained."""
-        return self._task == "classification" and is_probe_head(head)
+        """Head stages of this head are solved (probe.py, probe_heads.py), not trained: a `linear` head, any task."""
+        return is_probe_head(head)
 
     def _classical_fit(self, backbone: Backbone, train: LabeledData):
         """Fit the scikit-learn head on cached frozen features (see classical.py for how it is saved)."""
@@ -328,7 +331,8 @@ class TransferEstimator:
         if self._task == "classification":
             return self.classes_[int(row.argmax())]
         if self._task == "multilabel":
-            return [c for c, p in zip(self.classes_, row) if p >= 0.5]
+            thresholds = getattr(self, "thresholds_", None) or [0.5] * len(self.classes_)
+            return [c for c, p, t in zip(self.classes_, row, thresholds) if p >= t]
         return float(row[0] * self.target_scaling_["std"] + self.target_scaling_["mean"])
 
     def _score(self, data: LabeledData, raw: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
@@ -337,7 +341,7 @@ class TransferEstimator:
         scores = scores[ok]
         if self._task == "regression":
             scores = scores * self.target_scaling_["std"] + self.target_scaling_["mean"]
-        result = task_metrics(self._task, targets, scores, self.classes_)
+        result = task_metrics(self._task, targets, scores, self.classes_, getattr(self, "thresholds_", None))
         result["unreadable"] = int((~ok).sum())
         return result
 
@@ -358,7 +362,7 @@ class TransferEstimator:
             "strategy": self.strategy_, "metrics": self.metrics_, "data": self.data_summary_,
             "advisor": self.advice_.to_dict() if getattr(self, "advice_", None) else None,
             "params": {k: v for k, v in self.get_params().items() if k not in ("out_dir", "cache_dir")},
-            "continual": getattr(self, "continual_", None),
+            "continual": getattr(self, "continual_", None), "thresholds": getattr(self, "thresholds_", None),
         }
 
     def save(self, path: str) -> str:

@@ -41,8 +41,10 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
     }
 
 
-def multilabel_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
-    y_pred = (proba >= 0.5).astype(int)
+def multilabel_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str],
+                       thresholds: list[float] | None = None) -> dict:
+    """Decisions at each label's threshold (the model's `thresholds_`, probe_heads.choose_thresholds), else 0.5."""
+    y_pred = (proba >= (0.5 if thresholds is None else np.asarray(thresholds))).astype(int)
     return {
         "n": int(len(y_true)),
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),  # exact-match ratio
@@ -60,9 +62,10 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     }
 
 
-def task_metrics(task: str, y_true: np.ndarray, scores: np.ndarray, classes: list[str]) -> dict:
+def task_metrics(task: str, y_true: np.ndarray, scores: np.ndarray, classes: list[str],
+                 thresholds: list[float] | None = None) -> dict:
     if task == "classification":
         return classification_metrics(y_true, scores, classes)
     if task == "multilabel":
-        return multilabel_metrics(y_true, scores, classes)
+        return multilabel_metrics(y_true, scores, classes, thresholds)
     return regression_metrics(y_true, scores.reshape(-1))

@@ -2,9 +2,9 @@
 
 Each stage reads the data it needs: cached features when only the head trains on a still-pretrained backbone (the
 backbone is never run twice on the same input), the inputs themselves when layer groups unfreeze. A head stage
-with a solved head (logistic regression, probe.py) is solved rather than trained. LoRA adapters live for their
-stage only and are merged back, so the result loads like any other model. What the walk returns, whether the
-backbone's weights changed, decides how prediction runs: on cached features, or through the whole model.
+with a solved head (logistic or ridge regression, probe_heads.py) is solved rather than trained. LoRA adapters
+live for their stage only and are merged back, so the result loads like any other model. What the walk returns,
+whether the backbone's weights changed, decides how prediction runs: on cached features, or through the whole model.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .checkpoint import Checkpointer
 from .data.labeled import LabeledData
 from .heads import TransferModel, loss_for
 from .inference import embed
-from .probe import probe_stage, refit_probe
+from .probe_heads import SOLVERS, refit_head, solved_stage
 from .progress import say
 from .strategies import Stage
 from .train import LoopConfig, run_stage
@@ -47,8 +47,8 @@ def run_plan(est, model: TransferModel, stages: list[Stage], train: LabeledData,
         stage_loop = dataclasses.replace(loop, keep_start=i > 0)
         if stage.backbone_frozen and not backbone_trained:
             loaders = feature_loaders(est, backbone, train, val, generator)
-            if solved:  # logistic regression, its L2 strength by cross-validation
-                records = probe_stage(head, stage.name, *loaders, len(est.classes_), est.seed, log)
+            if solved:  # logistic or ridge regression, its penalty by cross-validation
+                records = solved_stage(est._task, head, stage.name, *loaders, len(est.classes_), est.seed, log)
             else:
                 head[0].set_statistics(loaders[0].dataset.tensors[1])  # standardise on training features
                 records = run_stage(head, stage, *loaders, loss_for(est._task), est._task, stage_loop, log, ckpt, i)
@@ -66,11 +66,11 @@ def run_plan(est, model: TransferModel, stages: list[Stage], train: LabeledData,
     return backbone_trained
 
 
-def describe_plan(stages: list[Stage], solved: bool, batch_size: int) -> str:
+def describe_plan(stages: list[Stage], solved: bool, batch_size: int, task: str = "classification") -> str:
     """The plan in one line, e.g. `head (logistic regression) -> finetune x3 (batch 16)`."""
     def one(i: int, stage: Stage) -> str:
         if solved and stage.backbone_frozen and i == 0:
-            return f"{stage.name} (logistic regression)"
+            return f"{stage.name} ({SOLVERS[task]})"
         batch = f" (batch {stage.train_batch(batch_size)})" if stage.batch_size else ""
         return f"{stage.name} x{stage.epochs}{batch}"
 
@@ -113,9 +113,10 @@ def refit_final_probe(est, backbone: Backbone, train: LabeledData, val: LabeledD
     if chosen is None or not len(val):
         return
     parts = [loader.dataset.tensors[1:] for loader in feature_loaders(est, backbone, train, val, None)]
-    est.metrics_["refit"] = refit_probe(est.model_.head, parts, len(est.classes_), chosen)
+    est.metrics_["refit"] = refit_head(est._task, est.model_.head, parts, len(est.classes_), chosen)
+    penalty = f"alpha={chosen['alpha']:g}" if est._task == "regression" else f"C={chosen['C']}"
     say(est.verbose, f"head: refitted on all {est.metrics_['refit']['rows']} labeled rows (training + "
-        f"validation) at C={chosen['C']}; the validation metrics are those of the fit without the hold-out")
+        f"validation) at {penalty}; the validation metrics are those of the fit without the hold-out")
 
 
 def open_run_log(out_dir: str | None, main_process: bool) -> Callable[[dict], None] | None:

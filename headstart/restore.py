@@ -87,5 +87,6 @@ def restore_estimator(cls: type, config: dict, state: dict[str, torch.Tensor]):
         est.advice_ = Advice(**config["advisor"])
     if config.get("target_scaling"):
         est.target_scaling_ = config["target_scaling"]
+    est.thresholds_ = config.get("thresholds")  # multi-label decision thresholds; None: 0.5 for every label
     est.headstart_version_ = config.get("headstart_version", __version__)
     return est
