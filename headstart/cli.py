@@ -41,8 +41,8 @@ def fit(
                                  "your data, races the baseline on validation and says why"),
     time_limit: float | None = typer.Option(None, help="seconds auto may plan for fine-tuning"),
     epochs: int = typer.Option(3, help="epochs of stages that train backbone layers"),
-    head_epochs: int = typer.Option(60, help="epochs of gradient-trained head stages (regression, multi-label, "
-                                     "torch-mlp); a linear classifier head is solved as logistic regression"),
+    head_epochs: int = typer.Option(60, help="epochs of gradient-trained head stages (torch-mlp); a linear head "
+                                     "is solved: logistic regression (classes, labels) or ridge (values)"),
     lr: float = typer.Option(1e-3, help="head learning rate; backbone groups get less"),
     batch_size: int = typer.Option(32),
     image_size: int | None = typer.Option(None, help="input size (default: the backbone's own)"),

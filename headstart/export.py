@@ -177,6 +177,8 @@ def _annotate(path: str, est, digest: str | None) -> None:
         meta["headstart.bundle_digest"] = digest
     if getattr(est, "target_scaling_", None):
         meta["headstart.target_scaling"] = json.dumps(est.target_scaling_)
+    if getattr(est, "thresholds_", None):  # multi-label decisions: label j is on where score_j >= thresholds[j]
+        meta["headstart.thresholds"] = json.dumps(est.thresholds_)
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value

@@ -141,3 +141,15 @@ def test_multilabel_features_records_c_and_thresholds_that_predict_and_the_bundl
     reloaded = hs.load(path)
     assert reloaded.thresholds_ == [0.0, 1.01, 0.5] and reloaded.predict([image]) == ml.predict([image])
     assert reloaded.evaluate(ml_csv) == ml.evaluate(ml_csv)
+
+
+def test_two_stage_regression_fine_tunes_from_the_solved_head(colour_folder, tmp_path):
+    reg_csv, _ = _colour_csvs(colour_folder, tmp_path)
+    reg = hs.ImageRegressor(TINY, strategy="two-stage", epochs=1, batch_size=8, pretrained=False,
+                            image_size=TINY_SIZE, verbose=False).fit(reg_csv)
+    head, *later = reg.history_
+    assert head["stage"] == "head" and head["probe"]["alpha"] in ALPHA_GRID and later  # solved, then fine-tuned
+    assert ("refit" in reg.metrics_) == (not reg.backbone_trained_)
+    reloaded = hs.load(reg.save(str(tmp_path / "reg.hs")))
+    images = os.path.join(colour_folder, "red")
+    assert np.allclose(reloaded.predict(images), reg.predict(images), atol=1e-5)
