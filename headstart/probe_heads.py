@@ -3,7 +3,8 @@
 A `linear` head trained by AdamW on a few hundred rows overfits or underfits depending on `head_epochs` and the
 learning rate; the convex problem it approximates has a closed form (ridge) or a cheap exact solve (logistic
 regression), with the regularisation chosen by cross-validation. Measured by a user on a text regression set:
-RidgeCV on frozen MiniLM features test R^2 0.428, headstart's gradient-trained head 0.323. Measured here
+RidgeCV on frozen MiniLM features test R^2 0.428, headstart's gradient-trained head 0.323. Measured here once, by a
+one-off script (bench/suite.py's regression task is to reproduce it at a known commit; until then, indicative)
 (TextRegressor, `features`, Women's Clothing reviews' rating 1-5, 2,000 random test reviews): 500 training reviews,
 subsets 0-2, ridge 0.285 / 0.231 / 0.271 where the gradient head scored 0.204 / 0.146 / 0.088; 2,000 reviews
 0.360 vs 0.326. scikit-learn's RidgeCV on all the rows scored 0.287 / 0.257 / 0.272 and 0.359.
