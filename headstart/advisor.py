@@ -37,6 +37,9 @@ Rules, in order (thresholds are in the code below, each with its reason printed)
    the probe is near its ceiling (gain >= 0.9) and fine-tuning would cost over 5 minutes (under a time limit; without
    one, over 5,400 example passes, so that the plan never depends on the machine's speed): then the head only.
 7. large: `full` fine-tuning when unlike the source (gain < 0.6), else `two-stage`.
+Regression (regression_advice): the frozen features' leave-one-out R^2 under the ridge head against ridge on the
+no-transfer inputs (grey pixels, TF-IDF), then fine-tuning from 1,000 examples. Multi-label: the size rule alone.
+Every `auto` plan then races the no-transfer model on validation (race.py).
 For texts, a plan that fine-tunes the encoder (`two-stage`, `full`) becomes `full` at the Hugging Face Trainer's
 recipe: one rate for every encoder layer, a fresh head, batches of 8 (TEXT_FINETUNE has the measurement).
 Whatever the rule, a plan that ends with the probe (head only, or a fine-tune that did not beat it on validation)
@@ -268,6 +271,8 @@ def advise(backbone, modality, train, task: str, features: tuple[np.ndarray, np.
     """Take the measurements on the training data (features: cached frozen features and their ok-mask)."""
     from .rank import logme, probe_accuracy
 
+    if task == "regression" and features is not None:
+        return regression_advice(backbone, modality, train, features, seed)
     if task != "classification" or features is None:
         big = len(train) >= 1000
         return Advice("two-stage" if big else "features", reasons=[
@@ -283,6 +288,59 @@ def advise(backbone, modality, train, task: str, features: tuple[np.ndarray, np.
         baseline=raw_input_accuracy(modality.name, [train.items[i] for i in rows], y, seed),
         logme_score=logme(f, y), seconds_per_item=time_forward(backbone, modality, train.items),
         epochs=epochs, time_limit=time_limit, modality=modality.name)
+    return with_text_finetune(advice) if modality.name == "text" else advice
+
+
+def ridge_r2(features: np.ndarray, targets: np.ndarray) -> float:
+    """Leave-one-out R^2 of ridge regression on standardised features at its best penalty: how the regression head
+    (probe_heads.fit_ridge) would do, measured the way it chooses its penalty."""
+    import torch
+
+    from .heads import Standardize
+    from .probe_heads import ALPHA_GRID, ridge_path
+
+    if len(targets) < 3:
+        return float("nan")
+    scale = Standardize(features.shape[1])
+    x = torch.as_tensor(features, dtype=torch.float32)
+    scale.set_statistics(x)
+    y = torch.as_tensor(targets, dtype=torch.float64)
+    y = (y - y.mean()) / (y.std() if float(y.std()) > 0 else 1.0)
+    errors = ridge_path(scale(x), y, ALPHA_GRID)[2]
+    return float(1 - errors.min() / y.var(unbiased=False))
+
+
+def raw_input_r2(modality: str, items: list, targets: np.ndarray) -> float:
+    """The from-scratch reference for regression: ridge on the no-transfer inputs (backbones/scratch.py), the very
+    inputs the race's baseline model reads."""
+    from .backbones import create_backbone, scratch_spec
+    from .inference import embed
+
+    backbone = create_backbone(scratch_spec(modality, items), pretrained=False)
+    feats, ok = embed(backbone, items, use_cache=False, verbose=False)
+    return ridge_r2(feats[ok], targets[ok])
+
+
+def regression_advice(backbone, modality, train, features: tuple[np.ndarray, np.ndarray], seed: int) -> Advice:
+    """Regression: the frozen features' leave-one-out R^2 against the no-transfer reference's, then the size rule
+    (fine-tune from 1,000 examples). The race after training (race.py) ships the no-transfer model if it wins."""
+    feats, ok = features
+    rows = np.flatnonzero(ok)
+    if len(rows) > MAX_MEASURE_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_MEASURE_ROWS, replace=False))
+    y = train.targets[rows].astype(np.float64)
+    probe, baseline = ridge_r2(feats[rows], y), raw_input_r2(modality.name, [train.items[i] for i in rows], y)
+    big = len(train) >= 1000
+    reasons = [f"regression with {len(train)} training examples",
+               f"frozen features: ridge leave-one-out R^2 {probe:.3f}; raw-input reference (ridge on "
+               f"{'TF-IDF' if modality.name == 'text' else 'grey pixels'}) {baseline:.3f}"]
+    if probe <= baseline + NEGATIVE_MARGIN:
+        reasons.append(f"negative transfer: the frozen features (R^2 {probe:.3f}) fit no better than a from-scratch "
+                       f"model on raw inputs ({baseline:.3f}); the no-transfer model races the result on validation")
+    strategy = "two-stage" if big else "features"
+    reasons.append(f"-> {strategy}: " + ("enough data to fine-tune" if big else "too few to fine-tune safely"))
+    advice = Advice(strategy, {}, reasons, {"n_train": len(train), "probe_r2": round(probe, 4),
+                                            "raw_input_r2": round(baseline, 4)})
     return with_text_finetune(advice) if modality.name == "text" else advice
 
 

@@ -39,7 +39,7 @@ THRESHOLD_GRID = tuple(round(float(t), 2) for t in np.arange(0.05, 0.96, 0.05))
 
 
 # --- regression: ridge with leave-one-out alpha --------------------------------------------------------------
-def _ridge_path(x: torch.Tensor, y: torch.Tensor, alphas: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor,
+def ridge_path(x: torch.Tensor, y: torch.Tensor, alphas: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor,
                                                                                      torch.Tensor]:
     """Ridge with an unpenalised intercept at every alpha, from one eigendecomposition of the centred data.
     Returns (weights [alphas, features, targets], intercepts [alphas, targets], leave-one-out mean squared
@@ -78,10 +78,10 @@ def fit_ridge(head: nn.Sequential, features: torch.Tensor, targets: torch.Tensor
     x = _scale(head[0], features, "standardized")
     if len(targets) < 3:  # leave-one-out needs rows to leave out; the middle of the grid, untested
         alpha, errors = ALPHA_GRID[len(ALPHA_GRID) // 2], None
-        weights, intercepts, _ = _ridge_path(x, targets, (alpha,))
+        weights, intercepts, _ = ridge_path(x, targets, (alpha,))
         best = 0
     else:
-        weights, intercepts, errors = _ridge_path(x, targets, ALPHA_GRID)
+        weights, intercepts, errors = ridge_path(x, targets, ALPHA_GRID)
         best = int(torch.argmin(errors))
         alpha = ALPHA_GRID[best]
     _copy(head, weights[best].T, intercepts[best])
@@ -254,7 +254,7 @@ def refit_head(task: str, head: nn.Sequential, parts: list[tuple[torch.Tensor, t
     x = torch.cat([f for f, _ in parts])
     y = torch.cat([t for _, t in parts])
     if task == "regression":
-        weights, intercepts, _ = _ridge_path(_scale(head[0], x, "standardized"), y, (chosen["alpha"],))
+        weights, intercepts, _ = ridge_path(_scale(head[0], x, "standardized"), y, (chosen["alpha"],))
         _copy(head, weights[0].T, intercepts[0])
     else:
         _install_ovr(head, x, y, chosen["scaling"], chosen["C"])

@@ -123,3 +123,25 @@ def test_paired_rows_and_their_noise():
     assert verdict["standard_error"] == pytest.approx(np.std([0, 1, 1, 0], ddof=1) / 2)
     reg = row_scores("regression", np.array([0.0, 1.0]), np.array([[0.5], [1.0]]))
     np.testing.assert_allclose(reg, [-0.25, 0.0])
+
+
+def test_auto_measures_regression_against_the_no_transfer_reference_and_races_it(tweets, tmp_path):
+    import csv
+
+    score = {"negative": -1.0, "neutral": 0.0, "positive": 1.0}
+    data = hs.TextClassifier()._load(tweets[0])
+    assert set(data.classes) == set(score)
+    path = str(tmp_path / "scores.csv")
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows((t, score[data.classes[c]]) for t, c in zip(data.items, data.targets))
+    reg = hs.TextRegressor(strategy="auto", seed=0, verbose=False).fit(path)
+    m = reg.advice_.measurements
+    # 120 tweets: the pretrained sentence encoder explains the sentiment score, TF-IDF of so few barely does
+    assert m["probe_r2"] > m["raw_input_r2"] + 0.05 and m["probe_r2"] > 0.1
+    assert any(r.startswith("frozen features: ridge leave-one-out R^2") for r in reg.advice_.reasons)
+    names = [c["candidate"] for c in m["candidates"]]
+    assert names[1].startswith("no transfer (TF-IDF") and m["race"]["rows_from"] == "validation rows"
+    assert reg.strategy_["name"] == ("baseline" if m["candidates"][1]["shipped"] else "features")
+    assert reg.history_[0]["probe"]["alpha"] > 0  # the ridge head, solved
