@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ._runtime import adamw, seed_everything
-from .data.labeled import LabeledData
+from .data.labeled import LabeledData, stratified_split
 from .errors import DataError, HeadstartError
 from .progress import make_progress, say
 from .strategies import SetFit
@@ -192,9 +192,14 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
         f"{min(full.class_counts().values())}; strategy {name}: "
         + ("contrastive tuning, then a logistic-regression head" if setfit else "prototypes") + f" on {spec.name}")
     est.history_, tuned = [], est.modality == "text"
+    # `setfit` with no validation set holds a fifth out, so its validation figures are out of sample: the encoder is
+    # tuned and the head solved on the rest, the held-out rows scored (and raced against the no-transfer model
+    # under `auto`), then the head is solved again on every row, as the probe's refit does.
+    split = stratified_split(full, est.val_fraction, est.seed) if setfit is not None and valid is None else None
+    tune_rows = split[0] if split is not None else np.arange(len(full))
     if tuned:  # SetFit: the labels reshape the embedding itself before the head is fitted on it
-        est.history_ = contrastive_tune(backbone, full.items, full.targets, epochs=passes,
-                                        seed=est.seed, verbose=est.verbose)
+        est.history_ = contrastive_tune(backbone, [full.items[i] for i in tune_rows], full.targets[tune_rows],
+                                        epochs=passes, seed=est.seed, verbose=est.verbose)
         feats, ok = run_over(backbone, full.items, est.batch_size, est.num_workers, est.verbose)
     else:
         feats, ok = embed(backbone, full.items, batch_size=est.batch_size, num_workers=est.num_workers,
@@ -202,10 +207,14 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     x, y = torch.as_tensor(feats[ok]), torch.as_tensor(full.targets[ok])
     if setfit is not None:
         head = build_head(HeadConfig(kind="linear"), backbone.feature_dim, len(est.classes_)).eval()
-        chosen = fit_probe(head, x, y, len(est.classes_), est.seed)
-        est.history_.append({"stage": "head", "epoch": 1, "solver": "logistic regression (L-BFGS)", "probe": chosen})
-        scored = cross_validated_proba(x, y, len(est.classes_), chosen, est.seed)
-        how = {"cross_validated": True}
+        fit_rows = np.isin(np.flatnonzero(ok), tune_rows)  # rows of x the head may be fitted on
+        solving = time.perf_counter()
+        chosen = fit_probe(head, x[fit_rows], y[fit_rows], len(est.classes_), est.seed)
+        est.history_.append({"stage": "head", "epoch": 1, "solver": "logistic regression (L-BFGS)", "probe": chosen,
+                             "seconds": round(time.perf_counter() - solving, 3)})
+        if split is None:
+            scored = cross_validated_proba(x, y, len(est.classes_), chosen, est.seed)
+            how = {"cross_validated": True}
     else:
         head = PrototypeHead(backbone.feature_dim, len(est.classes_))
         head.set_prototypes(x, y)
@@ -216,6 +225,8 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     stages = [{"name": "setfit", "epochs": passes}] if tuned else [{"name": "prototypes", "epochs": 0}]
     est.strategy_ = {"name": name, "stages": stages + ([{"name": "head", "epochs": 1}] if setfit else [])}
     est.advice_ = advice
+    if split is not None:
+        return _held_out_setfit(est, full, split, (x, y, np.flatnonzero(ok)), fit_rows, chosen, started)
     est.data_summary_ = {"train": len(full), "validation": 0 if valid is None else "given",
                          "class_counts": full.class_counts(),
                          "skipped": [{"path": p, "reason": r} for p, r in full.skipped]}
@@ -227,6 +238,43 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
                        **({"optimistic": "the encoder was tuned on these labels"} if tuned else {})}
                       if keep.any() else {"n": 0, "note": "one example per class: nothing to validate on"})
     est.metrics_ = {"validation": validation, "fit_seconds": round(time.perf_counter() - started, 2)}
+    if est.out_dir:
+        import os
+
+        say(est.verbose, f"bundle: {est.save(os.path.join(est.out_dir, 'model.hs'))}")
+    return est
+
+
+def _held_out_setfit(est, full: LabeledData, split: tuple[list[int], list[int]], embedded, fit_rows: np.ndarray,
+                     chosen: dict, started: float):
+    """`setfit` validated on its held-out fifth: metrics out of sample, the race against the no-transfer model
+    (auto), then the shipped head solved again on every labeled row."""
+    from .plan_runner import refit_final_probe
+    from .probe import refit_probe
+    from .train import LoopConfig
+
+    x, y, rows = embedded
+    train, val = full.subset(split[0]), full.subset(split[1])
+    with torch.no_grad():
+        proba = torch.softmax(est.model_.head(x[~fit_rows].float()), -1).numpy().astype(np.float64)
+    scores = np.full((len(val), len(est.classes_)), np.nan)
+    scored = np.isin(split[1], rows)
+    scores[scored] = proba
+    val_scores = (scores, scored)
+    if est.advice_ is not None:  # auto: never ship a model worse than the no-transfer one
+        from .race import race_baseline
+
+        loop = LoopConfig(patience=est.patience, mixed_precision=est.mixed_precision, verbose=est.verbose)
+        val_scores = race_baseline(est, train, val, val_scores, time.perf_counter() - started, loop)
+    est.data_summary_ = {"train": len(train), "validation": len(val), "class_counts": full.class_counts(),
+                         "skipped": [{"path": p, "reason": r} for p, r in full.skipped]}
+    est.metrics_ = {"validation": {**est._score(val, val_scores), "held_out": True},
+                    "fit_seconds": round(time.perf_counter() - started, 2)}
+    if est.strategy_["name"] == "baseline":
+        refit_final_probe(est, est.model_.backbone, train, val)
+    else:
+        est.metrics_["refit"] = refit_probe(est.model_.head, [(x[fit_rows], y[fit_rows]), (x[~fit_rows], y[~fit_rows])],
+                                            len(est.classes_), chosen)
     if est.out_dir:
         import os
 

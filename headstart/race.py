@@ -146,7 +146,8 @@ def stage_lines(history: list[dict]) -> list[str]:
     the next stage kept it (a fine-tune that never beat its start keeps the probe it started from)."""
     stages: dict[str, list[dict]] = {}
     for record in history:
-        stages.setdefault(record["stage"], []).append(record)
+        if "val_accuracy" in record:  # stages scored on validation (not, e.g., setfit's tuning passes)
+            stages.setdefault(record["stage"], []).append(record)
     if len(stages) < 2:
         return []
     lines = []
@@ -174,7 +175,7 @@ def estimate_baseline_seconds(est, train: LabeledData, val: LabeledData, sample:
     if batch[1] is not None:
         backbone(batch[1])
     per_item = (time.perf_counter() - started) / len(picks)
-    solve = next((r["seconds"] for r in est.history_ if r.get("probe")), 1.0)
+    solve = next((r.get("seconds", 1.0) for r in est.history_ if r.get("probe")), 1.0)
     return per_item * (len(train) + 2 * len(val)) + solve  # validation inputs: for the fit, then for the race
 
 

