@@ -49,7 +49,10 @@ def main() -> None:
     from headstart.data.tweets import export_split
 
     state = code_state()
-    out = json.load(open(args.json)) if os.path.exists(args.json) else {"runs": []}
+    out = {"runs": []}
+    if os.path.exists(args.json):
+        with open(args.json) as f:
+            out = json.load(f)
     run = {"code": state, "args": vars(args), "machine": {"cpu_count": os.cpu_count(),
                                                           "platform": platform.platform()}, "rows": []}
     for subset in (int(s) for s in args.subsets.split(",")):
