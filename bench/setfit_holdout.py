@@ -34,11 +34,24 @@ def code_state() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "."))}
 
 
+def estimated_seconds(hs, train: str) -> float | None:
+    """What `auto` would print before tuning (fewshot.estimate_setfit_seconds), where the measured code has it."""
+    from headstart import fewshot
+
+    if not hasattr(fewshot, "estimate_setfit_seconds"):
+        return None
+    texts = hs.TextClassifier()._load(train).items
+    backbone = hs.create_backbone("minilm_l6", modality="text")
+    return round(fewshot.estimate_setfit_seconds(backbone, texts, fewshot.SetFit.epochs), 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-class", type=int, default=64)
     ap.add_argument("--subsets", default="0,1,2")
     ap.add_argument("--test-size", type=int, default=600)
+    ap.add_argument("--task", default="tweets", choices=["tweets", "reviews-rating"],
+                    help="tweets (bench/anchors.py's splits) or the clothing reviews' rating (bench/suite_data.py)")
     ap.add_argument("--json", default=RESULTS)
     args = ap.parse_args()
 
@@ -57,15 +70,22 @@ def main() -> None:
                                                           "platform": platform.platform()}, "rows": []}
     for subset in (int(s) for s in args.subsets.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
-            train, test, _ = export_split(tmp, args.per_class, args.test_size, seed=subset)
+            if args.task == "tweets":
+                train, test, _ = export_split(tmp, args.per_class, args.test_size, seed=subset)
+            else:
+                import suite_data
+
+                train, test = suite_data.TASKS[args.task].split(args.per_class, subset, args.test_size)
+            estimate = estimated_seconds(hs, train)
             started = time.perf_counter()
             clf = hs.TextClassifier(strategy="setfit", seed=0, verbose=False, cache_dir=tmp).fit(train)
             seconds = time.perf_counter() - started
             validation = clf.metrics_["validation"]
-            row = {"subset": subset, "test_accuracy": round(clf.evaluate(test)["accuracy"], 4),
+            row = {"task": args.task, "subset": subset, "test_accuracy": round(clf.evaluate(test)["accuracy"], 4),
                    "validation_accuracy": round(validation["accuracy"], 4), "validation_n": validation["n"],
                    "validation_kind": "held out" if validation.get("held_out") else "cross-validated, in sample",
-                   "fit_seconds": round(seconds, 1)}
+                   "fit_seconds": round(seconds, 1), "estimated_seconds": estimate,
+                   "estimate_ratio": round(seconds / estimate, 2) if estimate else None}
         run["rows"].append(row)
         print(json.dumps(row), flush=True)
     tests = [r["test_accuracy"] for r in run["rows"]]

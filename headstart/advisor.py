@@ -49,6 +49,7 @@ has its head refitted on the validation rows too once they have done their work 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -87,7 +88,10 @@ FEWSHOT_PER_CLASS = {"image": 8, "text": 6}
 # 0-7), 128 per class 0.672 vs 0.657 (subsets 0-2, 34 s vs ~10 s). Below 32 the earlier, pair-list tuning won on
 # some subsets and lost on others (24 and 8 per class); from 256 texts fine-tune at the Trainer's recipe instead.
 SETFIT_PER_CLASS = (32, 256)
-SETFIT_SECONDS_PER_TEXT = 0.02  # one text, one pass (forward + backward, batches of 32) on this 2-core CPU
+# The tuning's time is measured on the user's texts (fewshot.estimate_setfit_seconds: timed steps on batches drawn as
+# the tuning draws them, so their real lengths count: tokens, not texts, set the cost). This per-text figure, from
+# tweets on a 2-core CPU, stands in only where no estimate is given (reviews of 150 words cost 6x as much).
+SETFIT_SECONDS_PER_TEXT = 0.02
 # TEXT_FINETUNE: texts fine-tune as the Hugging Face Trainer does: `full`, every encoder layer at one rate (5e-5
 # under the default lr of 1e-3), a fresh head at lr, batches of 8. Tweets, 512 per class, MiniLM-L6, 3 epochs,
 # training subsets 0-2, 600 test tweets: 0.727 / 0.745 / 0.733 (mean 0.735) against 0.738 / 0.687 / 0.725 (0.717) for
@@ -211,7 +215,7 @@ def decide(*, per_class: int, n_train: int, n_classes: int, probe: float, baseli
 
 
 def few_shot_advice(class_counts: dict[str, int], modality: str = "image", time_limit: float | None = None,
-                    head: str = "linear") -> Advice | None:
+                    head: str = "linear", estimate: Callable[[int], float] | None = None) -> Advice | None:
     """Rules taken before any hold-out, as they use every label: under FEWSHOT_PER_CLASS examples in a class,
     prototypes (fewshot.py); texts with SETFIT_PER_CLASS examples per class, `setfit`.
 
@@ -230,11 +234,13 @@ def few_shot_advice(class_counts: dict[str, int], modality: str = "image", time_
     if modality != "text" or head != "linear" or not low <= smallest < high:
         return None
     passes = SetFit.epochs
-    seconds = passes * sum(class_counts.values()) * SETFIT_SECONDS_PER_TEXT
+    measured = estimate is not None
+    seconds = estimate(passes) if measured else passes * sum(class_counts.values()) * SETFIT_SECONDS_PER_TEXT
     if time_limit is not None and seconds > time_limit:
         return None  # the measured rules after the hold-out respect the limit
+    how = "timed on a few batches of these texts" if measured else "at the speed of tweets on a 2-core CPU"
     return Advice("setfit", {"epochs": passes}, [
-        *said, f"tuning the encoder on them ({passes} passes) would take about {seconds:.0f} s on a 2-core CPU",
+        *said, f"tuning the encoder on them ({passes} passes) would take about {seconds:.0f} s ({how})",
         f"-> setfit: texts with {low} to {high - 1} examples per class: tune the encoder on pairs of them, then a "
         "cross-validated logistic-regression head; on tweets at 64 per class this beat the head on frozen features "
         "by 1.3 points over 8 training subsets"],

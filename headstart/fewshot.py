@@ -151,7 +151,50 @@ def fewshot_advice(est, full: LabeledData, unlabeled=None):
         return None
     from .advisor import few_shot_advice
 
-    return few_shot_advice(full.class_counts(), est.modality, est.time_limit, est.head)
+    def estimate(passes: int) -> float:  # built only when the texts fall in setfit's range
+        from .backbones import create_backbone, resolve_backbone
+
+        backbone = create_backbone(resolve_backbone(est.backbone or est.default_backbone, "text"),
+                                   pretrained=est.pretrained)
+        return estimate_setfit_seconds(backbone, full.items, passes, seed=est.seed)
+
+    return few_shot_advice(full.class_counts(), est.modality, est.time_limit, est.head,
+                           estimate if est.modality == "text" else None)
+
+
+def estimate_setfit_seconds(backbone: nn.Module, texts: Sequence[str], passes: int, seed: int = 0,
+                            batch_size: int = SETFIT_BATCH) -> float:
+    """Seconds `setfit` would take on `texts`: tuning steps timed on batches drawn as contrastive_tune draws them
+    (random texts at their real lengths; one untimed step first, then the median of two), times the steps of every
+    pass, plus one forward pass over every text for the head (a third of a step). Weights are left as they were:
+    gradients are computed, never applied."""
+    from .inference import _device, _to
+
+    device = _device()
+    backbone.to(device).train()
+    frozen = [p for p in backbone.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    rng = np.random.default_rng(seed)
+    size = min(batch_size, len(texts))
+    times = []
+    with torch.enable_grad():
+        for _ in range(3):
+            rows = rng.choice(len(texts), size, replace=False)
+            started = time.perf_counter()
+            enc = backbone.tokenizer([texts[r] for r in rows], padding=True, truncation=True,
+                                     max_length=backbone.spec.preprocess.max_length, return_tensors="pt")
+            loss = pair_loss(backbone(_to(dict(enc), device)), torch.as_tensor(rows % 2, device=device))
+            loss.backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+            backbone.zero_grad(set_to_none=True)
+    for p in frozen:
+        p.requires_grad_(False)
+    backbone.eval()
+    steps = -(-len(texts) // batch_size)
+    return float(np.median(times[1:])) * steps * (passes + 1 / 3)
 
 
 def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unlabeled=None):

@@ -137,6 +137,23 @@ def test_few_shot_rule_is_per_modality():
     assert few_shot_advice({"a": 64, "b": 70}, "text", time_limit=1.0) is None  # tuning would overrun the limit
 
 
+def test_the_setfit_estimate_is_measured_on_the_texts_and_leaves_the_weights_alone():
+    from headstart.advisor import few_shot_advice
+    from headstart.fewshot import estimate_setfit_seconds
+
+    backbone = hs.create_backbone("minilm_l6", modality="text")
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    short = ["good", "bad", "fine", "meh"] * 2
+    long = [" ".join(["a rather long review of a dress that fits well and looks fine"] * 4)] * 8
+    assert estimate_setfit_seconds(backbone, short, 4) > 0 and estimate_setfit_seconds(backbone, long, 4) > 0
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+    passes = []
+    advice = few_shot_advice({"a": 64, "b": 70}, "text", estimate=lambda p: passes.append(p) or 123.0)
+    assert passes == [4] and advice.measurements["setfit_seconds_estimate"] == 123
+    assert "about 123 s (timed on a few batches of these texts)" in " ".join(advice.reasons)
+    assert few_shot_advice({"a": 64, "b": 70}, "text", time_limit=100, estimate=lambda p: 123.0) is None
+
+
 def test_auto_tunes_the_encoder_setfit_style_for_dozens_of_tweets_per_class(tmp_path):
     from headstart.data import tweets
     from headstart.probe import C_GRID, is_probe_head
