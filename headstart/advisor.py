@@ -247,13 +247,15 @@ def few_shot_advice(class_counts: dict[str, int], modality: str = "image", time_
         {"per_class_min": smallest, "setfit_seconds_estimate": round(seconds)})
 
 
-def time_forward(backbone, modality, items: list, batch: int = 8) -> float:
-    """Seconds per item of one forward pass on this hardware (median of two timed batches after a warm-up)."""
+def time_forward(backbone, modality, items: list, batch: int = 8, seed: int = 0) -> float:
+    """Seconds per item of one forward pass on this hardware (median of two timed batches after a warm-up), on
+    items drawn at random (seeded): the first rows of a file can be shorter or smaller than the rest."""
     import torch
 
     from .inference import _device, _to
 
-    sample = items[: batch * 3]
+    picks = np.random.default_rng(seed).choice(len(items), min(len(items), batch * 3), replace=False)
+    sample = [items[i] for i in sorted(picks)]
     collate = modality.collate(backbone)
     ds = modality.dataset(sample, None, backbone, train=False)
     batches = [collate([ds[i] for i in range(j, min(j + batch, len(ds)))]) for j in range(0, len(ds), batch)]
@@ -292,7 +294,7 @@ def advise(backbone, modality, train, task: str, features: tuple[np.ndarray, np.
         per_class=int(min(train.class_counts().values())), n_train=len(train), n_classes=len(train.classes),
         probe=probe_accuracy(f, y, seed=seed),
         baseline=raw_input_accuracy(modality.name, [train.items[i] for i in rows], y, seed),
-        logme_score=logme(f, y), seconds_per_item=time_forward(backbone, modality, train.items),
+        logme_score=logme(f, y), seconds_per_item=time_forward(backbone, modality, train.items, seed=seed),
         epochs=epochs, time_limit=time_limit, modality=modality.name)
     return with_text_finetune(advice) if modality.name == "text" else advice
 
