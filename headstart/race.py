@@ -79,8 +79,9 @@ def fit_baseline(est, train: LabeledData, val: LabeledData, loop) -> tuple[Trans
 
 def race_baseline(est, train: LabeledData, val: LabeledData, transferred: tuple[np.ndarray, np.ndarray],
                   transferred_seconds: float, loop) -> tuple[np.ndarray, np.ndarray]:
-    """Fit the baseline, compare it with the transferred model (its validation scores: `transferred`) on the
-    validation rows, and install it in `est` when it wins. Returns the shipped model's validation scores."""
+    """Fit the baseline, compare it with the transferred model (its validation scores: `transferred`) out of fold
+    or on the validation rows (the module's docstring says which when), and install it in `est` when it wins.
+    Returns the shipped model's validation scores."""
     for line in stage_lines(est.history_):
         say(est.verbose, f"auto: {line}")
         if est.advice_ is not None:
