@@ -300,22 +300,19 @@ def advise(backbone, modality, train, task: str, features: tuple[np.ndarray, np.
 
 
 def ridge_r2(features: np.ndarray, targets: np.ndarray) -> float:
-    """Leave-one-out R^2 of ridge regression on standardised features at its best penalty: how the regression head
-    (probe_heads.fit_ridge) would do, measured the way it chooses its penalty."""
+    """Leave-one-out R^2 of ridge regression at its best scaling and penalty: how the regression head
+    (probe_heads.fit_ridge) would do, measured the way it chooses them."""
     import torch
 
-    from .heads import Standardize
-    from .probe_heads import ALPHA_GRID, ridge_path
+    from .heads import HeadConfig, build_head
+    from .probe_heads import fit_ridge
 
     if len(targets) < 3:
         return float("nan")
-    scale = Standardize(features.shape[1])
-    x = torch.as_tensor(features, dtype=torch.float32)
-    scale.set_statistics(x)
     y = torch.as_tensor(targets, dtype=torch.float64)
     y = (y - y.mean()) / (y.std() if float(y.std()) > 0 else 1.0)
-    errors = ridge_path(scale(x), y, ALPHA_GRID)[2]
-    return float(1 - errors.min() / y.var(unbiased=False))
+    chosen = fit_ridge(build_head(HeadConfig(), features.shape[1], 1), torch.as_tensor(features), y.reshape(-1, 1))
+    return float(1 - chosen["cv_mse"] / y.var(unbiased=False))
 
 
 def raw_input_r2(modality: str, items: list, targets: np.ndarray) -> float:

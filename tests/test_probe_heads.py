@@ -36,7 +36,7 @@ def test_ridge_head_matches_scikit_learn_ridgecv(n, d):
     x, y = _linear_target(n, d, noise=1.0)
     head = build_head(HeadConfig(), d, 1)
     chosen = fit_ridge(head, x, y)
-    z = head[0](x).double().numpy()  # the head's own standardised features: what RidgeCV is given too
+    z = head[0](x).double().numpy()  # the head's own features, at the scaling it chose: what RidgeCV is given too
     reference = RidgeCV(alphas=ALPHA_GRID).fit(z, y.numpy()[:, 0])
     assert chosen["alpha"] == reference.alpha_
     assert chosen["cv_mse"] == pytest.approx(-reference.best_score_, rel=1e-3)
