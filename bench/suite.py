@@ -37,14 +37,33 @@ import tempfile
 import time
 
 import suite_data
+import suite_fit
 import suite_report
+import suite_report_kinds
+import suite_tasks
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-DEFAULT_STRATEGIES = "auto,baseline,features,two-stage,setfit"
+DEFAULT_STRATEGIES = "auto,baseline,features,two-stage,setfit,sklearn-cv"
 ONLY_FOR = {"setfit": "text"}  # tunes sentence encoders only; every other strategy applies to both modalities
+# Classification tasks are sized per class (suite_data); regression and multi-label ones in training rows
+# (suite_tasks), and run only the strategies of suite_fit.KIND_STRATEGIES: the frozen path, the no-transfer model and
+# the scikit-learn anchor (fine-tunes on these kinds are for a later change); `sklearn-cv` has no classification
+# variant here.
+TASKS = {**suite_data.TASKS, **suite_tasks.TASKS}
 CHILD_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "HF_HUB_OFFLINE": "1",
              "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-KEY_FIELDS = ("task", "per_class", "subset", "strategy", "code", "image_size", "epochs", "test_size")
+# train_size: None on classification rows (sized per class), so rows written before it existed keep their keys
+KEY_FIELDS = ("task", "per_class", "train_size", "subset", "strategy", "code", "image_size", "epochs", "test_size")
+
+
+def kind_of(spec: object) -> str:
+    return getattr(spec, "kind", "classification")
+
+
+def applies(strategy: str, spec: object) -> bool:
+    if kind_of(spec) != "classification":
+        return strategy in suite_fit.KIND_STRATEGIES
+    return strategy != "sklearn-cv" and ONLY_FOR.get(strategy, spec.modality) == spec.modality
 
 
 # ---------------------------------------------------------------- provenance
@@ -132,6 +151,12 @@ def child_main(job: dict, out_path: str) -> int:
     import headstart as hs
 
     warm_up(job["modality"], job["image_size"])
+    if job.get("kind", "classification") != "classification":
+        with tempfile.TemporaryDirectory(prefix="suite-cache-") as cache:
+            out = suite_fit.child_fit(job, cache)
+        with open(out_path, "w") as f:
+            json.dump(out, f, default=str)
+        return 0
     kind = hs.ImageClassifier if job["modality"] == "image" else hs.TextClassifier
     extra = {"image_size": job["image_size"]} if job["modality"] == "image" else {}
     with tempfile.TemporaryDirectory(prefix="suite-cache-") as cache:
@@ -201,19 +226,28 @@ def row_key(row: dict) -> tuple:
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, int, int, str]]:
-    """(task, per_class, subset, strategy) in run order; sizes the data does not allow are said and skipped."""
+    """(task, size, subset, strategy) in run order, size per class or in training rows as the task's kind says;
+    sizes the data does not allow are said and skipped."""
     jobs = []
     for task in args.tasks:
-        spec = suite_data.TASKS[task]
+        spec = TASKS[task]
         pool = spec.pool()
+        if kind_of(spec) != "classification":
+            for n in args.rows:
+                if not suite_tasks.allowed_rows(pool, n):
+                    print(f"skip {task} at {n} rows: {len(pool.labels)} rows, and at least "
+                          f"{suite_data.MIN_TEST_SHARE:.0%} must stay out of training")
+                    continue
+                jobs += [(task, n, subset, s) for subset in range(args.subsets) for s in args.strategies
+                         if applies(s, spec)]
+            continue
         for n in args.sizes:
             if not suite_data.allowed(pool, n):
                 print(f"skip {task} at {n}/class: smallest class has {min(pool.report['class_counts'].values())} "
                       f"rows, and at least {suite_data.MIN_TEST_SHARE:.0%} of each must stay out of training")
                 continue
             for subset in range(args.subsets):
-                jobs += [(task, n, subset, s) for s in args.strategies if ONLY_FOR.get(s, spec.modality) ==
-                         spec.modality]
+                jobs += [(task, n, subset, s) for s in args.strategies if applies(s, spec)]
     return jobs
 
 
@@ -232,32 +266,36 @@ def run(args: argparse.Namespace) -> dict:
     print(f"{len(jobs)} fits planned; headstart from {hs_state['path']} at {hs_state['key']}"
           + (" (uncommitted changes)" if hs_state["dirty"] else ""), flush=True)
     for i, (task, n, subset, strategy) in enumerate(jobs, 1):
-        spec = suite_data.TASKS[task]
-        row = {"task": task, "source": spec.source, "modality": spec.modality, "per_class": n, "subset": subset,
-               "strategy": strategy, "code": hs_state["key"], "image_size": args.image_size if spec.modality ==
-               "image" else None, "epochs": args.epochs, "test_size": args.test_size, "invocation": index}
+        spec, kind = TASKS[task], kind_of(TASKS[task])
+        sized = {"per_class": n} if kind == "classification" else {"per_class": None, "train_size": n}
+        row = {"task": task, "kind": kind, "source": spec.source, "modality": spec.modality, **sized,
+               "subset": subset, "strategy": strategy, "code": hs_state["key"],
+               "image_size": args.image_size if spec.modality == "image" else None, "epochs": args.epochs,
+               "test_size": args.test_size, "invocation": index}
         if row_key(row) in done:
-            print(f"[{i}/{len(jobs)}] {task} {n}/class subset {subset} {strategy}: already measured", flush=True)
+            print(f"[{i}/{len(jobs)}] {task} {n} subset {subset} {strategy}: already measured", flush=True)
             continue
         train, test = spec.split(n, subset, args.test_size)
-        job = {"modality": spec.modality, "train": train, "test": test, "strategy": strategy, "subset": subset,
-               "epochs": args.epochs, "image_size": args.image_size}
+        job = {"kind": kind, "modality": spec.modality, "train": train, "test": test, "strategy": strategy,
+               "subset": subset, "epochs": args.epochs, "image_size": args.image_size}
         row.update(run_child(job, args.run_timeout))
         out["rows"] = [r for r in out["rows"] if row_key(r) != row_key(row)] + [row]
         save(out, args.json)
-        said = (f"acc {row['accuracy']:.3f} F1 {row['macro_f1']:.3f} fit {row['fit_s']:.1f} s"
+        metric, second = suite_report_kinds.METRICS[kind], suite_report_kinds.SECOND[kind]
+        said = (f"{metric} {row[metric]:.3f} {second} {row[second]:.3f} fit {row['fit_s']:.1f} s"
                 + (f" -> chose {row.get('chosen')}, shipped {row.get('shipped')}" if strategy == "auto" else "")
-                if "accuracy" in row else "ERROR " + row["error"].strip().splitlines()[-1][:200])
-        print(f"[{i}/{len(jobs)}] {task} {n}/class subset {subset} {strategy}: {said}", flush=True)
+                if metric in row else "ERROR " + row["error"].strip().splitlines()[-1][:200])
+        size = f"{n}/class" if kind == "classification" else f"{n} rows"
+        print(f"[{i}/{len(jobs)}] {task} {size} subset {subset} {strategy}: {said}", flush=True)
     invocation["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", default=",".join(suite_data.TASKS), help="comma-separated; " +
-                    ", ".join(suite_data.TASKS))
-    ap.add_argument("--sizes", default="8,32,128,512", help="training examples per class")
+    ap.add_argument("--tasks", default=",".join(TASKS), help="comma-separated; " + ", ".join(TASKS))
+    ap.add_argument("--sizes", default="8,32,128,512", help="training examples per class (classification tasks)")
+    ap.add_argument("--rows", default="100,500,2000", help="training rows (regression and multi-label tasks)")
     ap.add_argument("--subsets", type=int, default=3, help="training subsets per size (seed = subset index)")
     ap.add_argument("--strategies", default=DEFAULT_STRATEGIES,
                     help="comma-separated; `auto`, `baseline` and any of hs.STRATEGIES (fine-tunes are slow on CPU)")
@@ -274,16 +312,20 @@ def main() -> int:
         return child_main(json.loads(args.child_job), args.child_out)
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.sizes = [int(n) for n in args.sizes.split(",") if n]
+    args.rows = [int(n) for n in args.rows.split(",") if n]
     args.strategies = [s for s in args.strategies.split(",") if s]
-    unknown = [t for t in args.tasks if t not in suite_data.TASKS]
+    unknown = [t for t in args.tasks if t not in TASKS]
     if unknown:
-        raise SystemExit(f"unknown task '{unknown[0]}': choose from {', '.join(suite_data.TASKS)}")
+        raise SystemExit(f"unknown task '{unknown[0]}': choose from {', '.join(TASKS)}")
     out = load_results(args.json) if args.report_only else run(args)
     code = out["invocations"][-1]["headstart"]["key"] if out["invocations"] else None
     out["summary"] = suite_report.summarize(out["rows"], code)  # one code version's rows, never a mix
+    out["summary"]["other_kinds"] = suite_report_kinds.summarize(out["rows"], code)
     if not args.report_only:
         save(out, args.json)
-    print(suite_report.markdown(out["summary"]))
+    if out["summary"]["aggregate"] or not out["summary"]["other_kinds"]["aggregate"]:
+        print(suite_report.markdown(out["summary"]))
+    print(suite_report_kinds.markdown(out["summary"]["other_kinds"]))
     return 0
 
 

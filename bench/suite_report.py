@@ -165,6 +165,8 @@ def summarize(rows: list[dict], code: str | None = None) -> dict:
     """Everything the tables show, from the rows of one code version (`code`; default: the last row's)."""
     if code is None and rows:
         code = rows[-1].get("code")
+    # regression and multi-label rows are suite_report_kinds.py's: they have no accuracy, no per-class size
+    rows = [r for r in rows if r.get("kind", "classification") == "classification"]
     mine = [r for r in rows if r.get("code") == code]
     return {"code": code, "rows_used": len(mine), "rows_other_code": len(rows) - len(mine),
             "errors": [f"{r['task']} {r['per_class']}/class subset {r['subset']} {r['strategy']}"
