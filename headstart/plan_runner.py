@@ -113,8 +113,9 @@ def refit_final_probe(est, backbone: Backbone, train: LabeledData, val: LabeledD
     if chosen is None or not len(val):
         return
     parts = [loader.dataset.tensors[1:] for loader in feature_loaders(est, backbone, train, val, None)]
-    est.metrics_["refit"] = refit_head(est._task, est.model_.head, parts, len(est.classes_), chosen)
-    penalty = f"alpha={chosen['alpha']:g}" if est._task == "regression" else f"C={chosen['C']}"
+    refit = est.metrics_["refit"] = refit_head(est._task, est.model_.head, parts, len(est.classes_), chosen)
+    penalty = (f"alpha={refit['alpha']:g} (chosen again on them by leave-one-out)" if est._task == "regression"
+               else f"C={refit['C']}")
     say(est.verbose, f"head: refitted on all {est.metrics_['refit']['rows']} labeled rows (training + "
         f"validation) at {penalty}; the validation metrics are those of the fit without the hold-out")
 
