@@ -59,10 +59,24 @@ def _solve_folds(x: torch.Tensor, y: torch.Tensor, fit_masks: torch.Tensor, n_cl
     together with the search at SEARCH_MAX_ITER; 80 rows: 1.6 -> 0.9 s (there Python's per-iteration overhead is
     most of it); 3,072 x 384 MiniLM features: 1.4 -> 0.6 s; same choices and test accuracies. scikit-learn's own
     lbfgs took 30 s for the grid at 1,000 x 1,280 (18 ms an iteration, up to 600 iterations on raw features)."""
+    targets = y[:, None, None].expand(-1, len(fit_masks), 1)
+
+    def log_loss(logits: torch.Tensor, row_weights: torch.Tensor) -> torch.Tensor:
+        return -(torch.log_softmax(logits, -1).gather(-1, targets)[..., 0] * row_weights).sum()
+
+    return lbfgs_folds(x, fit_masks, n_classes, c_value, log_loss, start, max_iter)
+
+
+def lbfgs_folds(x: torch.Tensor, fit_masks: torch.Tensor, n_outputs: int, c_value: float, data_loss,
+                start: tuple[torch.Tensor, torch.Tensor] | None = None,
+                max_iter: int = MAX_ITER) -> tuple[torch.Tensor, torch.Tensor]:
+    """The L-BFGS solve shared by the softmax probe (_solve_folds) and the one-vs-rest one (probe_heads): weights
+    [folds, outputs, features] and biases [folds, outputs] minimising `data_loss(logits [rows, folds, outputs],
+    row_weights [rows, folds])` (each fold's mean over its rows) plus scikit-learn's L2 term divided by C * rows."""
     folds = len(fit_masks)
     if start is None:
-        weight = torch.zeros(folds, n_classes, x.shape[1], dtype=x.dtype)
-        bias = torch.zeros(folds, n_classes, dtype=x.dtype)
+        weight = torch.zeros(folds, n_outputs, x.shape[1], dtype=x.dtype)
+        bias = torch.zeros(folds, n_outputs, dtype=x.dtype)
     else:
         weight, bias = start[0].clone(), start[1].clone()
     weight.requires_grad_(True)
@@ -70,16 +84,14 @@ def _solve_folds(x: torch.Tensor, y: torch.Tensor, fit_masks: torch.Tensor, n_cl
     fit_counts = fit_masks.sum(1, keepdim=True).to(x.dtype)
     row_weights = (fit_masks.to(x.dtype) / fit_counts).T  # [rows, folds]: each fold's loss is a mean over its rows
     penalty = (1.0 / (2.0 * c_value * fit_counts))[:, :, None]  # [folds, 1, 1]
-    targets = y[:, None, None].expand(-1, folds, 1)
     opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-6,
                             line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
         # every row through every fold's weights in one product; a fold's held-out rows get weight 0
-        logits = (x @ weight.reshape(-1, x.shape[1]).T).view(len(y), folds, n_classes) + bias
-        log_loss = -(torch.log_softmax(logits, -1).gather(-1, targets)[..., 0] * row_weights).sum()
-        loss = log_loss + (penalty * weight**2).sum()
+        logits = (x @ weight.reshape(-1, x.shape[1]).T).view(len(x), folds, n_outputs) + bias
+        loss = data_loss(logits, row_weights) + (penalty * weight**2).sum()
         loss.backward()
         return loss
 

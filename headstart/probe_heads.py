@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .probe import C_GRID, DEFAULT_C, MAX_ITER, SEARCH_MAX_ITER, _scale, probe_stage, refit_probe
+from .probe import C_GRID, DEFAULT_C, MAX_ITER, SEARCH_MAX_ITER, _scale, lbfgs_folds, probe_stage, refit_probe
 
 # Standardised features: X^T X has trace rows x features, so useful penalties span small (many rows, few
 # features) to very large (a few hundred rows of 1,280 correlated features); half-decade steps.
@@ -110,32 +110,13 @@ def _solve_ovr_folds(x: torch.Tensor, y: torch.Tensor, fit_masks: torch.Tensor, 
     scikit-learn's objective (divided by C * its rows), solved together by L-BFGS as probe._solve_folds does:
     the objectives are independent, so the sum's minimum is each one's. `y`: 0/1 [rows, labels]. Returns
     weights [folds, labels, features] and biases [folds, labels]."""
-    folds, labels = len(fit_masks), y.shape[1]
-    if start is None:
-        weight = torch.zeros(folds, labels, x.shape[1], dtype=x.dtype)
-        bias = torch.zeros(folds, labels, dtype=x.dtype)
-    else:
-        weight, bias = start[0].clone(), start[1].clone()
-    weight.requires_grad_(True)
-    bias.requires_grad_(True)
-    fit_counts = fit_masks.sum(1, keepdim=True).to(x.dtype)
-    row_weights = (fit_masks.to(x.dtype) / fit_counts).T[:, :, None]  # [rows, folds, 1]
-    penalty = (1.0 / (2.0 * c_value * fit_counts))[:, :, None]
-    targets = y.to(x.dtype)[:, None, :].expand(-1, folds, -1)
-    opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-6,
-                            line_search_fn="strong_wolfe")
+    targets = y.to(x.dtype)[:, None, :].expand(-1, len(fit_masks), -1)
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        logits = (x @ weight.reshape(-1, x.shape[1]).T).view(len(y), folds, labels) + bias
-        log_loss = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-        loss = (log_loss * row_weights).sum() + (penalty * weight**2).sum()
-        loss.backward()
-        return loss
+    def log_loss(logits: torch.Tensor, row_weights: torch.Tensor) -> torch.Tensor:
+        per_label = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        return (per_label * row_weights[:, :, None]).sum()
 
-    with torch.enable_grad():
-        opt.step(closure)
-    return weight.detach(), bias.detach()
+    return lbfgs_folds(x, fit_masks, y.shape[1], c_value, log_loss, start, max_iter)
 
 
 def _ovr_folds(n: int, seed: int) -> tuple[torch.Tensor, list[np.ndarray]]:
