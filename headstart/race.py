@@ -6,8 +6,8 @@ regressions on frozen inputs (a classification plan that ended with the probe), 
 same stratified folds of every labeled row, training and validation together; otherwise on the validation rows.
 The per-row differences between the two (correct or not; squared error for regression; labels right for
 multi-label) are paired, so their standard error measures the comparison's noise. The baseline is
-shipped when it is better by more than one standard error (SHIP_MARGIN_SE); otherwise the transferred model stays,
-and both candidates, with their validation scores, intervals and times, are in the reasons and the report.
+shipped when it is better by more than SHIP_MARGIN_SE standard errors (0, fitted on the suite: the better point
+estimate); otherwise the transferred model stays, and both candidates, with their validation scores, intervals and times, are in the reasons and the report.
 """
 
 from __future__ import annotations
@@ -24,9 +24,13 @@ from .inference import embed
 from .progress import say
 from .strategies import Baseline
 
-# Not yet fitted on a suite (issue "auto measured"): one standard error of the paired differences is the usual
-# "beyond noise" rule; with no difference at all the cheaper-to-explain transferred model stays.
-SHIP_MARGIN_SE = 1.0
+# The baseline ships when it leads by more than this many standard errors of the paired differences. Fitted by
+# leaving one data set out (bench/suite.py + suite_report.py, at the commit that introduced the race: Fashion-MNIST
+# plain / permuted / coarse, tweets, 20 Newsgroups, election tweets, clothing reviews; 8 and 32 per class): the
+# threshold fitted on the other data sets was -0.25 to 0.25 for every held-out one, and their held-out regret at
+# it was 0 / 0 / 0 / 2.9 / 1.1 points against 0 / 6.4 / 0 / 2.9 / 1.6 at the 1.0 first put here. So: the better
+# point estimate ships; on a tie the transferred model stays.
+SHIP_MARGIN_SE = 0.0
 UNITS = {"classification": "accuracy", "multilabel": "label accuracy",
          "regression": "mean squared error (standardised targets)"}
 
@@ -119,10 +123,10 @@ def race_baseline(est, train: LabeledData, val: LabeledData, transferred: tuple[
                 f"{verdict['rows']} {verdict['rows_from']} ({verdict['difference'] / verdict['standard_error']:.1f} "
                 "standard errors); shipping it")
     else:
-        ahead = verdict["difference"] > 0
-        said = (f"kept the transferred model: on {verdict['rows']} {verdict['rows_from']} the from-scratch model is "
-                f"{'ahead' if ahead else 'behind'} by {gap}"
-                + (f", within {SHIP_MARGIN_SE:g} standard error: noise" if ahead else ""))
+        ahead, tied = verdict["difference"] > 0, verdict["difference"] == 0
+        said = (f"kept the transferred model: on {verdict['rows']} {verdict['rows_from']} the from-scratch model "
+                + ("ties it" if tied else f"is {'ahead' if ahead else 'behind'} by {gap}")
+                + (f", within {SHIP_MARGIN_SE:g} standard errors: noise" if ahead else ""))
     if est.advice_ is not None:
         est.advice_.measurements["candidates"] = candidates
         est.advice_.measurements["race"] = {k: round(v, 5) if isinstance(v, float) else v for k, v in verdict.items()}
