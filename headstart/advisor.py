@@ -37,8 +37,9 @@ Rules, in order (thresholds are in the code below, each with its reason printed)
    the probe is near its ceiling (gain >= 0.9) and fine-tuning would cost over 5 minutes (under a time limit; without
    one, over 5,400 example passes, so that the plan never depends on the machine's speed): then the head only.
 7. large: `full` fine-tuning when unlike the source (gain < 0.6), else `two-stage`.
-Regression (regression_advice): the frozen features' leave-one-out R^2 under the ridge head against ridge on the
-no-transfer inputs (grey pixels, TF-IDF), then fine-tuning from 1,000 examples. Multi-label: the size rule alone.
+Regression and multi-label (head_task_advice): the solved head's cross-validated score on the frozen features (ridge
+leave-one-out R^2; one-vs-rest micro-F1) against the same head on the no-transfer inputs (grey pixels, TF-IDF), the
+fine-tune's cost, then fine-tuning from 1,000 examples.
 Every `auto` plan then races the no-transfer model on validation (race.py).
 For texts, a plan that fine-tunes the encoder (`two-stage`, `full`) becomes `full` at the Hugging Face Trainer's
 recipe: one rate for every encoder layer, a fresh head, batches of 8 (TEXT_FINETUNE has the measurement).
@@ -279,8 +280,8 @@ def advise(backbone, modality, train, task: str, features: tuple[np.ndarray, np.
     """Take the measurements on the training data (features: cached frozen features and their ok-mask)."""
     from .rank import logme, probe_accuracy
 
-    if task == "regression" and features is not None:
-        return regression_advice(backbone, modality, train, features, seed)
+    if task in ("regression", "multilabel") and features is not None:
+        return head_task_advice(task, backbone, modality, train, features, epochs, seed)
     if task != "classification" or features is None:
         big = len(train) >= 1000
         return Advice("two-stage" if big else "features", reasons=[
@@ -315,37 +316,59 @@ def ridge_r2(features: np.ndarray, targets: np.ndarray) -> float:
     return float(1 - chosen["cv_mse"] / y.var(unbiased=False))
 
 
-def raw_input_r2(modality: str, items: list, targets: np.ndarray) -> float:
-    """The from-scratch reference for regression: ridge on the no-transfer inputs (backbones/scratch.py), the very
-    inputs the race's baseline model reads."""
+def multilabel_micro_f1(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> float:
+    """Cross-validated micro-F1 of the one-vs-rest head (probe_heads.cross_validated_micro_f1)."""
+    import torch
+
+    from .probe_heads import cross_validated_micro_f1
+
+    return cross_validated_micro_f1(torch.as_tensor(features), torch.as_tensor(targets), seed)
+
+
+HEAD_TASK_MEASURES = {"regression": ("ridge leave-one-out R^2", lambda f, y, seed: ridge_r2(f, y)),
+                      "multilabel": ("one-vs-rest cross-validated micro-F1", multilabel_micro_f1)}
+
+
+def raw_input_score(task: str, modality: str, items: list, targets: np.ndarray, seed: int = 0) -> float:
+    """The from-scratch reference for regression and multi-label: the same head on the no-transfer inputs
+    (backbones/scratch.py), the very inputs the race's baseline model reads."""
     from .backbones import create_backbone, scratch_spec
     from .inference import embed
 
     backbone = create_backbone(scratch_spec(modality, items), pretrained=False)
     feats, ok = embed(backbone, items, use_cache=False, verbose=False)
-    return ridge_r2(feats[ok], targets[ok])
+    return HEAD_TASK_MEASURES[task][1](feats[ok], targets[ok], seed)
 
 
-def regression_advice(backbone, modality, train, features: tuple[np.ndarray, np.ndarray], seed: int) -> Advice:
-    """Regression: the frozen features' leave-one-out R^2 against the no-transfer reference's, then the size rule
-    (fine-tune from 1,000 examples). The race after training (race.py) ships the no-transfer model if it wins."""
+def head_task_advice(task: str, backbone, modality, train, features: tuple[np.ndarray, np.ndarray], epochs: int,
+                     seed: int) -> Advice:
+    """Regression and multi-label: the solved head's cross-validated score on the frozen features against the
+    same head on the no-transfer inputs, the fine-tune's cost, then the size rule (fine-tune from 1,000 examples).
+    The race after training (race.py) ships the no-transfer model if it wins."""
     feats, ok = features
     rows = np.flatnonzero(ok)
     if len(rows) > MAX_MEASURE_ROWS:
         rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_MEASURE_ROWS, replace=False))
     y = train.targets[rows].astype(np.float64)
-    probe, baseline = ridge_r2(feats[rows], y), raw_input_r2(modality.name, [train.items[i] for i in rows], y)
+    what, measure = HEAD_TASK_MEASURES[task]
+    probe = measure(feats[rows], y, seed)
+    baseline = raw_input_score(task, modality.name, [train.items[i] for i in rows], y, seed)
+    seconds = epochs * len(train) * time_forward(backbone, modality, train.items, seed=seed) * \
+        FINETUNE_COST.get(modality.name, 3)
     big = len(train) >= 1000
-    reasons = [f"regression with {len(train)} training examples",
-               f"frozen features: ridge leave-one-out R^2 {probe:.3f}; raw-input reference (ridge on "
-               f"{'TF-IDF' if modality.name == 'text' else 'grey pixels'}) {baseline:.3f}"]
+    reasons = [f"{task} with {len(train)} training examples",
+               f"frozen features: {what} {probe:.3f}; raw-input reference (the same head on "
+               f"{'TF-IDF' if modality.name == 'text' else 'grey pixels'}) {baseline:.3f}",
+               f"fine-tuning {epochs} epoch(s) would take about {seconds:.0f} s here"]
     if probe <= baseline + NEGATIVE_MARGIN:
-        reasons.append(f"negative transfer: the frozen features (R^2 {probe:.3f}) fit no better than a from-scratch "
+        reasons.append(f"negative transfer: the frozen features ({probe:.3f}) fit no better than a from-scratch "
                        f"model on raw inputs ({baseline:.3f}); the no-transfer model races the result on validation")
     strategy = "two-stage" if big else "features"
     reasons.append(f"-> {strategy}: " + ("enough data to fine-tune" if big else "too few to fine-tune safely"))
-    advice = Advice(strategy, {}, reasons, {"n_train": len(train), "probe_r2": round(probe, 4),
-                                            "raw_input_r2": round(baseline, 4)})
+    key = "r2" if task == "regression" else "micro_f1"
+    advice = Advice(strategy, {}, reasons, {"n_train": len(train), f"probe_{key}": round(probe, 4),
+                                            f"raw_input_{key}": round(baseline, 4),
+                                            "finetune_seconds_estimate": round(seconds)})
     return with_text_finetune(advice) if modality.name == "text" else advice
 
 

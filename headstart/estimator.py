@@ -273,7 +273,7 @@ class TransferEstimator:
         from .advisor import advise
 
         feats = None
-        if self._task in ("classification", "regression"):  # the probe reads the cached features the head will
+        if self.head == "linear" or self._task == "classification":  # the probe reads the features the head will
             feats = embed(backbone, train.items, batch_size=self.batch_size, num_workers=self.num_workers,
                           use_cache=self.use_cache, cache_dir=self.cache_dir, verbose=self.verbose)
         advice = advise(backbone, self._modality, train, self._task, feats, epochs=self.epochs,

@@ -170,6 +170,25 @@ def _install_ovr(head: nn.Sequential, features: torch.Tensor, targets: torch.Ten
     _copy(head, weight[0], bias[0])
 
 
+def cross_validated_micro_f1(features: torch.Tensor, targets: torch.Tensor, seed: int = 0) -> float:
+    """Out-of-fold micro-F1 (at 0.5) of the one-vs-rest head at the scaling and C that fit_ovr chooses on these
+    rows: what `auto` measures of multi-label features (advisor.head_task_advice)."""
+    from .heads import HeadConfig, build_head
+
+    y = targets.float()
+    if len(y) < 4:
+        return float("nan")
+    head = build_head(HeadConfig(), features.shape[1], y.shape[1])
+    chosen = fit_ovr(head, features, y, seed)
+    x = _scale(head[0], features, chosen["scaling"])
+    masks, held = _ovr_folds(len(y), seed)
+    weight, bias = _solve_ovr_folds(x, y, masks, chosen["C"])
+    decided = np.zeros(tuple(y.shape), dtype=bool)
+    for f, rows in enumerate(held):
+        decided[rows] = (x[torch.as_tensor(rows)] @ weight[f].T + bias[f] >= 0).numpy()  # sigmoid >= 0.5
+    return _micro_f1(y.numpy() >= 0.5, decided)
+
+
 def _micro_f1(y: np.ndarray, decided: np.ndarray) -> float:
     tp = float((decided & y).sum())
     wrong = float((decided != y).sum())  # false positives + false negatives

@@ -7,7 +7,8 @@ same stratified folds of every labeled row, training and validation together; ot
 The per-row differences between the two (correct or not; squared error for regression; labels right for
 multi-label) are paired, so their standard error measures the comparison's noise. The baseline is
 shipped when it is better by more than SHIP_MARGIN_SE standard errors (0, fitted on the suite: the better point
-estimate); otherwise the transferred model stays, and both candidates, with their validation scores, intervals and times, are in the reasons and the report.
+estimate); otherwise the transferred model stays, and both candidates, with their validation scores, intervals
+and times, are in the reasons and the report.
 """
 
 from __future__ import annotations

@@ -145,3 +145,22 @@ def test_auto_measures_regression_against_the_no_transfer_reference_and_races_it
     assert names[1].startswith("no transfer (TF-IDF") and m["race"]["rows_from"] == "validation rows"
     assert reg.strategy_["name"] == ("baseline" if m["candidates"][1]["shipped"] else "features")
     assert reg.history_[0]["probe"]["alpha"] > 0  # the ridge head, solved
+
+
+def test_auto_measures_multilabel_with_the_solved_head_and_races_it(tweets, tmp_path):
+    import csv
+
+    data = hs.TextClassifier()._load(tweets[0])
+    median = np.median([len(t) for t in data.items])
+    path = str(tmp_path / "tags.csv")
+    with open(path, "w", newline="") as f:  # each tweet's sentiment, and "long" for the longer half: real rows
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows((t, data.classes[c] + (";long" if len(t) > median else "")) for t, c in zip(data.items,
+                                                                                                    data.targets))
+    clf = hs.TextClassifier(task="multilabel", strategy="auto", seed=0, verbose=False).fit(path)
+    m = clf.advice_.measurements
+    assert 0 < m["probe_micro_f1"] <= 1 and 0 < m["raw_input_micro_f1"] <= 1
+    assert any("one-vs-rest cross-validated micro-F1" in r for r in clf.advice_.reasons)
+    assert [c["shipped"] for c in m["candidates"]].count(True) == 1
+    assert "C" in next(r["probe"] for r in clf.history_ if "probe" in r)  # the one-vs-rest head, solved
