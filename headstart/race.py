@@ -5,10 +5,10 @@ head on grey pixels or TF-IDF, backbones/scratch.py) is fitted on the same train
 regressions on frozen inputs (a classification plan that ended with the probe), both are scored out of fold on the
 same stratified folds of every labeled row, training and validation together; otherwise on the validation rows.
 The per-row differences between the two (correct or not; squared error for regression; labels right for
-multi-label) are paired, so their standard error measures the comparison's noise. The baseline is
-shipped when it is better by more than SHIP_MARGIN_SE standard errors (0, fitted on the suite: the better point
-estimate); otherwise the transferred model stays, and both candidates, with their validation scores, intervals
-and times, are in the reasons and the report.
+multi-label) are paired, so their standard error measures the comparison's noise. The baseline is shipped when it
+is better by more than SHIP_MARGIN_SE standard errors out of fold (0, fitted on the suite: the better point
+estimate), VALIDATION_MARGIN_SE on validation rows alone (1, not yet fitted); otherwise the transferred model stays,
+and both candidates, with their scores, intervals and times, are in the reasons and the report.
 """
 
 from __future__ import annotations
@@ -31,8 +31,12 @@ from .strategies import Baseline
 # threshold fitted on the other data sets was -0.25 to 0.25 for every held-out one, and the held-out regret at it
 # was 0 / 0 / 0 / 2.9 / 1.1 points (20 Newsgroups, clothing reviews, election tweets, tweets, Fashion-MNIST) against
 # 0 / 3.2 / 0 / 2.9 / 1.6 at the 1.0 first put here (bench/results/suite.json). So: the better point estimate ships;
-# on a tie the transferred model stays.
+# on a tie the transferred model stays. Those races were all out of fold on every labeled row (probes on frozen
+# inputs). Races on the validation rows alone (fine-tuned or tuned encoders, regression, multi-label) keep the
+# unfitted 1 standard error: on a fifth of 64 election tweets (13 rows) the better point estimate shipped TF-IDF at
+# 0.632 test accuracy over `setfit`'s tuned encoder (0.830 without the race; suite's second run).
 SHIP_MARGIN_SE = 0.0
+VALIDATION_MARGIN_SE = 1.0
 UNITS = {"classification": "accuracy", "multilabel": "label accuracy",
          "regression": "mean squared error (standardised targets)"}
 
@@ -108,7 +112,8 @@ def race_baseline(est, train: LabeledData, val: LabeledData, transferred: tuple[
         theirs = row_scores(est._task, targets[both], challenger[0][both])
         verdict = {**paired(ours, theirs), "rows_from": "validation rows"}
     seconds = time.perf_counter() - started
-    ships = verdict["difference"] > 0 and verdict["difference"] > SHIP_MARGIN_SE * verdict["standard_error"]
+    margin = SHIP_MARGIN_SE if folds is not None else VALIDATION_MARGIN_SE
+    ships = verdict["difference"] > 0 and verdict["difference"] > margin * verdict["standard_error"]
     sign = -1 if est._task == "regression" else 1  # shown as mean squared error: lower is better
     unit = UNITS[est._task]
     transferred_name = f"transfer ({est.strategy_['name']} on {est.spec_.name})"
@@ -128,7 +133,7 @@ def race_baseline(est, train: LabeledData, val: LabeledData, transferred: tuple[
         ahead, tied = verdict["difference"] > 0, verdict["difference"] == 0
         said = (f"kept the transferred model: on {verdict['rows']} {verdict['rows_from']} the from-scratch model "
                 + ("ties it" if tied else f"is {'ahead' if ahead else 'behind'} by {gap}")
-                + (f", within {SHIP_MARGIN_SE:g} standard errors: noise" if ahead else ""))
+                + (f", within {margin:g} standard errors: noise" if ahead else ""))
     if est.advice_ is not None:
         est.advice_.measurements["candidates"] = candidates
         est.advice_.measurements["race"] = {k: round(v, 5) if isinstance(v, float) else v for k, v in verdict.items()}
