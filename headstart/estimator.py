@@ -213,7 +213,7 @@ class TransferEstimator:
                 strategy, self.advice_ = get_strategy(self.strategy, last_n=self.last_n), None
         model = TransferModel(backbone, head)
         stages = [] if classical else strategy.plan(backbone.group_names(), self.epochs, self.lr, self.head_epochs)
-        solved = self._solved_head(head)
+        solved = is_probe_head(head)  # head stages solved (probe.py, probe_heads.py), not trained
         say(self.verbose, f"backbone {backbone.spec.name} ({backbone.feature_dim} features, "
             f"{len(backbone.group_names())} layer groups); strategy {strategy.name}: "
             + describe_plan(stages, solved, self.batch_size, self._task))
@@ -241,7 +241,7 @@ class TransferEstimator:
         self.metrics_ = {"validation": self._score(val, val_scores),
                          "fit_seconds": round(time.perf_counter() - started, 2)}
         set_decision_thresholds(self, val, val_scores)  # multi-label: per-label thresholds where they help
-        if valid is None and unlabeled is None and self._solved_head(self.model_.head) and not self.backbone_trained_:
+        if valid is None and unlabeled is None and is_probe_head(self.model_.head) and not self.backbone_trained_:
             refit_final_probe(self, self.model_.backbone, train, val)
         self.memory_, self.continual_ = remember(self, train), None
         if self.out_dir and is_main_process():  # one writer when several processes train together
@@ -249,10 +249,6 @@ class TransferEstimator:
         if ckpt is not None:
             ckpt.remove()  # the bundle now holds the result
         return self
-
-    def _solved_head(self, head: nn.Module) -> bool:
-        """Head stages of this head are solved (probe.py, probe_heads.py), not trained: a `linear` head, any task."""
-        return is_probe_head(head)
 
     def _classical_fit(self, backbone: Backbone, train: LabeledData):
         """Fit the scikit-learn head on cached frozen features (see classical.py for how it is saved)."""

@@ -22,6 +22,7 @@ from .backbones import create_backbone, scratch_spec
 from .data.labeled import LabeledData
 from .heads import HeadConfig, TransferModel, build_head
 from .inference import embed
+from .probe import is_probe_head
 from .progress import say
 from .strategies import Baseline
 
@@ -79,7 +80,7 @@ def fit_baseline(est, train: LabeledData, val: LabeledData, loop) -> tuple[Trans
     stages = strategy.plan(backbone.group_names(), est.epochs, est.lr, est.head_epochs)
     kept, est.history_ = est.history_, []  # run_plan appends to the estimator's history: keep the two apart
     try:
-        run_plan(est, model, stages, train, val, est._solved_head(head), loop, None, None)
+        run_plan(est, model, stages, train, val, is_probe_head(head), loop, None, None)
     finally:
         history, est.history_ = est.history_, kept
     for record in history:

@@ -8,8 +8,8 @@ They let the from-scratch reference that `auto` measures be a real model: the sa
 - `tfidf`: TF-IDF of word uni- and bigrams (scikit-learn's TfidfVectorizer defaults: lower case, words of two or
   more characters, smoothed idf, unit length), with the vocabulary and idf fitted on the training texts. The
   vocabulary and idf travel in the spec (JSON, so a bundle holds them and the feature cache's key covers them); the
-  vectors are computed in torch, the
-  n-grams by scikit-learn's own analyzer, so the model equals `TfidfVectorizer.transform` (tests check it).
+  vectors are computed in torch, the n-grams by scikit-learn's own analyzer, so the model equals
+  `TfidfVectorizer.transform` (tests check it).
 """
 
 from __future__ import annotations
@@ -68,9 +68,10 @@ class NgramTokenizer:
 class Tfidf(nn.Module):
     """Token ids -> unit-length TF-IDF vectors: raw counts times idf, L2-normalised (TfidfVectorizer's defaults)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, idf: Sequence[float]) -> None:
         super().__init__()
-        self.register_buffer("idf", torch.ones(size), persistent=False)  # from the spec, not the weights file
+        # from the spec, not the weights file
+        self.register_buffer("idf", torch.as_tensor(idf, dtype=torch.float32), persistent=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, mask = batch["input_ids"], batch["attention_mask"].to(self.idf.dtype)
@@ -90,7 +91,8 @@ def build_pixels(spec: BackboneSpec, pretrained: bool) -> Backbone:
 
 def build_tfidf(spec: BackboneSpec, pretrained: bool) -> Backbone:
     vocabulary = spec.options.get("vocabulary") or []
-    backbone = Backbone(spec, Tfidf(max(1, len(vocabulary))), max(1, len(vocabulary)), _single_group, ["final"])
+    idf = spec.options.get("idf") or [1.0] * max(1, len(vocabulary))
+    backbone = Backbone(spec, Tfidf(idf), len(idf), _single_group, ["final"])
     backbone.tokenizer = NgramTokenizer(vocabulary, tuple(spec.options.get("ngram_range", NGRAMS)))
     backbone.cache_features = False  # cheaper to compute than to read back: dense rows of the whole vocabulary
     return backbone
@@ -131,14 +133,7 @@ def tfidf_spec(texts: Sequence[str]) -> BackboneSpec:
 
 def build_scratch(spec: BackboneSpec, pretrained: bool) -> Backbone:
     """Either no-transfer backbone, built from its spec alone (a `tfidf` spec holds its vocabulary and idf)."""
-    if spec.arch == "pixels":
-        return build_pixels(spec, pretrained)
-    backbone = build_tfidf(spec, pretrained)
-    idf = spec.options.get("idf")
-    if idf:
-        with torch.no_grad():
-            backbone.body.idf.copy_(torch.as_tensor(idf, dtype=torch.float32))
-    return backbone
+    return (build_pixels if spec.arch == "pixels" else build_tfidf)(spec, pretrained)
 
 
 def scratch_spec(modality: str, items: Sequence) -> BackboneSpec:
