@@ -116,6 +116,9 @@ def refit_final_probe(est, backbone: Backbone, train: LabeledData, val: LabeledD
     refit = est.metrics_["refit"] = refit_head(est._task, est.model_.head, parts, len(est.classes_), chosen)
     penalty = (f"alpha={refit['alpha']:g} (chosen again on them by leave-one-out)" if est._task == "regression"
                else f"C={refit['C']}")
+    if est._task == "multilabel":  # thresholds chosen on every row out of fold replace the validation rows' choice
+        est.metrics_["thresholds"] = refit.pop("thresholds")
+        est.thresholds_ = est.metrics_["thresholds"]["thresholds"]
     say(est.verbose, f"head: refitted on all {est.metrics_['refit']['rows']} labeled rows (training + "
         f"validation) at {penalty}; the validation metrics are those of the fit without the hold-out")
 

@@ -67,12 +67,13 @@ def _solve_folds(x: torch.Tensor, y: torch.Tensor, fit_masks: torch.Tensor, n_cl
     return lbfgs_folds(x, fit_masks, n_classes, c_value, log_loss, start, max_iter)
 
 
-def lbfgs_folds(x: torch.Tensor, fit_masks: torch.Tensor, n_outputs: int, c_value: float, data_loss,
+def lbfgs_folds(x: torch.Tensor, fit_masks: torch.Tensor, n_outputs: int, c_value: float | torch.Tensor, data_loss,
                 start: tuple[torch.Tensor, torch.Tensor] | None = None,
                 max_iter: int = MAX_ITER) -> tuple[torch.Tensor, torch.Tensor]:
     """The L-BFGS solve shared by the softmax probe (_solve_folds) and the one-vs-rest one (probe_heads): weights
     [folds, outputs, features] and biases [folds, outputs] minimising `data_loss(logits [rows, folds, outputs],
-    row_weights [rows, folds])` (each fold's mean over its rows) plus scikit-learn's L2 term divided by C * rows."""
+    row_weights [rows, folds])` (each fold's mean over its rows) plus scikit-learn's L2 term divided by C * rows.
+    `c_value`: one C, or one per output ([outputs]: independent one-vs-rest problems, each at its own C)."""
     folds = len(fit_masks)
     if start is None:
         weight = torch.zeros(folds, n_outputs, x.shape[1], dtype=x.dtype)
@@ -83,7 +84,8 @@ def lbfgs_folds(x: torch.Tensor, fit_masks: torch.Tensor, n_outputs: int, c_valu
     bias.requires_grad_(True)
     fit_counts = fit_masks.sum(1, keepdim=True).to(x.dtype)
     row_weights = (fit_masks.to(x.dtype) / fit_counts).T  # [rows, folds]: each fold's loss is a mean over its rows
-    penalty = (1.0 / (2.0 * c_value * fit_counts))[:, :, None]  # [folds, 1, 1]
+    c_per_output = torch.as_tensor(c_value, dtype=x.dtype).reshape(1, -1)  # [1, 1] or [1, outputs]
+    penalty = (1.0 / (2.0 * c_per_output * fit_counts))[:, :, None]  # [folds, 1 or outputs, 1]
     opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-6,
                             line_search_fn="strong_wolfe")
 
