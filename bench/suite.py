@@ -50,12 +50,13 @@ import suite_report_kinds
 import suite_tasks
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-DEFAULT_STRATEGIES = "auto,baseline,features,two-stage,setfit,sklearn-cv"
+DEFAULT_STRATEGIES = "auto,baseline,features,two-stage,setfit,sklearn-cv,hf-trainer"
+ANCHORS = ("sklearn-cv", "hf-trainer")  # other tools, run by suite_fit on the regression and multi-label tasks
 ONLY_FOR = {"setfit": "text"}  # tunes sentence encoders only; every other strategy applies to both modalities
 # Classification tasks are sized per class (suite_data); regression and multi-label ones in training rows
 # (suite_tasks), and run only the strategies of suite_fit.KIND_STRATEGIES: the frozen path, the no-transfer model and
-# the scikit-learn anchor (fine-tunes on these kinds are for a later change); `sklearn-cv` has no classification
-# variant here.
+# the anchors (scikit-learn on the same features, the Hugging Face Trainer); the anchors have no classification
+# variant here (bench/anchors.py runs the classification tools).
 TASKS = {**suite_data.TASKS, **suite_tasks.TASKS}
 CHILD_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "HF_HUB_OFFLINE": "1",
              "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -70,7 +71,7 @@ def kind_of(spec: object) -> str:
 def applies(strategy: str, spec: object) -> bool:
     if kind_of(spec) != "classification":
         return strategy in suite_fit.KIND_STRATEGIES
-    return strategy != "sklearn-cv" and ONLY_FOR.get(strategy, spec.modality) == spec.modality
+    return strategy not in ANCHORS and ONLY_FOR.get(strategy, spec.modality) == spec.modality
 
 
 # ---------------------------------------------------------------- provenance
