@@ -353,8 +353,8 @@ def head_task_advice(task: str, backbone, modality, train, features: tuple[np.nd
     what, measure = HEAD_TASK_MEASURES[task]
     probe = measure(feats[rows], y, seed)
     baseline = raw_input_score(task, modality.name, [train.items[i] for i in rows], y, seed)
-    seconds = epochs * len(train) * time_forward(backbone, modality, train.items, seed=seed) * \
-        FINETUNE_COST.get(modality.name, 3)
+    per_item = time_forward(backbone, modality, train.items, seed=seed)
+    seconds = epochs * len(train) * per_item * FINETUNE_COST.get(modality.name, 3)
     big = len(train) >= 1000
     reasons = [f"{task} with {len(train)} training examples",
                f"frozen features: {what} {probe:.3f}; raw-input reference (the same head on "
@@ -368,6 +368,7 @@ def head_task_advice(task: str, backbone, modality, train, features: tuple[np.nd
     key = "r2" if task == "regression" else "micro_f1"
     advice = Advice(strategy, {}, reasons, {"n_train": len(train), f"probe_{key}": round(probe, 4),
                                             f"raw_input_{key}": round(baseline, 4),
+                                            "seconds_per_item_forward": round(per_item, 5),
                                             "finetune_seconds_estimate": round(seconds)})
     return with_text_finetune(advice) if modality.name == "text" else advice
 

@@ -39,7 +39,8 @@ def fit(
     strategy: str = typer.Option("auto", help="auto | features | finetune | full | two-stage | truncate | lora "
                                  "| fewshot | setfit | baseline (no transfer: raw pixels or TF-IDF); auto measures "
                                  "your data, races the baseline on validation and says why"),
-    time_limit: float | None = typer.Option(None, help="seconds auto may plan for fine-tuning"),
+    time_limit: float | None = typer.Option(None, help="seconds the whole fit may take: auto plans within it, "
+                                             "training stops when it runs out"),
     epochs: int = typer.Option(3, help="epochs of stages that train backbone layers"),
     head_epochs: int = typer.Option(60, help="epochs of gradient-trained head stages (torch-mlp); a linear head "
                                      "is solved: logistic regression (classes, labels) or ridge (values)"),

@@ -35,6 +35,7 @@ from .plan_runner import describe_plan, open_run_log, refit_final_probe, run_pla
 from .probe import is_probe_head
 from .probe_heads import set_decision_thresholds
 from .progress import say
+from .race import announce_plan
 from .strategies import get_strategy
 from .train import LoopConfig
 
@@ -222,6 +223,8 @@ class TransferEstimator:
         log = open_run_log(self.out_dir, is_main_process())
         ckpt = run_checkpointer(self, resume, len(train), len(val), stages, log)
         self.history_: list[dict] = list(ckpt.earlier_history) if ckpt else []
+        loop = announce_plan(self, backbone, stages, train, val, loop, started)  # estimated time; the time limit
+        planned = time.perf_counter()
         backbone_trained = run_plan(self, model, stages, train, val, solved, loop, log, ckpt)
         if unlabeled is not None:  # domain adaptation to the unlabeled target data
             from .adapt import adapt_to_target
@@ -236,7 +239,7 @@ class TransferEstimator:
         if self.strategy == "auto" and not classical and unlabeled is None and len(val):
             from .race import race_baseline  # never ship a model worse than the no-transfer one
 
-            val_scores = race_baseline(self, train, val, val_scores, time.perf_counter() - started, loop)
+            val_scores = race_baseline(self, train, val, val_scores, time.perf_counter() - planned, loop)
         self.thresholds_ = None  # the validation metrics decide at 0.5: out-of-sample for the thresholds below
         self.metrics_ = {"validation": self._score(val, val_scores),
                          "fit_seconds": round(time.perf_counter() - started, 2)}

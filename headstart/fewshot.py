@@ -105,9 +105,10 @@ def pair_loss(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def contrastive_tune(backbone: nn.Module, texts: Sequence[str], labels: np.ndarray, *, epochs: int = SetFit.epochs,
                      lr: float = SETFIT_LR, batch_size: int = SETFIT_BATCH, seed: int = 0,
-                     verbose: bool = True) -> list[dict]:
+                     verbose: bool = True, deadline: float | None = None) -> list[dict]:
     """Fine-tune a text backbone so that same-class texts embed close (cosine -> 1), others apart (-> 0): `epochs`
-    passes over the texts in shuffled batches, `pair_loss` on each. Returns one record per pass (mean loss)."""
+    passes over the texts in shuffled batches, `pair_loss` on each. Returns one record per pass (mean loss).
+    No batch starts after `deadline` (a time.perf_counter() value: the estimator's time limit)."""
     if getattr(backbone, "tokenizer", None) is None:
         raise HeadstartError(f"contrastive tuning needs a text backbone; '{backbone.spec.name}' has no tokenizer")
     from .inference import _device, _to
@@ -126,6 +127,8 @@ def contrastive_tune(backbone: nn.Module, texts: Sequence[str], labels: np.ndarr
             order, losses = rng.permutation(len(texts)), []
             # batches of at most batch_size, of near-equal sizes: never a last batch of one text, which has no pair
             for rows in np.array_split(order, -(-len(order) // batch_size)):
+                if deadline is not None and time.perf_counter() > deadline:
+                    break
                 enc = backbone.tokenizer([texts[r] for r in rows], padding=True, truncation=True,
                                          max_length=max_length, return_tensors="pt")
                 loss = pair_loss(backbone(_to(dict(enc), device)), labels[rows].to(device))
@@ -134,8 +137,11 @@ def contrastive_tune(backbone: nn.Module, texts: Sequence[str], labels: np.ndarr
                 opt.step()
                 losses.append(float(loss.detach()))
                 bar.update(task, advance=len(rows), info=f"pass {epoch}/{epochs} loss {np.mean(losses):.3f}")
-            history.append({"stage": "setfit", "epoch": epoch, "train_loss": float(np.mean(losses)),
+            history.append({"stage": "setfit", "epoch": epoch, "train_loss": float(np.mean(losses or [np.nan])),
                             "texts": len(texts)})
+            if deadline is not None and time.perf_counter() > deadline:
+                history[-1]["stopped"] = "time limit"
+                break
     for p in backbone.parameters():
         p.requires_grad_(False)
     backbone.eval()
@@ -240,9 +246,11 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     # under `auto`), then the head is solved again on every row, as the probe's refit does.
     split = stratified_split(full, est.val_fraction, est.seed) if setfit is not None and valid is None else None
     tune_rows = split[0] if split is not None else np.arange(len(full))
+    tuning = time.perf_counter()  # the candidate's own time starts here (the advisor's measurements are before)
     if tuned:  # SetFit: the labels reshape the embedding itself before the head is fitted on it
         est.history_ = contrastive_tune(backbone, [full.items[i] for i in tune_rows], full.targets[tune_rows],
-                                        epochs=passes, seed=est.seed, verbose=est.verbose)
+                                        epochs=passes, seed=est.seed, verbose=est.verbose,
+                                        deadline=None if est.time_limit is None else started + 0.85 * est.time_limit)
         feats, ok = run_over(backbone, full.items, est.batch_size, est.num_workers, est.verbose)
     else:
         feats, ok = embed(backbone, full.items, batch_size=est.batch_size, num_workers=est.num_workers,
@@ -269,7 +277,7 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     est.strategy_ = {"name": name, "stages": stages + ([{"name": "head", "epochs": 1}] if setfit else [])}
     est.advice_ = advice
     if split is not None:
-        return _held_out_setfit(est, full, split, (x, y, np.flatnonzero(ok)), fit_rows, chosen, started)
+        return _held_out_setfit(est, full, split, (x, y, np.flatnonzero(ok)), fit_rows, chosen, (started, tuning))
     est.data_summary_ = {"train": len(full), "validation": 0 if valid is None else "given",
                          "class_counts": full.class_counts(),
                          "skipped": [{"path": p, "reason": r} for p, r in full.skipped]}
@@ -289,14 +297,14 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
 
 
 def _held_out_setfit(est, full: LabeledData, split: tuple[list[int], list[int]], embedded, fit_rows: np.ndarray,
-                     chosen: dict, started: float):
+                     chosen: dict, since: tuple[float, float]):
     """`setfit` validated on its held-out fifth: metrics out of sample, the race against the no-transfer model
     (auto), then the shipped head solved again on every labeled row."""
     from .plan_runner import refit_final_probe
     from .probe import refit_probe
     from .train import LoopConfig
 
-    x, y, rows = embedded
+    (x, y, rows), (started, tuning) = embedded, since
     train, val = full.subset(split[0]), full.subset(split[1])
     with torch.no_grad():
         proba = torch.softmax(est.model_.head(x[~fit_rows].float()), -1).numpy().astype(np.float64)
@@ -304,16 +312,18 @@ def _held_out_setfit(est, full: LabeledData, split: tuple[list[int], list[int]],
     scored = np.isin(split[1], rows)
     scores[scored] = proba
     val_scores = (scores, scored)
-    if est.advice_ is not None:  # auto: never ship a model worse than the no-transfer one
-        from .race import race_baseline
+    if est.advice_ is not None:  # auto: never ship a model worse than one it measured (the untuned, no-transfer)
+        from .race import race_baseline, race_frozen_probe
 
-        loop = LoopConfig(patience=est.patience, mixed_precision=est.mixed_precision, verbose=est.verbose)
-        val_scores = race_baseline(est, train, val, val_scores, time.perf_counter() - started, loop)
+        val_scores = race_frozen_probe(est, train, val, val_scores, time.perf_counter() - tuning)
+        loop = LoopConfig(patience=est.patience, mixed_precision=est.mixed_precision, verbose=est.verbose,
+                          deadline=None if est.time_limit is None else started + est.time_limit)
+        val_scores = race_baseline(est, train, val, val_scores, time.perf_counter() - tuning, loop)
     est.data_summary_ = {"train": len(train), "validation": len(val), "class_counts": full.class_counts(),
                          "skipped": [{"path": p, "reason": r} for p, r in full.skipped]}
     est.metrics_ = {"validation": {**est._score(val, val_scores), "held_out": True},
                     "fit_seconds": round(time.perf_counter() - started, 2)}
-    if est.strategy_["name"] == "baseline":
+    if est.strategy_["name"] in ("baseline", "features"):  # a race's winner on frozen inputs
         refit_final_probe(est, est.model_.backbone, train, val)
     else:
         est.metrics_["refit"] = refit_probe(est.model_.head, [(x[fit_rows], y[fit_rows]), (x[~fit_rows], y[~fit_rows])],

@@ -97,7 +97,15 @@ def race_baseline(est, train: LabeledData, val: LabeledData, transferred: tuple[
         say(est.verbose, f"auto: {line}")
         if est.advice_ is not None:
             est.advice_.reasons.append(line)
-    say(est.verbose, f"auto: candidate no transfer: about {estimate_baseline_seconds(est, train, val):.0f} s "
+    baseline_estimate = estimate_baseline_seconds(est, train, val)
+    if loop.deadline is not None and time.perf_counter() + baseline_estimate > loop.deadline:
+        said = (f"no time left under the time limit for the no-transfer candidate (about {baseline_estimate:.0f} "
+                "s): not raced")
+        say(est.verbose, f"auto: {said}")
+        if est.advice_ is not None:
+            est.advice_.reasons.append(f"-> {said}")
+        return transferred
+    say(est.verbose, f"auto: candidate no transfer: about {baseline_estimate:.0f} s "
         "(its inputs prepared once, timed on a sample, then the head solved)")
     started = time.perf_counter()
     model, history, plan = fit_baseline(est, train, val, loop)
@@ -119,11 +127,13 @@ def race_baseline(est, train: LabeledData, val: LabeledData, transferred: tuple[
     unit = UNITS[est._task]
     transferred_name = f"transfer ({est.strategy_['name']} on {est.spec_.name})"
     baseline_name = f"no transfer ({model.backbone.spec.description.removeprefix('no transfer: ')})"
+    planned = est.advice_.measurements.get("plan_seconds_estimate") if est.advice_ is not None else None
     candidates = [{"candidate": name, "validation": round(sign * float(rows.mean()), 4),
                    "estimate": verdict["rows_from"], "interval": sorted(sign * v for v in _interval(rows)),
-                   "seconds": round(secs, 1), "shipped": shipped}
-                  for name, rows, secs, shipped in [(transferred_name, ours, transferred_seconds, not ships),
-                                                    (baseline_name, theirs, seconds, ships)]]
+                   "seconds": round(secs, 1), "estimate_s": guess, "shipped": shipped}
+                  for name, rows, secs, guess, shipped in
+                  [(transferred_name, ours, transferred_seconds, planned, not ships),
+                   (baseline_name, theirs, seconds, round(baseline_estimate, 1), ships)]]
     gap = (f"{abs(verdict['difference']):.3f} in {unit}" if sign < 0
            else f"{100 * abs(verdict['difference']):.1f} points of {unit}")
     if ships:
@@ -136,7 +146,12 @@ def race_baseline(est, train: LabeledData, val: LabeledData, transferred: tuple[
                 + ("ties it" if tied else f"is {'ahead' if ahead else 'behind'} by {gap}")
                 + (f", within {margin:g} standard errors: noise" if ahead else ""))
     if est.advice_ is not None:
-        est.advice_.measurements["candidates"] = candidates
+        earlier = est.advice_.measurements.get("candidates", [])  # raced before: the transferred one is among them
+        if earlier:
+            candidates = candidates[1:]
+            for c in earlier:
+                c["shipped"] = c["shipped"] and not ships
+        est.advice_.measurements["candidates"] = earlier + candidates
         est.advice_.measurements["race"] = {k: round(v, 5) if isinstance(v, float) else v for k, v in verdict.items()}
         est.advice_.reasons.extend(_candidate_lines(candidates, unit) + [f"-> {said}"])
     for line in [*_candidate_lines(candidates, unit), said]:
@@ -219,3 +234,106 @@ def _cross_validated_rows(est, model: TransferModel, history: list[dict], train:
             return None
         correct.append(row_scores("classification", targets[both], proba))
     return correct[0], correct[1]
+
+
+def race_frozen_probe(est, train: LabeledData, val: LabeledData, tuned: tuple[np.ndarray, np.ndarray],
+                      tuned_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """`setfit` under `auto`: the untuned encoder's probe (what strategy `features` fits) on the same training rows,
+    raced on the held-out rows against the tuned encoder (`tuned`: its validation scores), paired; it ships when
+    better by more than VALIDATION_MARGIN_SE standard errors. Its features are usually in the cache already (the
+    advisor measured them). Returns the shipped model's validation scores."""
+    from .probe import fit_probe
+
+    backbone = create_backbone(est.spec_, pretrained=est.pretrained)
+    estimate, how = frozen_head_seconds(est, backbone, [*train.items, *val.items])
+    say(est.verbose, f"auto: candidate transfer (features on {est.spec_.name}, the encoder untuned): about "
+        f"{estimate:.0f} s ({how})")
+    started = time.perf_counter()
+    kw = {"batch_size": est.batch_size, "num_workers": est.num_workers, "use_cache": est.use_cache,
+          "cache_dir": est.cache_dir, "verbose": False}
+    (f_train, ok_train), (f_val, ok_val) = (embed(backbone, part.items, **kw) for part in (train, val))
+    n = len(est.classes_)
+    head = build_head(HeadConfig(kind="linear"), backbone.feature_dim, n).eval()
+    chosen = fit_probe(head, torch.as_tensor(f_train[ok_train]), torch.as_tensor(train.targets[ok_train]), n, est.seed)
+    scores = np.full((len(val), n), np.nan)
+    with torch.no_grad():
+        scores[ok_val] = torch.softmax(head(torch.as_tensor(f_val[ok_val]).float()), -1).numpy()
+    seconds = time.perf_counter() - started
+    both = tuned[1] & ok_val
+    ours = row_scores("classification", val.targets[both], tuned[0][both])
+    theirs = row_scores("classification", val.targets[both], scores[both])
+    verdict = {**paired(ours, theirs), "rows_from": "held-out rows"}
+    ships = verdict["difference"] > 0 and verdict["difference"] > VALIDATION_MARGIN_SE * verdict["standard_error"]
+    tuned_estimate = est.advice_.measurements.get("setfit_seconds_estimate") if est.advice_ is not None else None
+    candidates = [{"candidate": name, "validation": round(float(rows.mean()), 4), "estimate": verdict["rows_from"],
+                   "interval": _interval(rows), "seconds": round(secs, 1), "estimate_s": guess, "shipped": shipped}
+                  for name, rows, secs, guess, shipped in
+                  [(f"transfer (setfit on {est.spec_.name})", ours, tuned_seconds, tuned_estimate, not ships),
+                   (f"transfer (features on {est.spec_.name}, the encoder untuned)", theirs, seconds,
+                    round(estimate, 1), ships)]]
+    gap = f"{100 * abs(verdict['difference']):.1f} points of accuracy"
+    said = (f"the untuned encoder's probe is better by {gap} on {verdict['rows']} held-out rows; shipping it"
+            if ships else f"kept the tuned encoder: on {verdict['rows']} held-out rows the untuned one "
+            + ("ties it" if verdict["difference"] == 0 else
+               f"is {'ahead' if verdict['difference'] > 0 else 'behind'} by {gap}")
+            + (f", within {VALIDATION_MARGIN_SE:g} standard errors: noise" if verdict["difference"] > 0 else ""))
+    lines = [*_candidate_lines(candidates, "accuracy"), said]
+    if est.advice_ is not None:
+        est.advice_.measurements["candidates"] = candidates
+        est.advice_.measurements["race_untuned"] = {k: round(v, 5) if isinstance(v, float) else v
+                                                    for k, v in verdict.items()}
+        est.advice_.reasons.extend(lines[:-1] + [f"-> {said}"])
+    for line in lines:
+        say(est.verbose, f"auto: {line}")
+    if not ships:
+        return tuned
+    est.model_, est.backbone_trained_ = TransferModel(backbone, head).eval(), False
+    est.strategy_ = {"name": "features", "stages": [{"name": "head", "epochs": 1}]}
+    est.history_.append({"stage": "head", "epoch": 1, "solver": "logistic regression (L-BFGS)", "probe": chosen,
+                         "seconds": round(seconds, 3), "candidate": "features"})
+    return scores, ok_val
+
+
+def frozen_head_seconds(est, backbone, items: list) -> tuple[float, str]:
+    """Seconds a head on `backbone`'s frozen features would take: the inputs not yet in the feature cache at the
+    advisor's measured forward time per input, plus a second for the solve. (estimate, how it was made)."""
+    from .inference import feature_cache_for
+    from .modalities import modality_of
+
+    if est.use_cache and backbone.cache_features:
+        _, found = feature_cache_for(backbone, est.cache_dir).get(modality_of(backbone).digests(items))
+    else:
+        found = np.zeros(len(items), dtype=bool)
+    missing = int((~np.asarray(found, dtype=bool)).sum())
+    per_item = est.advice_.measurements.get("seconds_per_item_forward", 0.0) if est.advice_ is not None else 0.0
+    return per_item * missing + 1.0, (f"{len(items) - missing} of {len(items)} inputs' features cached, the rest at "
+                                      f"the measured {1000 * per_item:.1f} ms each, then the head solved")
+
+
+def announce_plan(est, backbone, stages: list, train: LabeledData, val: LabeledData, loop, started: float):
+    """`auto`: print the chosen plan's estimated time before it runs, and keep it (measurements
+    `plan_seconds_estimate`) so the race can show it beside the measured time: the frozen-feature part as
+    frozen_head_seconds, plus the advisor's fine-tune estimate where a stage trains the backbone. With a
+    `time_limit`, the loop's deadline, keeping back what the work after training is estimated to take. Returns
+    the loop settings to train with."""
+    if est.time_limit is not None:
+        from dataclasses import replace
+
+        per_item = est.advice_.measurements.get("seconds_per_item_forward") if est.advice_ is not None else None
+        if per_item is None:  # an explicit strategy: nothing measured yet
+            from .advisor import time_forward
+
+            per_item = time_forward(backbone, est._modality, list(val.items or train.items), seed=est.seed)
+        # after the last batch: a validation pass, the validation rows scored, the no-transfer candidate and slack
+        loop = replace(loop, deadline=started + est.time_limit, reserve_s=2 * len(val) * per_item
+                       + estimate_baseline_seconds(est, train, val) + 0.03 * est.time_limit)
+    if est.advice_ is None:
+        return loop
+    estimate, how = frozen_head_seconds(est, backbone, [*train.items, *val.items])
+    if any(not stage.backbone_frozen for stage in stages):
+        estimate += est.advice_.measurements.get("finetune_seconds_estimate", 0.0)
+        how += "; the fine-tune as estimated above"
+    est.advice_.measurements["plan_seconds_estimate"] = round(estimate, 1)
+    say(est.verbose, f"auto: candidate transfer ({est.advice_.strategy} on {backbone.spec.name}): about "
+        f"{estimate:.0f} s ({how})")
+    return loop

@@ -41,6 +41,8 @@ class LoopConfig:
     freeze_bn_stats: bool = True  # Keras' rule for small data: pretrained BatchNorm keeps its statistics
     keep_start: bool = False  # count the starting weights as a candidate for "best" (stages after the first)
     verbose: bool = True
+    deadline: float | None = None  # time.perf_counter() when the fit's `time_limit` runs out
+    reserve_s: float = 0.0  # ... of which this much is kept for the work after training (scoring, the race)
 
 
 def resolve_precision(requested: str) -> str:
@@ -235,10 +237,14 @@ def run_stage(
             bar.update(task_id, completed=saved.epoch * len(train_loader))
         if saved is not None and stale >= cfg.patience:
             first_epoch = stage.epochs + 1  # it had stopped early before the crash
+        out_of_time = False
         for epoch in range(first_epoch, stage.epochs + 1):
             set_train_mode(accel.unwrap_model(model), stage, cfg.freeze_bn_stats)
             start, seen, total_loss = time.perf_counter(), 0, 0.0
             for x, y in _batches(train_loader):
+                if cfg.deadline is not None and time.perf_counter() > cfg.deadline - cfg.reserve_s:
+                    out_of_time = True  # the epoch ends here: validated, and the best weights kept, as ever
+                    break
                 with accel.autocast():
                     loss = loss_fn(model(x).float(), y)
                 opt.zero_grad(set_to_none=True)
@@ -257,6 +263,8 @@ def run_stage(
             record = {"stage": stage.name, "epoch": epoch, "train_loss": total_loss / max(seen, 1),
                       **_scores(scored, loss_fn, task),
                       "seconds": round(seconds, 3), "samples_per_s": round(seen / max(seconds, 1e-9), 1)}
+            if out_of_time:
+                record["stopped"] = f"time limit, after {seen} of this epoch's examples"
             improved = record["val_loss"] < best_loss - 1e-6
             if improved and start_rows is not None:  # still on the starting weights: beat them beyond noise
                 improved = record["beats_start"] = beats_start(_row_losses(scored, loss_fn), start_rows)
@@ -277,8 +285,9 @@ def run_stage(
                     best_loss=best_loss, best_state=best_state, stale=stale, stage_history=history,
                     earlier_history=checkpointer.earlier_history,
                     start_losses=None if start_rows is None else start_rows.tolist()))
-            if stale >= cfg.patience:
-                bar.update(task_id, completed=stage.epochs * len(train_loader), info=f"early stop at {epoch}")
+            if stale >= cfg.patience or out_of_time:
+                why = "time limit" if out_of_time else "early stop"
+                bar.update(task_id, completed=stage.epochs * len(train_loader), info=f"{why} at {epoch}")
                 break
     if start_is_best and history:
         history[-1]["kept_start"] = True  # the estimator then knows the backbone is still the pretrained one

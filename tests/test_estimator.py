@@ -214,3 +214,15 @@ def test_a_stage_trains_in_the_plan_batch_size_capped_at_the_estimators(colour_f
                                              stage.train_batch(clf.batch_size))
     assert train_loader.batch_size == expected
     assert val_loader.batch_size == estimator_batch  # no gradients there: the larger batch is the faster one
+
+
+def test_a_time_limit_stops_training_and_keeps_the_best_weights(colour_folder):
+    """`time_limit` is a deadline for the whole fit: once the clock passes it (here: at once), no training batch
+    starts; the epoch under way is validated, the stage stops and the fit completes with what it has."""
+    clf = hs.ImageClassifier(backbone=TINY, pretrained=False, image_size=TINY_SIZE, strategy="full", epochs=5,
+                             verbose=False, time_limit=1e-9).fit(colour_folder)
+    (record,) = clf.history_  # one epoch of five, and no example trained on
+    assert record["stopped"] == "time limit, after 0 of this epoch's examples"
+    unlimited = hs.ImageClassifier(backbone=TINY, pretrained=False, image_size=TINY_SIZE, strategy="full", epochs=2,
+                                   verbose=False).fit(colour_folder)
+    assert len(unlimited.history_) == 2 and not any("stopped" in r for r in unlimited.history_)

@@ -165,9 +165,11 @@ def test_auto_tunes_the_encoder_setfit_style_for_dozens_of_tweets_per_class(tmp_
     validation = clf.metrics_["validation"]  # out of sample: the held-out fifth, tuned and solved without it
     assert validation["held_out"] and validation["n"] == 19 and "optimistic" not in validation
     assert clf.metrics_["refit"]["rows"] == 96  # then the head is solved again on every label
-    candidates = clf.advice_.measurements["candidates"]  # raced against the no-transfer model on those rows
+    candidates = clf.advice_.measurements["candidates"]  # raced on those rows: the untuned encoder, no transfer
     assert candidates[0]["candidate"].startswith("transfer (setfit") and candidates[0]["shipped"]
-    assert candidates[1]["candidate"].startswith("no transfer (TF-IDF")
+    assert candidates[1]["candidate"].startswith("transfer (features on minilm_l6, the encoder untuned")
+    assert candidates[2]["candidate"].startswith("no transfer (TF-IDF")
+    assert [c["shipped"] for c in candidates] == [True, False, False]
     assert clf.evaluate(test_csv)["accuracy"] > 0.45  # 3 classes: chance is 1/3
     texts = ["what a great day", "this is awful", "the meeting is at noon"]
     assert np.allclose(hs.load(clf.save(str(tmp_path / "sf.hs"))).predict_proba(texts), clf.predict_proba(texts),

@@ -96,10 +96,21 @@ def _permuted_fashion(root: str, split: str, per_class: int, seed: int) -> str:
 
 
 @pytest.mark.slow
-def test_auto_ships_the_baseline_on_permuted_fashion_mnist_and_says_why(tmp_path):
+def test_auto_ships_the_baseline_on_permuted_fashion_mnist_and_says_why(tmp_path, monkeypatch):
+    import headstart.race as race
+
     train = _permuted_fashion(str(tmp_path / "train"), "train", 20, seed=0)
     test = _permuted_fashion(str(tmp_path / "test"), "test", 20, seed=1)
+    printed = []
+    monkeypatch.setattr(race, "say", lambda verbose, line: printed.append(line))
     clf = hs.ImageClassifier(strategy="auto", image_size=32, epochs=1, seed=0).fit(train)
+    # each candidate's estimated time is printed before it runs, and its measured result after
+    announced = [i for i, line in enumerate(printed) if ": about " in line]
+    results = [i for i, line in enumerate(printed) if " on cross-validation" in line and "candidate" in line]
+    assert len(announced) == len(results) == 2 and announced[0] < announced[1] < results[0]
+    assert printed[announced[0]].startswith("auto: candidate transfer (two-stage on efficientnet_lite0): about")
+    assert printed[announced[1]].startswith("auto: candidate no transfer: about")
+    assert all(c["estimate_s"] > 0 for c in clf.advice_.measurements["candidates"])
     said = "\n".join(clf.advice_.reasons)  # what it printed, as stored in the bundle and shown in the report
     assert clf.strategy_["name"] == "baseline" and clf.spec_.name == "pixels"
     assert "transfer does not pay on this data" in said and "no transfer (28x28 grey pixels)" in said
@@ -164,3 +175,33 @@ def test_auto_measures_multilabel_with_the_solved_head_and_races_it(tweets, tmp_
     assert any("one-vs-rest cross-validated micro-F1" in r for r in clf.advice_.reasons)
     assert [c["shipped"] for c in m["candidates"]].count(True) == 1
     assert "C" in next(r["probe"] for r in clf.history_ if "probe" in r)  # the one-vs-rest head, solved
+
+
+def test_the_untuned_encoder_ships_when_the_tuned_one_is_worse_on_the_held_out_rows(tweets):
+    """race_frozen_probe (what `auto` runs after `setfit`): given tuned-encoder scores that are wrong on every
+    held-out row, the untuned encoder's probe, fitted on the same training rows, wins and is installed; its
+    estimate is printed before it runs."""
+    from headstart.advisor import Advice
+    from headstart.data.labeled import stratified_split
+    from headstart.race import race_frozen_probe
+
+    clf = hs.TextClassifier(strategy="features", verbose=False).fit(tweets[0])
+    full = clf._align(clf._load(tweets[0]), clf.classes_)
+    train_rows, val_rows = stratified_split(full, 0.2, 0)
+    train, val = full.subset(train_rows), full.subset(val_rows)
+    clf.advice_ = Advice("setfit", {}, [], {"seconds_per_item_forward": 0.01})
+    clf.verbose, said = True, []
+    wrong = np.eye(len(clf.classes_))[(val.targets + 1) % len(clf.classes_)]
+    import headstart.race as race
+
+    original, race.say = race.say, lambda verbose, line: said.append(line)
+    try:
+        scores, ok = race_frozen_probe(clf, train, val, (wrong, np.ones(len(val), dtype=bool)), 5.0)
+    finally:
+        race.say = original
+    assert said[0].startswith("auto: candidate transfer (features on minilm_l6, the encoder untuned): about")
+    assert clf.strategy_["name"] == "features" and not clf.backbone_trained_
+    first, second = clf.advice_.measurements["candidates"]
+    assert not first["shipped"] and second["shipped"] and first["validation"] == 0.0 < second["validation"]
+    assert round((scores[ok].argmax(1) == val.targets[ok]).mean(), 4) == second["validation"]
+    assert clf.advice_.reasons[-1].startswith("-> the untuned encoder's probe is better by")
