@@ -9,7 +9,7 @@
   on cached features, so it costs a few seconds.
 * `dann` (Ganin et al. 2016): a domain classifier on the features, trained through a gradient-reversal layer so
   the backbone learns features that predict the labels but not the domain. Costs fine-tuning.
-* `auto`: `coral`, the one that helped on bench/domain_shift.py (see the README for the numbers).
+* `auto`: `coral`, the one that helped on bench/domain_shift.py (docs/methods.md has the numbers).
 """
 
 from __future__ import annotations
