@@ -19,7 +19,7 @@ has a standard error of about 2 points, so a single repeat cannot tell most of t
 
 Anchors are optional extras (`pip install -e .[anchors]`). Run (results are saved after every run):
   .venv/bin/python bench/anchors.py --settings fm10,tweets8,fm100,tweets64 --image-size 64 --epochs 3 \
-      --test-per-class 100 --tweets-test 600 --setfit-iterations 5 --repeats 3   # docs/evidence.md's table (reduced scale)
+      --test-per-class 100 --tweets-test 600 --setfit-iterations 5 --repeats 3   # docs/evidence.md's table
   .venv/bin/python bench/anchors.py --settings fm1000 --image-size 64 --json bench/results/anchors_fm1000.json
 """
 
