@@ -329,11 +329,13 @@ def main() -> int:
     code = out["invocations"][-1]["headstart"]["key"] if out["invocations"] else None
     out["summary"] = suite_report.summarize(out["rows"], code)  # one code version's rows, never a mix
     out["summary"]["other_kinds"] = suite_report_kinds.summarize(out["rows"], code)
+    out["summary"]["estimates"] = suite_report.estimates(out["rows"], code)
     if not args.report_only:
         save(out, args.json)
     if out["summary"]["aggregate"] or not out["summary"]["other_kinds"]["aggregate"]:
         print(suite_report.markdown(out["summary"]))
     print(suite_report_kinds.markdown(out["summary"]["other_kinds"]))
+    print(suite_report.estimates_markdown(out["summary"]["estimates"]))
     return 0
 
 

@@ -175,6 +175,43 @@ def summarize(rows: list[dict], code: str | None = None) -> dict:
                                                                     for make in RULES.values()]}
 
 
+# ---------------------------------------------------------------- time estimates
+
+ESTIMATE_BAND = (0.5, 2.0)  # the issue's target: every estimate within 2x of the measured time
+
+
+def estimates(rows: list[dict], code: str | None) -> dict:
+    """Every candidate `auto` announced with an estimate (measurements.candidates[].estimate_s) against the time it
+    measured for it (`seconds`), over one code version's auto rows of every kind: per task, the count, the worst
+    ratios both ways and how many fall inside ESTIMATE_BAND."""
+    per_task: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("code") != code or r.get("strategy") != "auto":
+            continue
+        for c in (r.get("measurements") or {}).get("candidates", []):
+            if c.get("estimate_s") and c.get("seconds") is not None:
+                size = r.get("per_class") or r.get("train_size")
+                per_task.setdefault(r["task"], []).append(
+                    {"size": size, "subset": r.get("subset"), "candidate": c["candidate"],
+                     "estimate_s": c["estimate_s"], "seconds": c["seconds"],
+                     "ratio": round(c["seconds"] / c["estimate_s"], 3)})
+    low, high = ESTIMATE_BAND
+    return {task: {"candidates": len(cs), "within": sum(low <= c["ratio"] <= high for c in cs),
+                   "max_ratio": max(c["ratio"] for c in cs), "min_ratio": min(c["ratio"] for c in cs),
+                   "outside": [c for c in cs if not low <= c["ratio"] <= high]}
+            for task, cs in sorted(per_task.items())}
+
+
+def estimates_markdown(table: dict) -> str:
+    if not table:
+        return "(no auto row carries time estimates)"
+    lines = ["### Time estimates: measured / estimated seconds per candidate auto announced", "",
+             "| task | candidates | within 0.5-2x | lowest ratio | highest ratio |", "|---|---:|---:|---:|---:|"]
+    for task, t in table.items():
+        lines.append(f"| {task} | {t['candidates']} | {t['within']} | {t['min_ratio']:.2f} | {t['max_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- Markdown
 
 def _pts(x: float | None, sign: bool = True) -> str:

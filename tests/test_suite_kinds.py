@@ -70,3 +70,18 @@ def test_aggregate_compares_on_shared_subsets() -> None:
     assert entry["features_minus_sklearn-cv"]["difference"] == pytest.approx(0.0)
     assert entry["auto_minus_baseline"]["verdict"] == "within noise"
     assert entry["strategies"]["features"]["subsets"] == 2
+
+
+def test_estimates_table_counts_what_lands_within_2x() -> None:
+    suite_report = pytest.importorskip("suite_report")
+    cands = [{"candidate": "transfer", "estimate_s": 10.0, "seconds": 19.0},  # 1.9x: within
+             {"candidate": "no transfer", "estimate_s": 2.0, "seconds": 0.5}]  # 0.25x: outside
+    rows = [{"task": "tweets", "per_class": 8, "subset": 0, "strategy": "auto", "code": "c1",
+             "measurements": {"candidates": cands}},
+            {"task": "tweets", "per_class": 8, "subset": 1, "strategy": "auto", "code": "old",
+             "measurements": {"candidates": cands}},  # another code version: not counted
+            {"task": "tweets", "per_class": 8, "subset": 0, "strategy": "features", "code": "c1"}]
+    table = suite_report.estimates(rows, "c1")
+    assert table["tweets"]["candidates"] == 2 and table["tweets"]["within"] == 1
+    assert table["tweets"]["max_ratio"] == 1.9 and table["tweets"]["min_ratio"] == 0.25
+    assert [c["candidate"] for c in table["tweets"]["outside"]] == ["no transfer"]
