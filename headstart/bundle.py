@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -22,7 +23,21 @@ from .errors import BundleError
 FORMAT = "headstart.bundle"
 FORMAT_VERSION = 1
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
-_MAX_CONFIG_BYTES = 16 << 20
+
+# What a bundle may make us read into memory, checked before a byte of a member is read. A crafted bundle could
+# otherwise claim, or inflate to, any size and exhaust memory. Real bundles stay far below: the largest packaged
+# backbone (all-mpnet-base-v2) has 0.44 GB of weights, and 8 GiB holds a 2-billion-parameter model in float32;
+# config.json is a few KB (a TF-IDF vocabulary makes it a few MB at most).
+MAX_WEIGHTS_BYTES = 8 << 30
+MAX_CONFIG_BYTES = 16 << 20
+# headstart stores members uncompressed (ratio 1), and a recompressed model stays near it (float weights barely
+# deflate, JSON ~10:1); deflate bombs reach ~1000:1. Small members are exempt: they cannot exhaust memory.
+MAX_COMPRESSION_RATIO = 100
+RATIO_EXEMPT_BYTES = 1 << 20
+
+
+def _member_limit(name: str) -> int:
+    return MAX_CONFIG_BYTES if name == CONFIG else MAX_WEIGHTS_BYTES
 
 
 def write_bundle(path: str, config: dict, state_dict: dict[str, torch.Tensor]) -> str:
@@ -42,27 +57,56 @@ def write_bundle(path: str, config: dict, state_dict: dict[str, torch.Tensor]) -
     return path
 
 
+def _too_large(path: str, name: str, size: int) -> BundleError:
+    return BundleError(f"{path}: {name} holds {size:,} bytes, over headstart's limit of {_member_limit(name):,} "
+                       "for it; refusing to read it: the bundle is damaged or crafted, "
+                       "re-save the model with headstart")
+
+
 def _read_members(path: str) -> tuple[bytes, bytes]:
     if os.path.isdir(path):
         names = set(os.listdir(path))
         if CONFIG not in names or WEIGHTS not in names:
             raise BundleError(f"{path}: not a headstart bundle (needs {CONFIG} and {WEIGHTS})")
-        with open(os.path.join(path, CONFIG), "rb") as f:
-            config = f.read(_MAX_CONFIG_BYTES)
-        with open(os.path.join(path, WEIGHTS), "rb") as f:
-            return config, f.read()
+        members = []
+        for name in (CONFIG, WEIGHTS):
+            if (size := os.path.getsize(os.path.join(path, name))) > _member_limit(name):
+                raise _too_large(path, name, size)
+            with open(os.path.join(path, name), "rb") as f:
+                members.append(f.read(_member_limit(name) + 1))  # bounded even if the file grew since
+            if len(members[-1]) > _member_limit(name):
+                raise _too_large(path, name, len(members[-1]))
+        return members[0], members[1]
     if not os.path.isfile(path):
         raise BundleError(f"{path}: no such bundle")
     if not zipfile.is_zipfile(path):
         raise BundleError(f"{path}: not a headstart bundle (expected a zip of {CONFIG} + {WEIGHTS}); "
                           "headstart never loads pickled models")
-    with zipfile.ZipFile(path) as zf:
-        names = set(zf.namelist())
-        if CONFIG not in names or WEIGHTS not in names:
-            raise BundleError(f"{path}: not a headstart bundle (needs {CONFIG} and {WEIGHTS}, found {sorted(names)})")
-        if zf.getinfo(CONFIG).file_size > _MAX_CONFIG_BYTES:
-            raise BundleError(f"{path}: {CONFIG} is implausibly large; refusing to read it")
-        return zf.read(CONFIG), zf.read(WEIGHTS)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if CONFIG not in names or WEIGHTS not in names:
+                raise BundleError(f"{path}: not a headstart bundle (needs {CONFIG} and {WEIGHTS}, "
+                                  f"found {sorted(names)})")
+            for name in (CONFIG, WEIGHTS):  # from the zip's directory, before any member is inflated
+                _check_member(path, zf.getinfo(name))
+            # The reads stop at the sizes just checked: zipfile never inflates past the directory's file_size (a
+            # member that claims less than it holds then fails its CRC check, below).
+            return zf.read(CONFIG), zf.read(WEIGHTS)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
+        # a damaged archive, an unknown compression method, or an encrypted member
+        raise BundleError(f"{path}: damaged or unreadable zip ({type(err).__name__}: {err}); "
+                          "re-save the model with headstart") from None
+
+
+def _check_member(path: str, info: zipfile.ZipInfo) -> None:
+    """Refuse a member whose declared size is over its limit, or whose compression ratio only a zip bomb has."""
+    if info.file_size > _member_limit(info.filename):
+        raise _too_large(path, info.filename, info.file_size)
+    if info.file_size > RATIO_EXEMPT_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(1, info.compress_size):
+        raise BundleError(f"{path}: {info.filename} is compressed {info.file_size // max(1, info.compress_size):,}:1"
+                          f", over the {MAX_COMPRESSION_RATIO}:1 a real model reaches (a zip bomb); refusing to "
+                          "read it: re-save the model with headstart, which stores members uncompressed")
 
 
 def read_bundle_config(path: str) -> dict:
