@@ -2,7 +2,8 @@
 
 One file, `<out>/checkpoint/checkpoint.safetensors`, written atomically (temporary file, then rename) at the end
 of every epoch: the weights being trained, the optimiser and scheduler states, the best weights so far, every RNG
-state (Python, NumPy, torch, CUDA, the data-shuffling generator), the stage, the epoch and the step. Tensors go in
+state (Python, NumPy, torch, CUDA, the data-shuffling generator), the stage, the epoch and the step, and a digest
+of the training and validation data's content and labels (a resume on other data is refused). Tensors go in
 the safetensors body and everything else in its JSON metadata: resuming unpickles nothing.
 
 A resumed run restores the states saved at the end of the last finished epoch and replays from the next one, so
@@ -11,6 +12,7 @@ it ends with the same weights an uninterrupted run would have.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -18,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +28,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import HeadstartError
+
+if TYPE_CHECKING:
+    from .data.labeled import LabeledData
+    from .modalities import Modality
 
 FORMAT = "headstart.checkpoint"
 FORMAT_VERSION = 1
@@ -106,8 +113,9 @@ class TrainState:
 class Checkpointer:
     """Saves a `TrainState` per epoch under `<out_dir>/checkpoint/`, and hands the saved one back on resume.
 
-    `fingerprint` describes the run (parameters, data size, plan): resuming a checkpoint written for another
-    run would silently mix two trainings, so it is refused with a message instead.
+    `fingerprint` describes the run (parameters, data size, plan), and `bind_data` adds the data's content:
+    resuming a checkpoint written for another run would silently mix two trainings, so it is refused with a
+    message instead.
     """
 
     def __init__(self, out_dir: str, fingerprint: dict, write: bool = True) -> None:
@@ -117,6 +125,8 @@ class Checkpointer:
         self.write = write  # False on every process but the first: one writer per run
         self.resumed: TrainState | None = None
         self.earlier_history: list[dict] = []  # kept up to date by the estimator as stages finish
+        self._data: Callable[[], dict] | None = None  # the data's fingerprint, computed at most once
+        self._saved_data: dict | None = None  # the one the loaded checkpoint was written for
 
     def save(self, state: TrainState) -> None:
         if not self.write:
@@ -127,7 +137,8 @@ class Checkpointer:
         header = {"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": self.fingerprint,
                   "stage": state.stage, "epoch": state.epoch, "step": state.step, "best_loss": state.best_loss,
                   "stale": state.stale, "stage_history": state.stage_history,
-                  "earlier_history": state.earlier_history, "start_losses": state.start_losses, "states": meta}
+                  "earlier_history": state.earlier_history, "start_losses": state.start_losses, "states": meta,
+                  "data": self._data() if self._data is not None else None}
         os.makedirs(self.dir, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=self.dir)
         os.close(fd)
@@ -159,6 +170,7 @@ class Checkpointer:
                              if header["fingerprint"].get(k) != self.fingerprint.get(k))
             raise HeadstartError(f"{self.path}: written for a different run (differs in {', '.join(changed)}); "
                                  "resume with the same data and options, or use another --out")
+        self._saved_data = header.get("data")
         states = {k: _unflatten(v, tensors) for k, v in header["states"].items()}
         self.resumed = TrainState(stage=header["stage"], epoch=header["epoch"], step=header["step"],
                                   best_loss=header["best_loss"], stale=header["stale"],
@@ -166,6 +178,31 @@ class Checkpointer:
                                   start_losses=header.get("start_losses"),
                                   **states)
         return self.resumed
+
+    def bind_data(self, modality: Modality, train: LabeledData, val: LabeledData) -> None:
+        """Tie the checkpoint to the data's content, not just its row counts: when resuming, refuse a checkpoint
+        written for other inputs or labels. The inputs are hashed (images read in full) only when needed: on
+        resume, or at the first save; a plan that never checkpoints never pays for it."""
+        fingerprint: dict | None = None
+
+        def compute() -> dict:
+            nonlocal fingerprint
+            if fingerprint is None:
+                fingerprint = {"train": data_fingerprint(modality, train),
+                               "validation": data_fingerprint(modality, val)}
+            return fingerprint
+
+        self._data = compute
+        if self.resumed is None:
+            return
+        if self._saved_data is None:
+            raise HeadstartError(f"{self.path}: written by a headstart that did not record its data's content, so "
+                                 "it cannot be checked against this data; train from the start (use another --out)")
+        changed = [name for key, name in (("train", "training"), ("validation", "validation"))
+                   if self._saved_data.get(key) != compute()[key]]
+        if changed:
+            raise HeadstartError(f"{self.path}: written for different {' and '.join(changed)} data (other inputs "
+                                 "or labels, same number of rows); resume with the same data, or use another --out")
 
     def resume_for(self, stage: int) -> TrainState | None:
         """The saved state if it belongs to `stage` (earlier stages are skipped by the estimator)."""
@@ -181,6 +218,18 @@ class Checkpointer:
         """Once the bundle is written the checkpoint is redundant (and holds optimiser state: twice the model)."""
         if self.write:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def data_fingerprint(modality: Modality, data: LabeledData) -> dict:
+    """Rows, and one digest of every input's content (the digests the feature cache keys features by) and every
+    row's target, in row order: renaming or moving files keeps it, changing a pixel, a text or a label does not."""
+    h = hashlib.blake2b(digest_size=16)
+    for digest in modality.digests(data.items):
+        h.update(digest.encode() + b"\n")
+    targets = np.ascontiguousarray(data.targets)
+    h.update(json.dumps([data.task, list(data.classes), str(targets.dtype), list(targets.shape)]).encode())
+    h.update(targets.tobytes())
+    return {"rows": len(data), "content": h.hexdigest()}
 
 
 # Parameters that change where or how loudly a run works, not what it computes: a resume may change them.

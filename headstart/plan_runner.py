@@ -37,6 +37,8 @@ def run_plan(est, model: TransferModel, stages: list[Stage], train: LabeledData,
     backbone's weights changed (a stage that never beat its start leaves them as they were, see train.py)."""
     backbone, head = model.backbone, model.head
     backbone_trained = False
+    if ckpt is not None:  # estimator.fit gave the checkpointer row counts only: here it gets the data itself
+        ckpt.bind_data(est._modality, train, val)
     for i, stage in enumerate(stages):
         if ckpt is not None and ckpt.skips(i):  # finished before the checkpoint: its weights are in it
             backbone_trained = backbone_trained or not stage.backbone_frozen

@@ -3,6 +3,7 @@ the same, complete bundle an uninterrupted run writes."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 import headstart as hs
 from headstart.bundle import read_bundle
-from headstart.checkpoint import FILE, FOLDER
+from headstart.checkpoint import FILE, FOLDER, Checkpointer
 from headstart.cli import app
 
 FIT_ARGS = ["--backbone", TINY, "--scratch", "--image-size", str(TINY_SIZE), "--strategy", "two-stage",
@@ -95,3 +96,66 @@ def test_resume_refuses_a_checkpoint_from_another_run(data, tmp_path):
         f.write(b"\x00" * 64)  # a checkpoint cut short
     with pytest.raises(hs.HeadstartError, match="damaged checkpoint"):
         _cli("fit", data, *args, "--resume", out)
+
+
+class _Crash(Exception):
+    """Stands for the process dying right after a checkpoint was written."""
+
+
+def _fit_until_crash(data, valid, out: str, monkeypatch) -> None:
+    """Fit with checkpoints, 'killed' once the fine-tuning stage has checkpointed its first epoch."""
+    real_save = Checkpointer.save
+
+    def save_then_crash(self, state):
+        real_save(self, state)
+        if (state.stage, state.epoch) >= (1, 1):
+            raise _Crash
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpointer, "save", save_then_crash)
+        with pytest.raises(_Crash):
+            hs.ImageClassifier(**FIT_PARAMS, out_dir=out).fit(data, valid=valid)
+    assert _checkpoint_position(out) == (1, 1) and not os.path.exists(os.path.join(out, "model.hs"))
+
+
+FIT_PARAMS = dict(backbone=TINY, pretrained=False, image_size=TINY_SIZE, strategy="two-stage", head_epochs=4,
+                  epochs=4, verbose=False)
+
+
+def _table(path: str, rows: list[tuple[str, str]]) -> str:
+    with open(path, "w") as f:
+        f.write("path,label\n" + "".join(f"{p},{label}\n" for p, label in rows))
+    return path
+
+
+def test_resume_refuses_other_data_of_the_same_size(data, tmp_path, monkeypatch):
+    """Row counts are not enough: other images, or the same images with other labels, are refused; the same
+    content under other paths resumes. Validation rows are given, so a label change cannot move the split."""
+    out = str(tmp_path / "run")
+    names = {c: sorted(os.listdir(os.path.join(data, c))) for c in sorted(COLOURS)}
+    rows = [(os.path.join(data, c, name), c) for c in names for name in names[c][:7]]
+    valid = _table(str(tmp_path / "valid.csv"), [(os.path.join(data, c, n), c) for c in names for n in names[c][7:]])
+    _fit_until_crash(_table(str(tmp_path / "train.csv"), rows), valid, out, monkeypatch)
+
+    other_images = make_class_images(str(tmp_path / "other"), COLOURS, per_class=7, seed=1)
+    swapped = [*rows]
+    swapped[0], swapped[-1] = (rows[0][0], rows[-1][1]), (rows[-1][0], rows[0][1])  # two labels exchanged
+    for other in (other_images, _table(str(tmp_path / "relabelled.csv"), swapped)):
+        with pytest.raises(hs.HeadstartError, match=r"written for different training data \(other inputs or labels"
+                           ) as err:
+            hs.ImageClassifier(**FIT_PARAMS).fit(other, valid=valid, resume=out)
+        assert str(err.value).startswith(os.path.join(out, FOLDER, FILE)) and "\n" not in str(err.value)
+        assert _checkpoint_position(out) == (1, 1), "a refused resume leaves the checkpoint as it was"
+
+    copied = tmp_path / "copied"  # the same files under other paths, read as a folder per class
+    for path, label in rows:
+        os.makedirs(copied / label, exist_ok=True)
+        shutil.copy(path, copied / label)
+    saved: list[tuple[int, int]] = []
+    real_save = Checkpointer.save
+    monkeypatch.setattr(Checkpointer, "save", lambda self, state: (saved.append((state.stage, state.epoch)),
+                                                                   real_save(self, state)))
+    resumed = hs.ImageClassifier(**FIT_PARAMS).fit(str(copied), valid=valid, resume=out)
+    assert saved and saved[0] == (1, 2), f"continued after the checkpointed epoch, not from the start: {saved}"
+    assert [(r["stage"], r["epoch"]) for r in resumed.history_][:2] == [("head", 1), ("finetune", 1)]
+    assert not os.path.exists(os.path.join(out, FOLDER)), "resumed to the end"
