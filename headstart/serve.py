@@ -1,17 +1,20 @@
 """An HTTP server for one bundle (FastAPI on uvicorn): `POST /predict`, `GET /health`, `GET /metadata`, and the
 OpenAPI schema at `/openapi.json` (browsable at `/docs`).
 
-Every limit (request bytes, batch size, image pixels, text length) answers a 4xx with `{"error": ...}`; a corrupt
-upload is a 400. Requests are checked before any pixel is decoded, and the model runs under a lock: torch already
-uses every core for one batch, so concurrent batches would only fight over them.
+Every limit (request bytes, batch size, pixels per image and per request, text length) answers a 4xx with
+`{"error": ...}`; a corrupt upload is a 400. Requests are checked before any pixel is decoded, and the model runs
+under a lock: torch already uses every core for one batch, so concurrent batches would only fight over them.
+An unexpected failure answers a generic 500 and is logged here: exception text can reveal paths and internals.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations (Request, the pydantic models
 # defined inside create_app) at runtime, and string annotations of local classes cannot be resolved.
 import io
+import logging
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +33,9 @@ class ServeLimits:
     max_batch: int = 64
     max_pixels: int = 40_000_000  # width x height of one image, checked from the header before decoding
     max_text_chars: int = 10_000
+    # Width x height summed over a request's images, also from the headers: 100 M pixels decode to ~300 MB of
+    # RGB (eight 12-megapixel photos), and max_batch images each under max_pixels could otherwise reach 2.5 G.
+    max_request_pixels: int = 100_000_000
 
 
 class RequestProblem(Exception):
@@ -91,6 +97,10 @@ async def _json_response(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# Errors and their tracebacks; without logging configured, Python's last-resort handler prints them to stderr.
+log = logging.getLogger("headstart.serve")
+
+
 def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bundle: str = "") -> BodyLimit:
     """A FastAPI app serving a fitted estimator (from `hs.load`, on torch or onnxruntime)."""
     try:
@@ -133,6 +143,11 @@ def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bund
     async def _http(_, exc: HTTPException):
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def _internal(_, exc: Exception):  # anything unforeseen: a generic answer, never the exception's text
+        # (Starlette raises the exception again once this answer is sent, so the server logs its traceback.)
+        return JSONResponse({"error": INTERNAL_ERROR}, status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
@@ -155,8 +170,12 @@ def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bund
         if len(items) > limits.max_batch:
             raise RequestProblem(413, f"{len(items)} inputs in one request; at most {limits.max_batch} allowed")
         started = time.perf_counter()
-        with lock:
-            scores, ok = scorer.score(items)
+        try:
+            with lock:
+                scores, ok = scorer.score(items)
+        except Exception:  # the model failed on inputs that passed every check: a bug or a broken runtime
+            log.exception("scoring %d input(s) failed", len(items))
+            raise RequestProblem(500, INTERNAL_ERROR) from None
         rows = []
         for s, good in zip(scores, ok):
             r = format_row(est, "", s, bool(good), with_probs=True)
@@ -178,14 +197,16 @@ def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bund
             try:
                 form = await request.form(max_files=limits.max_batch + 1, max_fields=limits.max_batch + 1)
             except Exception as err:  # malformed multipart bodies raise several types inside starlette
-                raise RequestProblem(400, f"malformed multipart body: {err}") from None
+                log.info("malformed multipart body: %s: %s", type(err).__name__, err)
+                raise RequestProblem(400, "malformed multipart body: send images as multipart/form-data "
+                                          "'files' parts") from None
             uploads = [v for k, v in form.multi_items() if k == "files" and hasattr(v, "read")]
             if len(uploads) > limits.max_batch:
                 raise RequestProblem(413, f"more than {limits.max_batch} images in one request")
             raw = [(await u.read(), u.filename or f"file {i}") for i, u in enumerate(uploads)]
 
             def decode_and_predict() -> dict:  # off the event loop: decoding and the model take CPU time
-                return predict_items([_open_image(data, name, limits.max_pixels) for data, name in raw])
+                return predict_items(_open_images(raw, limits))
 
             return await run_in_threadpool(decode_and_predict)
     else:
@@ -201,17 +222,42 @@ def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bund
     return BodyLimit(app, limits.max_request_bytes)
 
 
-def _open_image(raw: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Decode one upload, refusing it (400/413) rather than failing the whole server."""
+INTERNAL_ERROR = "internal error while answering this request; the details are in the server's log"
+
+
+def _open_images(raw: list[tuple[bytes, str]], limits: ServeLimits) -> list[Image.Image]:
+    """Decode a request's uploads once every header has passed the pixel limits, per image and in total:
+    a request that would decode too much is refused before its first pixel is decoded."""
+    headers = [_image_header(data, name, limits.max_pixels) for data, name in raw]
+    total = sum(img.width * img.height for img, _ in headers)
+    if total > limits.max_request_pixels:
+        raise RequestProblem(413, f"{total} pixels in {len(headers)} images; at most {limits.max_request_pixels} "
+                                  "per request: send fewer or smaller images per request")
+    return [_decode(img, name) for img, name in headers]
+
+
+def _image_header(raw: bytes, name: str, max_pixels: int) -> tuple[Image.Image, str]:
+    """Open one upload lazily (PIL reads only the header), refusing it (400/413) rather than failing the server."""
+    with _image_problems(name), warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(raw))
+        if img.width * img.height > max_pixels:
+            raise RequestProblem(413, f"{name}: {img.width}x{img.height} pixels; at most {max_pixels} allowed")
+        return img, name
+
+
+def _decode(img: Image.Image, name: str) -> Image.Image:
+    with _image_problems(name), warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img.load()
+        return img
+
+
+@contextmanager
+def _image_problems(name: str):
+    """PIL's failures as a 413 (decompression bomb) or a 400 naming the upload, never PIL's own text."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise RequestProblem(413, f"{name}: {width}x{height} pixels; at most {max_pixels} allowed")
-            img.load()
-            return img
+        yield
     except RequestProblem:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

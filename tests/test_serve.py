@@ -14,9 +14,11 @@ from conftest import COLOURS, TINY, tiny_colour_bundle
 from PIL import Image
 
 import headstart as hs
-from headstart.serve import ServeLimits, create_app
+from headstart import serve as serve_module
+from headstart.serve import INTERNAL_ERROR, ServeLimits, create_app
 
-LIMITS = ServeLimits(max_request_bytes=200_000, max_batch=4, max_pixels=300 * 300, max_text_chars=200)
+LIMITS = ServeLimits(max_request_bytes=200_000, max_batch=4, max_pixels=300 * 300, max_text_chars=200,
+                     max_request_pixels=100_000)
 
 
 class LoopbackServer:
@@ -53,8 +55,13 @@ def _png(colour, size=24) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def image_server(tmp_path_factory):
-    bundle, data = tiny_colour_bundle(str(tmp_path_factory.mktemp("serve")))
+def colour_bundle(tmp_path_factory) -> tuple[str, str]:
+    return tiny_colour_bundle(str(tmp_path_factory.mktemp("serve")))
+
+
+@pytest.fixture(scope="module")
+def image_server(colour_bundle):
+    bundle, data = colour_bundle
     est = hs.load(bundle)
     with LoopbackServer(create_app(est, LIMITS, "model.hs")) as client:
         yield client, est, data
@@ -132,3 +139,48 @@ def test_text_server_with_packaged_minilm(tmp_path):
         bad_json = client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
         assert bad_json.status_code == 422 and bad_json.json()["error"]
         assert client.get("/health").status_code == 200
+
+
+def _files(*pngs: bytes) -> list:
+    return [("files", (f"{i}.png", png, "image/png")) for i, png in enumerate(pngs)]
+
+
+def test_pixels_are_budgeted_per_request_from_the_headers(image_server, monkeypatch):
+    """Three images each under the per-image limit, together over the request's: refused before decoding."""
+    from PIL import ImageFile
+
+    client, _, _ = image_server
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda img: (decoded.append(img.size), real_load(img))[1])
+    image = _png((200, 40, 40), size=200)  # 40,000 pixels: under max_pixels (90,000)
+    resp = client.post("/predict", files=_files(image, image, image))  # 120,000 > max_request_pixels (100,000)
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["error"] == ("120000 pixels in 3 images; at most 100000 per request: send fewer or smaller "
+                                    "images per request")
+    assert decoded == [], "refused from the headers: no image was decoded"
+    resp = client.post("/predict", files=_files(image, image))  # 80,000: within the budget
+    assert resp.status_code == 200 and len(resp.json()["predictions"]) == 2 and decoded, "decoded once accepted"
+
+
+def test_internal_errors_answer_a_generic_500_and_go_to_the_log(image_server, monkeypatch, caplog):
+    from fastapi.testclient import TestClient
+
+    _, est, _ = image_server
+    secret = "secret detail from /srv/models/internal.py"
+
+    def fail(*_):
+        raise RuntimeError(secret)
+
+    monkeypatch.setattr(serve_module.BatchScorer, "score", fail)
+    monkeypatch.setattr(serve_module, "_plain_metrics", fail)
+    with TestClient(create_app(est, LIMITS), raise_server_exceptions=False) as client, caplog.at_level("ERROR"):
+        for resp in (client.post("/predict", files=_files(_png((200, 40, 40)))), client.get("/metadata")):
+            assert resp.status_code == 500 and resp.json() == {"error": INTERNAL_ERROR}, resp.text
+            assert secret not in resp.text and "RuntimeError" not in resp.text
+        malformed = client.post("/predict", content=b"--x\r\nnot a part",
+                                headers={"content-type": "multipart/form-data; boundary=x"})
+        assert malformed.status_code == 400 and malformed.json()["error"].startswith("malformed multipart body")
+        assert "Invalid multipart data" not in malformed.text, "the parser's own text stays in the log"
+    assert any(secret in record.getMessage() or (record.exc_info and secret in str(record.exc_info[1]))
+               for record in caplog.records), "the details are logged"
