@@ -160,13 +160,17 @@ def serve(
     max_batch: int = typer.Option(64, help="inputs per request"),
     max_request_mb: float = typer.Option(32.0, help="request body size limit"),
     max_pixels: int = typer.Option(40_000_000, help="pixels per image (width x height)"),
+    max_request_pixels: int = typer.Option(100_000_000, help="pixels per request, summed over its images"),
     max_text_chars: int = typer.Option(10_000, help="characters per text"),
+    max_in_flight: int = typer.Option(4, min=1, help="prediction requests held at once; more are answered 503"),
 ) -> None:
     """Serve BUNDLE over HTTP: POST /predict, GET /health, GET /metadata, OpenAPI at /docs."""
     from .serve import ServeLimits
     from .serve import serve as run_server
 
-    limits = ServeLimits(int(max_request_mb * (1 << 20)), max_batch, max_pixels, max_text_chars)
+    limits = ServeLimits(max_request_bytes=int(max_request_mb * (1 << 20)), max_batch=max_batch,
+                         max_pixels=max_pixels, max_text_chars=max_text_chars,
+                         max_request_pixels=max_request_pixels, max_in_flight=max_in_flight)
     console.print(f"serving {bundle} on http://{host}:{port} (docs at /docs)")
     run_server(bundle, host, port, runtime, limits)
 

@@ -4,6 +4,7 @@ OpenAPI schema at `/openapi.json` (browsable at `/docs`).
 Every limit (request bytes, batch size, pixels per image and per request, text length) answers a 4xx with
 `{"error": ...}`; a corrupt upload is a 400. Requests are checked before any pixel is decoded, and the model runs
 under a lock: torch already uses every core for one batch, so concurrent batches would only fight over them.
+In front of the app (serve_guard.py): a bound on requests in flight (503).
 An unexpected failure answers a generic 500 and is logged here: exception text can reveal paths and internals.
 """
 
@@ -22,6 +23,7 @@ from PIL import Image
 
 from .errors import HeadstartError
 from .predict_stream import BatchScorer, format_row
+from .serve_guard import InFlightLimit, json_response
 
 if TYPE_CHECKING:
     from .estimator import TransferEstimator
@@ -36,6 +38,9 @@ class ServeLimits:
     # Width x height summed over a request's images, also from the headers: 100 M pixels decode to ~300 MB of
     # RGB (eight 12-megapixel photos), and max_batch images each under max_pixels could otherwise reach 2.5 G.
     max_request_pixels: int = 100_000_000
+    # Requests held at once (body, decoded images, waiting batch): the model runs one batch at a time, so a few
+    # keep it busy; worst-case memory is about this many times (max_request_bytes + 3 x max_request_pixels).
+    max_in_flight: int = 4
 
 
 class RequestProblem(Exception):
@@ -62,7 +67,7 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _json_response(send, 413, self._message())
+            return await json_response(send, 413, self._message())
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -72,7 +77,7 @@ class BodyLimit:
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > self.max_bytes:
-                return await _json_response(send, 413, self._message())
+                return await json_response(send, 413, self._message())
         replayed = False
 
         async def replay():
@@ -88,21 +93,13 @@ class BodyLimit:
         return f"request body over {self.max_bytes} bytes; send fewer or smaller inputs per request"
 
 
-async def _json_response(send, status: int, message: str) -> None:
-    import json
-
-    body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-
-
 # Errors and their tracebacks; without logging configured, Python's last-resort handler prints them to stderr.
 log = logging.getLogger("headstart.serve")
 
 
-def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bundle: str = "") -> BodyLimit:
-    """A FastAPI app serving a fitted estimator (from `hs.load`, on torch or onnxruntime)."""
+def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bundle: str = "") -> InFlightLimit:
+    """An ASGI app serving a fitted estimator (from `hs.load`, on torch or onnxruntime): FastAPI behind the body
+    limit and the in-flight bound."""
     try:
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
@@ -219,7 +216,7 @@ def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bund
                                               f"{limits.max_text_chars} allowed")
             return predict_items(list(body.texts))
 
-    return BodyLimit(app, limits.max_request_bytes)
+    return InFlightLimit(BodyLimit(app, limits.max_request_bytes), limits.max_in_flight)
 
 
 INTERNAL_ERROR = "internal error while answering this request; the details are in the server's log"

@@ -16,6 +16,7 @@ from PIL import Image
 import headstart as hs
 from headstart import serve as serve_module
 from headstart.serve import INTERNAL_ERROR, ServeLimits, create_app
+from headstart.serve_guard import InFlightLimit
 
 LIMITS = ServeLimits(max_request_bytes=200_000, max_batch=4, max_pixels=300 * 300, max_text_chars=200,
                      max_request_pixels=100_000)
@@ -161,6 +162,36 @@ def test_pixels_are_budgeted_per_request_from_the_headers(image_server, monkeypa
     assert decoded == [], "refused from the headers: no image was decoded"
     resp = client.post("/predict", files=_files(image, image))  # 80,000: within the budget
     assert resp.status_code == 200 and len(resp.json()["predictions"]) == 2 and decoded, "decoded once accepted"
+
+
+def _limiter(app) -> InFlightLimit:
+    while not isinstance(app, InFlightLimit):
+        app = app.app
+    return app
+
+
+def test_requests_beyond_the_in_flight_bound_get_503_with_retry_after(image_server):
+    from dataclasses import replace
+
+    from fastapi.testclient import TestClient
+
+    _, est, _ = image_server
+    app = create_app(est, replace(LIMITS, max_in_flight=1))
+    slots = _limiter(app).slots
+    with TestClient(app) as client:
+        assert slots.acquire(blocking=False), "the one slot is free"
+        try:  # the slot held, as by a request still decoding or waiting for the model
+            busy = client.post("/predict", files=_files(_png((200, 40, 40))))
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "1", busy.text
+            assert "too many requests in flight" in busy.json()["error"]
+            assert client.get("/health").status_code == 200, "health is answered while busy"
+        finally:
+            slots.release()
+        corrupt = client.post("/predict", files=[("files", ("x.png", b"\x89PNG garbage", "image/png"))])
+        assert corrupt.status_code == 400
+        for _ in range(2):  # each request, refused or answered, gave its slot back
+            assert client.post("/predict", files=_files(_png((200, 40, 40)))).status_code == 200
+    assert slots.acquire(blocking=False) and (slots.release() or True)
 
 
 def test_internal_errors_answer_a_generic_500_and_go_to_the_log(image_server, monkeypatch, caplog):
