@@ -163,6 +163,9 @@ def serve(
     max_request_pixels: int = typer.Option(100_000_000, help="pixels per request, summed over its images"),
     max_text_chars: int = typer.Option(10_000, help="characters per text"),
     max_in_flight: int = typer.Option(4, min=1, help="prediction requests held at once; more are answered 503"),
+    token: str | None = typer.Option(None, help="API token that requests must send as 'Authorization: Bearer "
+                                     "TOKEN' (/health stays open); default: the HEADSTART_TOKEN environment "
+                                     "variable, which other users cannot read from the process list"),
 ) -> None:
     """Serve BUNDLE over HTTP: POST /predict, GET /health, GET /metadata, OpenAPI at /docs."""
     from .serve import ServeLimits
@@ -172,7 +175,7 @@ def serve(
                          max_pixels=max_pixels, max_text_chars=max_text_chars,
                          max_request_pixels=max_request_pixels, max_in_flight=max_in_flight)
     console.print(f"serving {bundle} on http://{host}:{port} (docs at /docs)")
-    run_server(bundle, host, port, runtime, limits)
+    run_server(bundle, host, port, runtime, limits, token)
 
 
 @app.command("rank")

@@ -4,7 +4,7 @@ OpenAPI schema at `/openapi.json` (browsable at `/docs`).
 Every limit (request bytes, batch size, pixels per image and per request, text length) answers a 4xx with
 `{"error": ...}`; a corrupt upload is a 400. Requests are checked before any pixel is decoded, and the model runs
 under a lock: torch already uses every core for one batch, so concurrent batches would only fight over them.
-In front of the app (serve_guard.py): a bound on requests in flight (503).
+In front of the app (serve_guard.py): an optional API token (401), and a bound on requests in flight (503).
 An unexpected failure answers a generic 500 and is logged here: exception text can reveal paths and internals.
 """
 
@@ -12,6 +12,7 @@ An unexpected failure answers a generic 500 and is logged here: exception text c
 # defined inside create_app) at runtime, and string annotations of local classes cannot be resolved.
 import io
 import logging
+import sys
 import threading
 import time
 import warnings
@@ -23,7 +24,7 @@ from PIL import Image
 
 from .errors import HeadstartError
 from .predict_stream import BatchScorer, format_row
-from .serve_guard import InFlightLimit, json_response
+from .serve_guard import InFlightLimit, TokenAuth, exposure_warning, json_response, resolve_token
 
 if TYPE_CHECKING:
     from .estimator import TransferEstimator
@@ -97,9 +98,10 @@ class BodyLimit:
 log = logging.getLogger("headstart.serve")
 
 
-def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bundle: str = "") -> InFlightLimit:
+def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bundle: str = "",
+               token: str | None = None) -> TokenAuth | InFlightLimit:
     """An ASGI app serving a fitted estimator (from `hs.load`, on torch or onnxruntime): FastAPI behind the body
-    limit and the in-flight bound."""
+    limit, the in-flight bound and, with `token`, the API token check (`/health` stays open)."""
     try:
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
@@ -216,7 +218,8 @@ def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bund
                                               f"{limits.max_text_chars} allowed")
             return predict_items(list(body.texts))
 
-    return InFlightLimit(BodyLimit(app, limits.max_request_bytes), limits.max_in_flight)
+    guarded = InFlightLimit(BodyLimit(app, limits.max_request_bytes), limits.max_in_flight)
+    return TokenAuth(guarded, token) if token else guarded
 
 
 INTERNAL_ERROR = "internal error while answering this request; the details are in the server's log"
@@ -272,12 +275,16 @@ def _plain_metrics(metrics: dict) -> dict:
 
 
 def serve(bundle: str, host: str = "127.0.0.1", port: int = 8000, runtime: str = "torch",
-          limits: ServeLimits | None = None) -> None:
-    """Load `bundle` and serve it until interrupted."""
+          limits: ServeLimits | None = None, token: str | None = None) -> None:
+    """Load `bundle` and serve it until interrupted. `token` (default: the HEADSTART_TOKEN environment variable):
+    the API token every request but /health must send as `Authorization: Bearer <token>`."""
     import uvicorn
 
     from .restore import load
 
+    token = resolve_token(token)
+    if (warning := exposure_warning(host, token)) is not None:
+        print(warning, file=sys.stderr)
     est = load(bundle, runtime=runtime)
     est.verbose = False
-    uvicorn.run(create_app(est, limits, bundle), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(est, limits, bundle, token), host=host, port=port, log_level="warning")

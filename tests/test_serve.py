@@ -164,6 +164,53 @@ def test_pixels_are_budgeted_per_request_from_the_headers(image_server, monkeypa
     assert resp.status_code == 200 and len(resp.json()["predictions"]) == 2 and decoded, "decoded once accepted"
 
 
+def test_a_token_is_required_everywhere_but_health(image_server):
+    from fastapi.testclient import TestClient
+
+    _, est, _ = image_server
+    with TestClient(create_app(est, LIMITS, token="s3cret-token")) as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"},
+                        {"Authorization": "Bearer s3cret-token-and-more"}):
+            for resp in (client.post("/predict", files=_files(_png((200, 40, 40))), headers=headers),
+                         client.get("/metadata", headers=headers)):
+                assert resp.status_code == 401 and "API token" in resp.json()["error"], (headers, resp.text)
+                assert resp.headers["www-authenticate"] == "Bearer"
+        good = {"Authorization": "Bearer s3cret-token"}
+        resp = client.post("/predict", files=_files(_png((200, 40, 40))), headers=good)
+        assert resp.status_code == 200 and resp.json()["predictions"][0]["prediction"] in COLOURS
+        assert client.get("/metadata", headers=good).status_code == 200
+
+
+def test_cli_serve_takes_the_token_from_the_option_or_the_environment_and_warns_when_exposed(
+        colour_bundle, monkeypatch):
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda asgi, **kwargs: started.update(app=asgi, **kwargs))
+    monkeypatch.delenv("HEADSTART_TOKEN", raising=False)
+
+    def serve(*args: str, env: dict | None = None):
+        result = CliRunner().invoke(app, ["serve", colour_bundle[0], *args], env=env)
+        assert result.exit_code == 0, result.output
+        with TestClient(started["app"]) as client:
+            status = client.post("/predict", files=_files(_png((200, 40, 40))),
+                                 headers={"Authorization": "Bearer tok"}).status_code
+            return result.stderr, status, client.post("/predict", files=_files(_png((200, 40, 40)))).status_code
+
+    stderr, _, anonymous = serve("--host", "0.0.0.0", "--max-in-flight", "2")
+    assert "without an API token" in stderr and anonymous == 200 and started["host"] == "0.0.0.0"
+    stderr, _, anonymous = serve()  # loopback only: no warning
+    assert "warning" not in stderr and anonymous == 200
+    for args, env in ((["--token", "tok"], None), ([], {"HEADSTART_TOKEN": "tok"})):
+        stderr, with_token, anonymous = serve("--host", "0.0.0.0", *args, env=env)
+        assert "warning" not in stderr and (with_token, anonymous) == (200, 401), (args, env)
+
+
 def _limiter(app) -> InFlightLimit:
     while not isinstance(app, InFlightLimit):
         app = app.app
