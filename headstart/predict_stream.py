@@ -212,13 +212,18 @@ def format_row(est: TransferEstimator, item: str, scores: np.ndarray, good: bool
     return r
 
 
-def render_rows(rows: list[dict], fields: list[str], fmt: str) -> str:
+def render_rows(rows: list[dict], fields: list[str], fmt: str, header: bool = False) -> str:
+    """Rows as JSON lines or CSV; `header` puts the CSV header first, quoted by the same writer as the rows, so a
+    class name with a comma or a quote (in its `p_` column) keeps the columns aligned."""
     if fmt == "jsonl":
         return "".join(json.dumps(r) + "\n" for r in rows)
     import io
 
     buf = io.StringIO()
-    csv.DictWriter(buf, fieldnames=fields, lineterminator="\n").writerows(rows)
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
     return buf.getvalue()
 
 
@@ -323,7 +328,7 @@ def stream_predict(est: TransferEstimator, inputs: Sequence[str], out: str | Non
         return {"rows": skip, "resumed_from": skip, "unreadable": 0, "done": True}
     handle = checkpoint.open(skip) if checkpoint else (stream or sys.stdout)
     if skip == 0 and fmt == "csv":
-        handle.write(",".join(fields) + "\n")
+        handle.write(render_rows([], fields, fmt, header=True))
     items = iter_inputs(est.modality, inputs, column)
     for _ in range(skip):
         next(items, None)

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import COLOURS, make_class_images, tiny_colour_bundle
+from conftest import COLOURS, TINY, TINY_SIZE, make_class_images, tiny_colour_bundle
 
 import headstart as hs
 from headstart.errors import HeadstartError
@@ -111,3 +111,21 @@ def test_killed_run_resumes_where_it_stopped(tiny_bundle, tmp_path):
     fresh = str(tmp_path / "fresh.csv")
     stream_predict(est, [str(folder)], fresh, batch_size=2, verbose=False)
     assert rows == _read_csv(fresh) and len(rows) == 12
+
+
+def test_csv_header_survives_class_names_with_commas_and_quotes(tmp_path):
+    """The header goes through the same csv writer as the rows: a class name with a comma or a double quote
+    (legal in a folder name) must not shift the columns of the file the user reads back."""
+    names = {'red, dark': (200, 40, 40), 'say "blue"': (40, 40, 200)}
+    data = make_class_images(str(tmp_path / "train"), names, per_class=6)
+    est = hs.ImageClassifier(backbone=TINY, pretrained=False, image_size=TINY_SIZE, strategy="features",
+                             head_epochs=2, verbose=False, use_cache=False).fit(data)
+    assert sorted(est.classes_) == sorted(names)
+    out = str(tmp_path / "pred.csv")
+    stream_predict(est, [data], out, with_probs=True, verbose=False)
+    rows = _read_csv(out)
+    assert list(rows[0]) == ["path", "prediction", "score", "error", *(f"p_{c}" for c in est.classes_)]
+    assert len(rows) == 12 and all(None not in r for r in rows)  # None collects cells beyond the header
+    assert [r["prediction"] for r in rows] == est.predict(list(iter_inputs("image", [data])))
+    probs = np.array([[float(r[f"p_{c}"]) for c in est.classes_] for r in rows])
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
