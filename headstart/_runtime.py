@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import torch
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def tune_allocator() -> bool:
@@ -36,11 +42,42 @@ def adamw(params, **kwargs) -> torch.optim.AdamW:
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch, and return a generator for data shuffling."""
+    """Seed Python, NumPy and torch, and return a generator for data shuffling. Public callers wrap themselves in
+    keeps_callers_rng so the reseeding does not leak out to the user's own random draws."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextmanager
+def callers_rng_kept() -> Iterator[None]:
+    """Put Python's, NumPy's and torch's global generators (CPU and every CUDA device) back as they were on exit,
+    exceptions included. seed_everything reseeds them so a run repeats; without this, a caller's own random
+    sequence would silently restart from our seed after every `fit`."""
+    saved_python, saved_numpy, saved_torch = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    # Reading CUDA states initialises CUDA; where it is available a fit uses it anyway, and reading them first
+    # also applies any seed the caller queued before CUDA started, so what we restore is what they would have had.
+    saved_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(saved_python)
+        np.random.set_state(saved_numpy)
+        torch.set_rng_state(saved_torch)
+        if saved_cuda is not None:
+            torch.cuda.set_rng_state_all(saved_cuda)
+
+
+def keeps_callers_rng(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Decorator for public entry points that seed or draw from the global generators: see callers_rng_kept."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with callers_rng_kept():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def cache_root() -> str:

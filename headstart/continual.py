@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._runtime import adamw
+from ._runtime import adamw, keeps_callers_rng
 from .errors import HeadstartError
 from .progress import make_progress
 
@@ -170,6 +170,7 @@ def _ewc_penalty(head: nn.Module, anchor: dict[str, torch.Tensor], fisher: dict[
     return total
 
 
+@keeps_callers_rng  # reseeds torch (and extend() calls it): the caller's own draws must not notice
 def train_incremental(
     head: nn.Module,
     n_classes: int,

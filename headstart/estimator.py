@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._runtime import seed_everything
+from ._runtime import keeps_callers_rng, seed_everything
 from .backbones import Backbone, create_backbone, resolve_backbone, scratch_spec
 from .bundle import write_bundle
 from .checkpoint import run_checkpointer
@@ -170,6 +170,7 @@ class TransferEstimator:
         return torch.as_tensor(targets, dtype=torch.float32)
 
     # --- fit --------------------------------------------------------------------------------------------
+    @keeps_callers_rng  # fit seeds the global generators: the caller's own draws continue as if it had not run
     def fit(self, data, valid=None, resume: str | None = None, unlabeled=None) -> TransferEstimator:
         """Train on `data` (a folder per class or a CSV); hold out a stratified split unless `valid` is given.
         `resume`: a previous run's output folder; training continues from its last checkpointed epoch.

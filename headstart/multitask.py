@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._runtime import adamw, seed_everything
+from ._runtime import adamw, keeps_callers_rng, seed_everything
 from .backbones import BackboneSpec, create_backbone, resolve_backbone
 from .bundle import write_bundle
 from .data.labeled import LabeledData, stratified_split
@@ -110,6 +110,7 @@ class MultiTaskModel:
         return embed(self.backbone_, items, batch_size=32, verbose=self.verbose)
 
     # --- fit --------------------------------------------------------------------------------------------
+    @keeps_callers_rng  # seeds the global generators; the caller's own random draws must not notice
     def fit(self, data) -> MultiTaskModel:
         """Train the trunk and every head together on the table `data`; hold out a validation split."""
         gen = seed_everything(self.seed)

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
-from ._runtime import adamw, seed_everything
+from ._runtime import adamw, keeps_callers_rng, seed_everything
 from .backbones import Backbone, create_backbone, resolve_backbone
 from .bundle import CONFIG, FORMAT, FORMAT_VERSION, WEIGHTS
 from .cache import write_atomic
@@ -167,6 +167,7 @@ def pretrain_texts(backbone: Backbone, texts: list[str], settings: PretrainSetti
 
 
 # --- the entry point -------------------------------------------------------------------------------------------
+@keeps_callers_rng  # seeds the global generators; the caller's own random draws must not notice
 def pretrain(unlabeled, backbone: str | None = None, out: str = "runs/pretrained", modality: str = "image",
              settings: PretrainSettings | None = None, pretrained: bool = True, verbose: bool = True) -> str:
     """Continue training `backbone` on unlabeled inputs (image folder; text file, table or folder of .txt files);
