@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import api
 from ._runtime import tune_allocator
-
-tune_allocator()  # before torch allocates anything large (DESIGN.md: ~3x on CPU)
-
-import json  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from . import api  # noqa: E402
-from .errors import HeadstartError  # noqa: E402
-from .progress import console  # noqa: E402
+from .errors import HeadstartError
+from .progress import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="headstart: transfer learning from a pretrained backbone to your data.")
@@ -372,6 +369,11 @@ def fewshot_eval(
 
 
 def main() -> None:
+    """The `headstart` console script ([project.scripts]) and `python -m headstart.cli`."""
+    # Tuned here, not at import: the allocator setting is process-wide, and a program that merely imports this
+    # module (tests, a notebook, an app embedding `app`) keeps its own. Before any command allocates tensors
+    # (DESIGN.md: ~3x on CPU).
+    tune_allocator()
     try:
         app()
     except HeadstartError as err:

@@ -66,6 +66,43 @@ def test_predict_csv_and_jsonl(fitted, tmp_path):
     assert len(records) == 11 and records[0]["path"].endswith("blue_0.png")
 
 
+# Run in a fresh interpreter: whether glibc serves a 64 MiB block with mmap shows the allocator setting that
+# tune_allocator changes (M_MMAP_MAX 0: never mmap), which no environment variable or API reads back.
+_ALLOCATOR_PROBE = """
+import ctypes, sys
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+libc.mallinfo2.restype, libc.malloc.restype, libc.free.argtypes = Info, ctypes.c_void_p, [ctypes.c_void_p]
+def big_block_mapped():
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(64 << 20)
+    mapped = libc.mallinfo2().hblks > before
+    libc.free(block)
+    return mapped
+import headstart.cli
+print("after import:", big_block_mapped(), file=sys.stderr)
+sys.argv = ["headstart", "--help"]
+try:
+    headstart.cli.main()
+except SystemExit:
+    pass
+print("after main:", big_block_mapped(), file=sys.stderr)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="probes glibc's malloc")
+def test_importing_the_cli_leaves_the_allocator_alone_and_the_entry_point_tunes_it():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc's defaults, untuned
+    proc = subprocess.run([sys.executable, "-c", _ALLOCATOR_PROBE], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("after ")]
+    assert lines == ["after import: True", "after main: False"], proc.stderr
+
+
 def test_models_lists_the_offline_backbone():
     proc = run("models")
     line = next(x for x in proc.stdout.splitlines() if "efficientnet_lite0" in x)
