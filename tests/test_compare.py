@@ -12,12 +12,18 @@ def test_compare_gives_a_learning_curve_per_method_and_plots(colour_folder, tmp_
                       epochs=1, scratch_epochs=1, out_dir=out, verbose=False, pretrained=False)
     assert [(r["per_class"], r["method"]) for r in rows] == [(3, "features"), (3, "scratch"), (6, "features"),
                                                                (6, "scratch")]
-    assert all(0 <= r["accuracy"] <= 1 and r["seconds"] >= 0 and r["history"] for r in rows)
+    assert all(r["seconds"] >= 0 and r["history"] for r in rows)
+    # Colour classes are separable in a random backbone's features (conftest): the probe must beat the 1/3 of
+    # chance by far on the 7 held-out images (7/7 measured at both sizes; 0.8 allows one miss). No claim about
+    # scratch: one epoch from random weights is meant to lose.
+    assert all(r["accuracy"] >= 0.8 for r in rows if r["method"] == "features"), rows
     for name in ("comparison.png", "overfitting.png"):
         with open(os.path.join(out, name), "rb") as f:
             assert f.read(4) == b"\x89PNG"
     with open(os.path.join(out, "comparison.json")) as f:
-        assert len(json.load(f)) == 4
+        saved = json.load(f)
+    assert [(r["method"], r["accuracy"], r["macro_f1"]) for r in saved] == [
+        (r["method"], r["accuracy"], r["macro_f1"]) for r in rows]  # the file holds what was returned
 
 
 def test_sizes_beyond_the_data_are_capped(colour_folder):
