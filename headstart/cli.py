@@ -144,8 +144,9 @@ def export_bundle(
     path = out or os.path.splitext(bundle)[0] + (".onnx" if fmt == "onnx" else ".pt")
     result = export_model(model, path, fmt, check_inputs=check or None, verbose=not quiet, bundle=bundle)
     if not quiet:
-        out_console.print(f"wrote {result['path']} ({fmt}); max |probability difference| "
-                          f"{result['max_abs_diff']:.2e} on {result['n_checked']} inputs")
+        out_console.print(f"wrote {result['path']} ({fmt}); the same decisions, max |score difference| "
+                          f"{result['max_abs_diff']:.2e} (tolerance {result['tolerance']:.2e}) on "
+                          f"{result['n_checked']} inputs")
 
 
 @app.command()
