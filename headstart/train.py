@@ -140,6 +140,16 @@ def _val_outputs(model: nn.Module, loader: DataLoader, accel: Accelerator) -> tu
     return (torch.cat(outs), torch.cat(targets)) if outs else None
 
 
+def _summed_over_processes(accel: Accelerator, total_loss: float, seen: int) -> tuple[float, int]:
+    """This epoch's summed training loss and example count over every process. Each process sees its share of
+    every batch, so one process's sums describe only its share: the record (written by the first process) would
+    report the training loss of half the data under two processes."""
+    if accel.num_processes == 1:
+        return total_loss, seen
+    sums = accel.reduce(torch.tensor([total_loss, float(seen)], dtype=torch.float64, device=accel.device), "sum")
+    return float(sums[0]), int(sums[1])
+
+
 def _scores(scored: tuple[torch.Tensor, torch.Tensor] | None, loss_fn: nn.Module, task: str) -> dict:
     if scored is None:
         return {"val_loss": 0.0, **({"val_accuracy": 0.0} if task == "classification" else {})}
@@ -259,6 +269,7 @@ def run_stage(
                 seen += len(y)
                 bar.update(task_id, advance=1, info=f"epoch {epoch} loss {total_loss / max(seen, 1):.3f}")
             seconds = time.perf_counter() - start
+            total_loss, seen = _summed_over_processes(accel, total_loss, seen)
             scored = _val_outputs(model, val_loader, accel)
             record = {"stage": stage.name, "epoch": epoch, "train_loss": total_loss / max(seen, 1),
                       **_scores(scored, loss_fn, task),
