@@ -1,5 +1,5 @@
-"""Multi-process training (DDP through Accelerate, gloo on CPU): two processes give the result one gives, and only
-the first process writes files.
+"""Multi-process training (DDP through Accelerate, gloo on CPU): two processes give the losses one gives, epoch by
+epoch, and only the first process writes files.
 
 Writes are observed, not assumed: a `sitecustomize` on the children's path installs a Python audit hook that
 logs, per rank, every file opened for writing and every rename.
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import TINY, TINY_SIZE
 
+import headstart as hs
 from headstart.bundle import read_bundle
 from headstart.cache import FeatureCache
 
@@ -51,10 +52,33 @@ def _fit(cmd: list[str], out: str, cache: str, env_extra: dict | None = None) ->
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
 
 
+def _epoch_records(run_dir: str) -> list[dict]:
+    """One record per epoch of every stage (the file may end with a summary record)."""
+    return [r for r in map(json.loads, _lines(os.path.join(run_dir, "metrics.jsonl"))) if "epoch" in r]
+
+
+# Two processes differ from one only in the order of float sums: features and activations computed on half
+# batches by one thread each (torchrun's default) instead of whole batches by two, gradients averaged over two
+# half-batch means, losses summed per process and then reduced. Measured here (tiny backbone, 160 training
+# images): the solved head's validation loss moves by 5.6e-5 relative, exactly as far as it moves when one
+# process runs on 1 thread instead of 2 (its L-BFGS amplifies the 1e-7 feature differences); the fine-tune's
+# training losses by 3e-6. 1e-3 leaves 18x for other machines' kernels; the real differences seen in this setup
+# were all larger: per-process augmentation streams (0.3-1.1%), BatchNorm statistics of half batches (1.4-3.5%),
+# a training loss logged over the first process's half of the data (4-10%).
+LOSS_RTOL = 1e-3
+
+
 def test_two_processes_match_one_and_only_the_first_writes(fashion, tmp_path):
     train, _ = fashion  # real Fashion-MNIST photos, 20 per class
-    fit = ["-m", "headstart.cli", "fit", train, "--backbone", TINY, "--scratch", "--image-size", str(TINY_SIZE),
-           "--strategy", "two-stage", "--head-epochs", "12", "--epochs", "1", "--quiet"]
+    # The tiny random backbone, saved as a bundle, loads as a pretrained one: its BatchNorm then keeps its
+    # statistics while fine-tuning (a --scratch run normalises each process's half batch by that half's own
+    # statistics, and SyncBatchNorm does not run on CPU). --no-augment: each process draws random crops and
+    # flips for its own share of a batch, a different random stream from one process's. With both, two
+    # processes compute what one does, up to float order, and every epoch's losses can be compared.
+    backbone = hs.ImageClassifier(TINY, pretrained=False, image_size=TINY_SIZE, strategy="features",
+                                  verbose=False, use_cache=False).fit(train).save(str(tmp_path / "tiny.hs"))
+    fit = ["-m", "headstart.cli", "fit", train, "--backbone", backbone, "--image-size", str(TINY_SIZE),
+           "--no-augment", "--strategy", "two-stage", "--head-epochs", "12", "--epochs", "2", "--quiet"]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     one_cache, two_cache = str(tmp_path / "cache-one"), str(tmp_path / "cache-two")
     _fit([sys.executable, *fit], one, one_cache)
@@ -67,20 +91,16 @@ def test_two_processes_match_one_and_only_the_first_writes(fashion, tmp_path):
     _fit([torchrun, "--standalone", "--nproc_per_node", "2", *fit], two, two_cache,
          {"PYTHONPATH": str(hook_dir), "HS_AUDIT_DIR": str(audit)})
 
-    # the same model, within what different float reduction orders and a padded last batch allow
     config_one, state_one = read_bundle(os.path.join(one, "model.hs"))
     config_two, state_two = read_bundle(os.path.join(two, "model.hs"))
     assert config_two["labels"] == config_one["labels"] and state_two.keys() == state_one.keys()
-    acc_one, acc_two = (c["metrics"]["validation"]["accuracy"] for c in (config_one, config_two))
-    assert acc_one > 0.3, "the single-process run must learn something for the comparison to mean anything"
-    assert abs(acc_two - acc_one) <= 0.1
-    history = [[r for r in map(json.loads, _lines(os.path.join(d, "metrics.jsonl"))) if "epoch" in r]
-               for d in (one, two)]  # one record per epoch (the file may end with a summary record)
-    assert [(r["stage"], r["epoch"]) for r in history[1]] == [(r["stage"], r["epoch"]) for r in history[0]]
-    head = [r for r in history[0] if r["stage"] == "head"]
-    head_two = [r for r in history[1] if r["stage"] == "head"]
-    # 160 training images = 5 whole batches: the head stage's DDP updates equal one process's up to float order
-    assert [r["val_loss"] for r in head_two] == pytest.approx([r["val_loss"] for r in head], rel=1e-3)
+    assert config_one["metrics"]["validation"]["accuracy"] > 0.3, "the comparison needs a run that learns"
+    # every stage and epoch, its training and validation loss: 160 training images are 5 whole batches of 32
+    history_one, history_two = _epoch_records(one), _epoch_records(two)
+    assert [(r["stage"], r["epoch"]) for r in history_one] == [("head", 1), ("finetune", 1), ("finetune", 2)]
+    assert [(r["stage"], r["epoch"]) for r in history_two] == [(r["stage"], r["epoch"]) for r in history_one]
+    for key in ("train_loss", "val_loss"):
+        assert [r[key] for r in history_two] == pytest.approx([r[key] for r in history_one], rel=LOSS_RTOL), key
 
     # features were split between the processes and gathered: the cache holds every row, equal to one process's
     cache_one, cache_two = (FeatureCache(c, os.listdir(os.path.join(c, "features"))[0]) for c in (one_cache,
