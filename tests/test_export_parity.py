@@ -81,8 +81,12 @@ def test_features_heads_from_strong_to_weak_regularisation_export(tmp_path, monk
         assert clf.predict(images) == on_torch
 
 
-def test_two_stage_and_multilabel_heads_export(tmp_path):
+def test_two_stage_mlp_and_multilabel_heads_export(tmp_path):
     data = make_class_images(str(tmp_path / "train"), COLOURS, per_class=8)
+    mlp = hs.ImageClassifier(strategy="features", head="torch-mlp", head_epochs=5, **TINY_ARGS).fit(data)
+    result = export_model(mlp, str(tmp_path / "mlp.onnx"), "onnx", check_inputs=[data], verbose=False)
+    assert result["max_abs_diff"] <= result["tolerance"]  # the rounding model runs through GELU and two layers
+
     two = hs.ImageClassifier(strategy="two-stage", epochs=1, batch_size=8, **TINY_ARGS).fit(data)
     assert any(r["stage"] != "head" for r in two.history_)  # the backbone stage ran
     result = export_model(two, str(tmp_path / "two.onnx"), "onnx", check_inputs=[data], verbose=False)
