@@ -10,10 +10,10 @@ __version__ = "0.1.0"
 from .backbones import create_backbone, list_backbones, register_backbone  # noqa: E402
 from .classical import Embedder  # noqa: E402
 from .compare import compare  # noqa: E402
+from .episodes import fewshot_eval  # noqa: E402
 from .errors import BackboneUnavailable, BundleError, DataError, HeadstartError  # noqa: E402
 from .estimator import ImageClassifier, ImageRegressor, TextClassifier, TextRegressor  # noqa: E402
 from .export import export_model  # noqa: E402
-from .fewshot import fewshot_eval  # noqa: E402
 from .multitask import MultiTaskModel  # noqa: E402
 from .rank import rank  # noqa: E402
 from .restore import load  # noqa: E402

@@ -351,7 +351,7 @@ def fewshot_eval(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """N-way K-shot episodes: prototypes vs logistic regression vs fine-tuning, mean accuracy and 95% interval."""
-    from .fewshot import fewshot_eval as run_episodes
+    from .episodes import fewshot_eval as run_episodes
 
     result = run_episodes(data, ways=ways, shots=[int(k) for k in shots.split(",") if k], episodes=episodes,
                           queries=queries, finetune_episodes=finetune_episodes, backbone=backbone, modality=modality,
