@@ -8,7 +8,6 @@ features; stages that unfreeze layer groups run the inputs through the backbone.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -181,7 +180,8 @@ class TransferEstimator:
         from .fewshot import fewshot_advice, fit_fewshot
 
         if self.strategy in ("fewshot", "setfit") or (advice := fewshot_advice(self, full, unlabeled)) is not None:
-            return fit_fewshot(self, full, valid, started, None if self.strategy != "auto" else advice, unlabeled)
+            return fit_fewshot(self, full, valid, started, None if self.strategy != "auto" else advice, unlabeled,
+                               resume)
         if valid is not None:
             train, val = full, self._align(self._load(valid), full.classes)
         else:
@@ -249,7 +249,9 @@ class TransferEstimator:
             refit_final_probe(self, self.model_.backbone, train, val)
         self.memory_, self.continual_ = remember(self, train), None
         if self.out_dir and is_main_process():  # one writer when several processes train together
-            self._write_outputs(val, val_scores)
+            from .run_outputs import write_run_outputs  # the report's plotting loads only when a run writes one
+
+            write_run_outputs(self, val, val_scores)
         if ckpt is not None:
             ckpt.remove()  # the bundle now holds the result
         return self
@@ -383,16 +385,6 @@ class TransferEstimator:
         from .restore import restore_estimator
 
         return restore_estimator(cls, config, state)
-
-    def _write_outputs(self, val: LabeledData, val_scores: tuple[np.ndarray, np.ndarray]) -> None:
-        from .report import write_report
-        from .run_outputs import final_log_record, run_report
-
-        bundle = self.save(os.path.join(self.out_dir, "model.hs"))
-        with open(os.path.join(self.out_dir, "metrics.jsonl"), "a") as f:  # the same numbers as the report's
-            f.write(json.dumps(final_log_record(self)) + "\n")
-        report = write_report(os.path.join(self.out_dir, "report"), run_report(self, val, *val_scores))
-        say(self.verbose, f"bundle: {bundle}\nreport: {report}")
 
 
 class TextClassifier(TransferEstimator):

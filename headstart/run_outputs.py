@@ -1,5 +1,7 @@
-"""What a fit leaves in its output folder besides the bundle: the last line of `metrics.jsonl` and the report's
-content, both built from the same validation numbers so they can never disagree."""
+"""What a fit leaves in its output folder: the bundle, the last line of `metrics.jsonl` and the report, the last
+two built from the same validation numbers so they can never disagree. Every strategy's fit ends in
+`write_run_outputs` (the plan in estimator.fit, `fewshot` and `setfit` in fewshot.py), so every run folder holds
+the same files."""
 
 from __future__ import annotations
 
@@ -9,7 +11,19 @@ import os
 import numpy as np
 
 from .data.labeled import LabeledData
-from .report import RunReport, worst_examples
+from .progress import say
+from .report import RunReport, worst_examples, write_report
+
+
+def write_run_outputs(est, val: LabeledData, val_scores: tuple[np.ndarray, np.ndarray]) -> None:
+    """`model.hs`, the closing line of `metrics.jsonl` (after the epochs the run logged there, see
+    plan_runner.open_run_log) and `report/`, in `est.out_dir`. `val_scores`: the shipped model's scores on `val`
+    as `_raw_scores` returns them. Callers write from the main process only."""
+    bundle = est.save(os.path.join(est.out_dir, "model.hs"))
+    with open(os.path.join(est.out_dir, "metrics.jsonl"), "a") as f:  # the same numbers as the report's
+        f.write(json.dumps(final_log_record(est)) + "\n")
+    report = write_report(os.path.join(est.out_dir, "report"), run_report(est, val, *val_scores))
+    say(est.verbose, f"bundle: {bundle}\nreport: {report}")
 
 
 def final_log_record(est) -> dict:
