@@ -15,7 +15,7 @@ episode benchmark, `fewshot_eval`, is in episodes.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -96,10 +96,12 @@ def pair_loss(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def contrastive_tune(backbone: nn.Module, texts: Sequence[str], labels: np.ndarray, *, epochs: int = SetFit.epochs,
                      lr: float = SETFIT_LR, batch_size: int = SETFIT_BATCH, seed: int = 0,
-                     verbose: bool = True, deadline: float | None = None) -> list[dict]:
+                     verbose: bool = True, deadline: float | None = None,
+                     log: Callable[[dict], None] | None = None) -> list[dict]:
     """Fine-tune a text backbone so that same-class texts embed close (cosine -> 1), others apart (-> 0): `epochs`
-    passes over the texts in shuffled batches, `pair_loss` on each. Returns one record per pass (mean loss).
-    No batch starts after `deadline` (a time.perf_counter() value: the estimator's time limit)."""
+    passes over the texts in shuffled batches, `pair_loss` on each. Returns one record per pass (mean loss), each
+    also given to `log` as its pass ends (metrics.jsonl). No batch starts after `deadline` (a time.perf_counter()
+    value: the estimator's time limit)."""
     if getattr(backbone, "tokenizer", None) is None:
         raise HeadstartError(f"contrastive tuning needs a text backbone; '{backbone.spec.name}' has no tokenizer")
     from .inference import _device, _to
@@ -132,6 +134,9 @@ def contrastive_tune(backbone: nn.Module, texts: Sequence[str], labels: np.ndarr
                             "texts": len(texts)})
             if deadline is not None and time.perf_counter() > deadline:
                 history[-1]["stopped"] = "time limit"
+            if log is not None:
+                log(history[-1])
+            if "stopped" in history[-1]:
                 break
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -194,22 +199,29 @@ def estimate_setfit_seconds(backbone: nn.Module, texts: Sequence[str], passes: i
     return float(np.median(times[1:])) * steps * (passes + 1 / 3)
 
 
-def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unlabeled=None):
+def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unlabeled=None, resume=None):
     """`fewshot`: prototypes on the frozen (or, for text, contrastively tuned) backbone; `setfit` (texts): the
-    tuned encoder with a logistic-regression head (probe.py). Both use every labeled example.
+    tuned encoder with a logistic-regression head (probe.py). Both use every labeled example. With `out_dir`, the
+    run folder holds what every strategy's does (run_outputs.write_run_outputs); `resume` is refused: nothing here
+    is checkpointed, the few passes being cheaper to run again than to save.
 
     With no `valid` set, the validation metrics are leave-one-out (prototypes) or cross-validated (setfit) on the
     tuned embeddings: with few labels, holding examples out would cost more than it tells, but the encoder has seen
     those labels, so the numbers are optimistic and say so. `est.epochs` sets the tuning passes of `fewshot`.
     """
     from .backbones import create_backbone, resolve_backbone
+    from .distributed import is_main_process
     from .heads import HeadConfig, TransferModel, build_head
     from .inference import embed, run_over
-    from .metrics import task_metrics
+    from .plan_runner import open_run_log
     from .probe import cross_validated_proba, fit_probe
+    from .run_outputs import write_run_outputs
     from .strategies import get_strategy
 
     name = advice.strategy if advice is not None else est.strategy
+    if resume:  # refused, never ignored: the caller would believe the run went on from where it stopped
+        raise HeadstartError(f"strategy '{name}'{' (chosen by auto)' if advice is not None else ''} trains in one "
+                             "short pass and has nothing to resume; run it again without --resume")
     if est._task != "classification":
         raise HeadstartError(f"strategy '{name}' classifies; for {est._task} use 'features' or 'two-stage'")
     if unlabeled is not None:
@@ -238,9 +250,10 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     split = stratified_split(full, est.val_fraction, est.seed) if setfit is not None and valid is None else None
     tune_rows = split[0] if split is not None else np.arange(len(full))
     tuning = time.perf_counter()  # the candidate's own time starts here (the advisor's measurements are before)
+    log = open_run_log(est.out_dir, is_main_process())
     if tuned:  # SetFit: the labels reshape the embedding itself before the head is fitted on it
         est.history_ = contrastive_tune(backbone, [full.items[i] for i in tune_rows], full.targets[tune_rows],
-                                        epochs=passes, seed=est.seed, verbose=est.verbose,
+                                        epochs=passes, seed=est.seed, verbose=est.verbose, log=log,
                                         deadline=None if est.time_limit is None else started + 0.85 * est.time_limit)
         feats, ok = run_over(backbone, full.items, est.batch_size, est.num_workers, est.verbose)
     else:
@@ -254,6 +267,8 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
         chosen = fit_probe(head, x[fit_rows], y[fit_rows], len(est.classes_), est.seed)
         est.history_.append({"stage": "head", "epoch": 1, "solver": "logistic regression (L-BFGS)", "probe": chosen,
                              "seconds": round(time.perf_counter() - solving, 3)})
+        if log is not None:
+            log(est.history_[-1])
         if split is None:
             scored = cross_validated_proba(x, y, len(est.classes_), chosen, est.seed)
             how = {"cross_validated": True}
@@ -268,29 +283,44 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     est.strategy_ = {"name": name, "stages": stages + ([{"name": "head", "epochs": 1}] if setfit else [])}
     est.advice_ = advice
     if split is not None:
-        return _held_out_setfit(est, full, split, (x, y, np.flatnonzero(ok)), fit_rows, chosen, (started, tuning))
+        val, val_scores = _held_out_setfit(est, full, split, (x, y, np.flatnonzero(ok)), fit_rows, chosen,
+                                           (started, tuning))
+    else:
+        val, val_scores = _validate_on_every_label(est, full, valid, ok, scored, how, started)
+    if est.out_dir and is_main_process():  # one writer, as in estimator.fit
+        write_run_outputs(est, val, val_scores)
+    return est
+
+
+def _validate_on_every_label(est, full: LabeledData, valid, ok: np.ndarray, scored, how: dict, started: float):
+    """Validation metrics on `valid`, or else on the labeled rows themselves, scored out of fold (`scored`: their
+    leave-one-out or cross-validated probabilities and which rows have one). Returns the rows and scores the
+    report reads, as `_raw_scores` gives them."""
+    from .metrics import task_metrics
+
     est.data_summary_ = {"train": len(full), "validation": 0 if valid is None else "given",
                          "class_counts": full.class_counts(),
                          "skipped": [{"path": p, "reason": r} for p, r in full.skipped]}
     if valid is not None:
-        validation = est._score(est._align(est._load(valid), est.classes_))
+        val = est._align(est._load(valid), est.classes_)
+        val_scores = est._raw_scores(val.items)
+        validation = est._score(val, val_scores)
     else:
-        proba, keep = scored
-        validation = ({**task_metrics("classification", y.numpy()[keep], proba, est.classes_), **how,
-                       **({"optimistic": "the encoder was tuned on these labels"} if tuned else {})}
+        (proba, keep), val = scored, full.subset(np.flatnonzero(ok))
+        val_scores = (np.full((len(val), len(est.classes_)), np.nan), keep)
+        val_scores[0][keep] = proba
+        validation = ({**task_metrics("classification", val.targets[keep], proba, est.classes_), **how,
+                       **({"optimistic": "the encoder was tuned on these labels"} if est.backbone_trained_ else {})}
                       if keep.any() else {"n": 0, "note": "one example per class: nothing to validate on"})
     est.metrics_ = {"validation": validation, "fit_seconds": round(time.perf_counter() - started, 2)}
-    if est.out_dir:
-        import os
-
-        say(est.verbose, f"bundle: {est.save(os.path.join(est.out_dir, 'model.hs'))}")
-    return est
+    return val, val_scores
 
 
 def _held_out_setfit(est, full: LabeledData, split: tuple[list[int], list[int]], embedded, fit_rows: np.ndarray,
                      chosen: dict, since: tuple[float, float]):
     """`setfit` validated on its held-out fifth: metrics out of sample, the race against the no-transfer model
-    (auto), then the shipped head solved again on every labeled row."""
+    (auto), then the shipped head solved again on every labeled row. Returns the held-out rows and the shipped
+    model's scores on them (the report's)."""
     from .plan_runner import refit_final_probe
     from .probe import refit_probe
     from .train import LoopConfig
@@ -319,8 +349,4 @@ def _held_out_setfit(est, full: LabeledData, split: tuple[list[int], list[int]],
     else:
         est.metrics_["refit"] = refit_probe(est.model_.head, [(x[fit_rows], y[fit_rows]), (x[~fit_rows], y[~fit_rows])],
                                             len(est.classes_), chosen)
-    if est.out_dir:
-        import os
-
-        say(est.verbose, f"bundle: {est.save(os.path.join(est.out_dir, 'model.hs'))}")
-    return est
+    return val, val_scores

@@ -11,11 +11,12 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_learning_curves(history: list[dict], path: str) -> str:
-    """Train and validation loss per epoch across stages, validation accuracy on a second axis."""
+    """Train and validation loss per epoch across stages, validation accuracy on a second axis. A record without a
+    number leaves a gap (NaN): setfit's passes have no validation loss, its solved head no loss at all."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     x = np.arange(1, len(history) + 1)
-    ax.plot(x, [r["train_loss"] for r in history], "o-", label="train loss")
-    ax.plot(x, [r["val_loss"] for r in history], "s-", label="validation loss")
+    ax.plot(x, [r.get("train_loss", np.nan) for r in history], "o-", label="train loss")
+    ax.plot(x, [r.get("val_loss", np.nan) for r in history], "s-", label="validation loss")
     ax.set_xlabel("epoch (all stages)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss")
@@ -24,9 +25,10 @@ def plot_learning_curves(history: list[dict], path: str) -> str:
         if stages[i] != stages[i - 1]:
             ax.axvline(i + 0.5, color="grey", ls="--", lw=1)
             ax.text(i + 0.6, ax.get_ylim()[1], stages[i], va="top", fontsize=8, color="grey")
-    if history and "val_accuracy" in history[0]:
+    if any("val_accuracy" in r for r in history):
         ax2 = ax.twinx()
-        ax2.plot(x, [r["val_accuracy"] for r in history], "^-", color="tab:green", label="validation accuracy")
+        accuracy = [r.get("val_accuracy", np.nan) for r in history]
+        ax2.plot(x, accuracy, "^-", color="tab:green", label="validation accuracy")
         ax2.set_ylabel("accuracy")
         ax2.set_ylim(0, 1)
         ax2.legend(loc="center right")

@@ -180,3 +180,65 @@ def test_setfit_refuses_images(colour_folder):
     with pytest.raises(hs.HeadstartError, match="setfit"):
         hs.ImageClassifier(TINY, strategy="setfit", pretrained=False, image_size=TINY_SIZE, verbose=False
                            ).fit(colour_folder)
+
+
+def _run_outputs(out_dir) -> tuple[list[dict], str]:
+    """metrics.jsonl's records and the report page a fit left in `out_dir` (asserting the bundle is there)."""
+    assert os.path.isfile(os.path.join(out_dir, "model.hs"))
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    with open(os.path.join(out_dir, "report", "index.html")) as f:
+        return records, f.read()
+
+
+def test_setfit_with_out_dir_writes_the_run_outputs_every_strategy_writes(tmp_path):
+    from headstart.data import tweets
+
+    train_csv, _, _ = tweets.export_split(str(tmp_path / "tw"), per_class_train=6, test_size=3, seed=0)
+    out = str(tmp_path / "run")
+    clf = hs.TextClassifier(strategy="setfit", out_dir=out, verbose=False).fit(train_csv)
+    records, page = _run_outputs(out)
+    passes = [r for r in records if r.get("stage") == "setfit"]
+    assert [r["epoch"] for r in passes] == list(range(1, clf.strategy_["stages"][0]["epochs"] + 1))
+    assert records[-2]["stage"] == "head" and "probe" in records[-2]  # the solved head, after the passes
+    final = records[-1]
+    assert final["event"] == "final" and final["strategy"] == "setfit" and final["backbone"] == "minilm_l6"
+    assert final["validation"] == json.loads(json.dumps(clf.metrics_["validation"]))  # the same numbers
+    assert "setfit" in page and "learning curves" in page and "calibration" in page
+    assert np.array_equal(hs.load(os.path.join(out, "model.hs")).predict_proba(["a fine day"]),
+                          clf.predict_proba(["a fine day"]))
+
+
+def test_fewshot_prototypes_with_out_dir_write_the_same_run_outputs(tmp_path, colour_folder):
+    out = str(tmp_path / "run")
+    clf = hs.ImageClassifier(TINY, strategy="fewshot", pretrained=False, image_size=TINY_SIZE, out_dir=out,
+                             verbose=False).fit(colour_folder)
+    records, page = _run_outputs(out)
+    assert records[-1]["event"] == "final" and records[-1]["strategy"] == "fewshot"
+    assert records[-1]["validation"]["leave_one_out"] and records[-1]["validation"]["n"] == 36
+    assert records[-1]["validation"]["accuracy"] == clf.metrics_["validation"]["accuracy"]
+    assert "fewshot" in page and "confusion matrix" in page and "calibration" in page
+
+
+@pytest.mark.parametrize("strategy", ["fewshot", "auto"])  # auto picks prototypes for 3 images per class
+def test_resume_on_a_fewshot_path_is_refused_not_ignored(tmp_path, strategy):
+    data = make_class_images(str(tmp_path / "few"), COLOURS, per_class=3)
+    clf = hs.ImageClassifier(TINY, strategy=strategy, pretrained=False, image_size=TINY_SIZE,
+                             out_dir=str(tmp_path / "run"), verbose=False)
+    with pytest.raises(hs.HeadstartError) as err:
+        clf.fit(data, resume=str(tmp_path / "run"))
+    message = str(err.value)
+    assert "strategy 'fewshot'" in message and "nothing to resume" in message and "without --resume" in message
+    assert ("chosen by auto" in message) == (strategy == "auto") and "\n" not in message
+    assert not hasattr(clf, "model_")
+
+
+def test_resume_on_setfit_is_refused_before_any_tuning(tmp_path):
+    from headstart.data import tweets
+
+    train_csv, _, _ = tweets.export_split(str(tmp_path / "tw"), per_class_train=6, test_size=3, seed=0)
+    clf = hs.TextClassifier(strategy="setfit", out_dir=str(tmp_path / "run"), verbose=False)
+    with pytest.raises(hs.HeadstartError, match=r"strategy 'setfit' trains in one short pass .*nothing to resume; "
+                                                r"run it again without --resume"):
+        clf.fit(train_csv, resume=str(tmp_path / "run"))
+    assert not hasattr(clf, "model_") and not os.path.exists(tmp_path / "run" / "model.hs")
