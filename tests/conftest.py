@@ -45,6 +45,31 @@ def tiny_colour_bundle(root) -> tuple[str, str]:
 
 
 @pytest.fixture
+def no_network(monkeypatch, tmp_path) -> list:
+    """The machine as a user without network sees it, whatever this one has: every connection is refused (the
+    attempts are recorded), and the hub and torch caches are empty folders, so nothing is found locally.
+    HF_HUB_OFFLINE is pinned off, a user's default: only the missing network may stop a download here."""
+    import socket
+
+    from huggingface_hub import constants
+
+    attempts: list = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:2])
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    return attempts
+
+
+@pytest.fixture
 def colour_folder(tmp_path) -> str:
     return make_class_images(str(tmp_path / "train"), COLOURS, per_class=12)
 
