@@ -1,13 +1,20 @@
 """Model bundles: one zip file holding `config.json` and `model.safetensors`. Data only, never pickles.
 
+A Hugging Face backbone also leaves the files that rebuild its architecture under `backbone/` (its config.json and
+tokenizer files, backbones.backbone_files), so a bundle loads with no network, hub cache or package: weights from
+the bundle, everything else too. Bundles without them (written before) still load where a local copy of the model
+is found. Older headstarts read the new bundles as before (they ignore members they do not know), so the format
+version stays 1.
+
 Written atomically (temporary file in the same folder, then rename), so a crash never leaves a half bundle
-under the real name. A bundle folder holding the same two files is read too.
+under the real name. A bundle folder holding the same files is read too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import zipfile
 import zlib
@@ -17,12 +24,13 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from . import __version__
-from .backbones import Backbone, BackboneSpec, create_backbone
+from .backbones import Backbone, BackboneSpec, rebuild_backbone
 from .errors import BundleError
 
 FORMAT = "headstart.bundle"
 FORMAT_VERSION = 1
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
+FILES = "backbone/"  # the backbone's own files: members `backbone/NAME` (a folder of that name in a bundle folder)
 
 # What a bundle may make us read into memory, checked before a byte of a member is read. A crafted bundle could
 # otherwise claim, or inflate to, any size and exhaust memory. Real bundles stay far below: the largest packaged
@@ -34,13 +42,24 @@ MAX_CONFIG_BYTES = 16 << 20
 # deflate, JSON ~10:1); deflate bombs reach ~1000:1. Small members are exempt: they cannot exhaust memory.
 MAX_COMPRESSION_RATIO = 100
 RATIO_EXEMPT_BYTES = 1 << 20
+# The backbone's files: a tokenizer.json is 0.7 MB for BERT and up to ~35 MB for the largest vocabularies (Gemma,
+# XLM-R), a transformers config a few KB; transformers writes 3-6 files. The names become file names in a temporary
+# folder when the bundle loads, so only plain names pass (no folders, no "..").
+MAX_FILE_BYTES = 64 << 20
+MAX_FILES_BYTES = 128 << 20
+MAX_FILES = 16
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
 
 def _member_limit(name: str) -> int:
+    if name.startswith(FILES):
+        return MAX_FILE_BYTES
     return MAX_CONFIG_BYTES if name == CONFIG else MAX_WEIGHTS_BYTES
 
 
-def write_bundle(path: str, config: dict, state_dict: dict[str, torch.Tensor]) -> str:
+def write_bundle(path: str, config: dict, state_dict: dict[str, torch.Tensor], files: dict[str, bytes] | None = None
+                 ) -> str:
+    """Write the bundle at `path`; `files`: the backbone's own files by name (backbones.backbone_files)."""
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "headstart_version": __version__, **config}
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     folder = os.path.dirname(os.path.abspath(path))
@@ -50,6 +69,8 @@ def write_bundle(path: str, config: dict, state_dict: dict[str, torch.Tensor]) -
         with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED) as zf:
             zf.writestr(CONFIG, json.dumps(config, indent=2, sort_keys=True))
             zf.writestr(WEIGHTS, save_safetensors(tensors))
+            for name, data in sorted((files or {}).items()):
+                zf.writestr(FILES + name, data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -63,20 +84,42 @@ def _too_large(path: str, name: str, size: int) -> BundleError:
                        "re-save the model with headstart")
 
 
-def _read_members(path: str) -> tuple[bytes, bytes]:
+def _check_files(path: str, sizes: dict[str, int]) -> None:
+    """Refuse backbone files (member name -> declared size) a real bundle never has: odd names, too many, too large
+    together. Each one's own limit is checked with the other members'."""
+    for name in sizes:
+        if not _PLAIN_NAME.fullmatch(name[len(FILES):]):
+            raise BundleError(f"{path}: member {name!r} is not a plain file name under {FILES}; the bundle is damaged "
+                              "or crafted: re-save the model with headstart")
+    if len(sizes) > MAX_FILES or sum(sizes.values()) > MAX_FILES_BYTES:
+        raise BundleError(f"{path}: {len(sizes)} backbone files of {sum(sizes.values()):,} bytes, over headstart's "
+                          f"limit of {MAX_FILES} files, {MAX_FILES_BYTES:,} bytes; refusing to read them: the bundle "
+                          "is damaged or crafted, re-save the model with headstart")
+
+
+def _read_file(path: str, name: str) -> bytes:
+    """A member of a bundle folder, read no further than its limit (the file may grow while it is read)."""
+    if (size := os.path.getsize(os.path.join(path, name))) > _member_limit(name):
+        raise _too_large(path, name, size)
+    with open(os.path.join(path, name), "rb") as f:
+        data = f.read(_member_limit(name) + 1)
+    if len(data) > _member_limit(name):
+        raise _too_large(path, name, len(data))
+    return data
+
+
+def _read_members(path: str) -> tuple[bytes, bytes, dict[str, bytes]]:
+    """config.json, model.safetensors and the backbone's files (name -> bytes, "backbone/" left off)."""
     if os.path.isdir(path):
         names = set(os.listdir(path))
         if CONFIG not in names or WEIGHTS not in names:
             raise BundleError(f"{path}: not a headstart bundle (needs {CONFIG} and {WEIGHTS})")
-        members = []
-        for name in (CONFIG, WEIGHTS):
-            if (size := os.path.getsize(os.path.join(path, name))) > _member_limit(name):
-                raise _too_large(path, name, size)
-            with open(os.path.join(path, name), "rb") as f:
-                members.append(f.read(_member_limit(name) + 1))  # bounded even if the file grew since
-            if len(members[-1]) > _member_limit(name):
-                raise _too_large(path, name, len(members[-1]))
-        return members[0], members[1]
+        folder = os.path.join(path, FILES)
+        listed = os.listdir(folder) if os.path.isdir(folder) else []
+        files = sorted(FILES + n for n in listed if os.path.isfile(os.path.join(folder, n)))
+        _check_files(path, {n: os.path.getsize(os.path.join(path, n)) for n in files})
+        return (_read_file(path, CONFIG), _read_file(path, WEIGHTS),
+                {n[len(FILES):]: _read_file(path, n) for n in files})
     if not os.path.isfile(path):
         raise BundleError(f"{path}: no such bundle")
     if not zipfile.is_zipfile(path):
@@ -88,11 +131,13 @@ def _read_members(path: str) -> tuple[bytes, bytes]:
             if CONFIG not in names or WEIGHTS not in names:
                 raise BundleError(f"{path}: not a headstart bundle (needs {CONFIG} and {WEIGHTS}, "
                                   f"found {sorted(names)})")
-            for name in (CONFIG, WEIGHTS):  # from the zip's directory, before any member is inflated
+            files = sorted(n for n in names if n.startswith(FILES))
+            _check_files(path, {n: zf.getinfo(n).file_size for n in files})
+            for name in (CONFIG, WEIGHTS, *files):  # from the zip's directory, before any member is inflated
                 _check_member(path, zf.getinfo(name))
             # The reads stop at the sizes just checked: zipfile never inflates past the directory's file_size (a
             # member that claims less than it holds then fails its CRC check, below).
-            return zf.read(CONFIG), zf.read(WEIGHTS)
+            return zf.read(CONFIG), zf.read(WEIGHTS), {n[len(FILES):]: zf.read(n) for n in files}
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
         # a damaged archive, an unknown compression method, or an encrypted member
         raise BundleError(f"{path}: damaged or unreadable zip ({type(err).__name__}: {err}); "
@@ -110,7 +155,7 @@ def _check_member(path: str, info: zipfile.ZipInfo) -> None:
 
 
 def read_bundle_config(path: str) -> dict:
-    raw, _ = _read_members(path)
+    raw, _, _ = _read_members(path)
     return _check_config(path, raw)
 
 
@@ -170,13 +215,19 @@ def unbuildable(path: str, err: Exception) -> BundleError:
 
 
 def read_bundle(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    raw_config, raw_weights = _read_members(path)
+    config, state, _ = read_bundle_files(path)
+    return config, state
+
+
+def read_bundle_files(path: str) -> tuple[dict, dict[str, torch.Tensor], dict[str, bytes]]:
+    """The config, the weights and the backbone's files (what `rebuild_backbone` builds its architecture from)."""
+    raw_config, raw_weights, files = _read_members(path)
     config = _check_config(path, raw_config)
     try:
         state = load_safetensors(raw_weights)
     except Exception as err:  # safetensors raises its own error type for any malformed header
         raise BundleError(f"{path}: {WEIGHTS} is damaged ({err})") from None
-    return config, state
+    return config, state, files
 
 
 def read_backbone_spec(path: str) -> BackboneSpec:
@@ -191,10 +242,12 @@ def read_backbone_spec(path: str) -> BackboneSpec:
 
 
 def build_local_backbone(spec: BackboneSpec, pretrained: bool) -> Backbone:
+    """The backbone of the bundle at `spec.arch`, built from the files it carries (never fetched), with its
+    weights unless `pretrained` is False."""
     base = BackboneSpec.from_dict(spec.options["base"])
-    backbone = create_backbone(base, pretrained=False)
+    _, state, files = read_bundle_files(spec.arch)
+    backbone = rebuild_backbone(base, files)
     if pretrained:
-        _, state = read_bundle(spec.arch)
         prefix = "backbone."
         weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         missing, unexpected = backbone.load_state_dict(weights, strict=False)

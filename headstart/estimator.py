@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ._runtime import keeps_callers_rng, seed_everything
-from .backbones import Backbone, create_backbone, resolve_backbone, scratch_spec
+from .backbones import Backbone, backbone_files, create_backbone, resolve_backbone, scratch_spec
 from .bundle import write_bundle
 from .checkpoint import run_checkpointer
 from .classical import CLASSICAL_HEADS, fit_classical, predict_proba_full, to_tensors
@@ -372,7 +372,8 @@ class TransferEstimator:
         self._check_fitted()
         extra = self._classical_saved[1] if getattr(self, "classical_", None) is not None else {}
         memory = self.memory_.to_tensors() if getattr(self, "memory_", None) is not None else {}
-        return write_bundle(path, self._config(), {**self.model_.state_dict(), **extra, **memory})
+        return write_bundle(path, self._config(), {**self.model_.state_dict(), **extra, **memory},
+                            backbone_files(self.model_.backbone))  # loading then needs no hub, cache or package
 
     def extend(self, data, method: str = "rehearsal", valid=None, old_data=None, **options) -> TransferEstimator:
         """Learn the new classes in `data` without forgetting the old (see continual.py for the methods)."""
@@ -381,10 +382,11 @@ class TransferEstimator:
         return self
 
     @classmethod
-    def _from_bundle(cls, config: dict, state: dict[str, torch.Tensor]) -> TransferEstimator:
+    def _from_bundle(cls, config: dict, state: dict[str, torch.Tensor], files: dict[str, bytes] | None = None
+                     ) -> TransferEstimator:
         from .restore import restore_estimator
 
-        return restore_estimator(cls, config, state)
+        return restore_estimator(cls, config, state, files)
 
 
 class TextClassifier(TransferEstimator):

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._runtime import adamw, keeps_callers_rng, seed_everything
-from .backbones import BackboneSpec, create_backbone, resolve_backbone
+from .backbones import BackboneSpec, backbone_files, create_backbone, rebuild_backbone, resolve_backbone
 from .bundle import write_bundle
 from .data.labeled import LabeledData, stratified_split
 from .errors import DataError, HeadstartError
@@ -238,14 +238,15 @@ class MultiTaskModel:
                   "labels": [], "metrics": self.metrics_}
         state = {**{f"backbone.{k}": v for k, v in self.backbone_.state_dict().items()},
                  **{f"heads.{k}": v for k, v in self.heads_.state_dict().items()}}
-        return write_bundle(path, config, state)
+        return write_bundle(path, config, state, backbone_files(self.backbone_))
 
     @classmethod
-    def _from_bundle(cls, config: dict, state: dict[str, torch.Tensor]) -> MultiTaskModel:
+    def _from_bundle(cls, config: dict, state: dict[str, torch.Tensor], files: dict[str, bytes] | None = None
+                     ) -> MultiTaskModel:
         head = config["head"]
         model = cls(tasks=dict(head["tasks"]), modality=config["modality"], loss_weights=head.get("loss_weights"),
                     hidden=head["hidden"], verbose=False)
-        model.backbone_ = create_backbone(BackboneSpec.from_dict(config["backbone"]), pretrained=False).eval()
+        model.backbone_ = rebuild_backbone(BackboneSpec.from_dict(config["backbone"]), files or {}).eval()
         model.backbone_.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("backbone.")})
         model.classes_ = {n: list(c) for n, c in head["labels"].items()}
         model.target_scaling_ = {n: tuple(v) for n, v in head["target_scaling"].items()}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 
@@ -27,8 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
 from ._runtime import adamw, keeps_callers_rng, seed_everything
-from .backbones import Backbone, create_backbone, resolve_backbone
-from .bundle import CONFIG, FORMAT, FORMAT_VERSION, WEIGHTS
+from .backbones import Backbone, backbone_files, create_backbone, resolve_backbone
+from .bundle import CONFIG, FILES, FORMAT, FORMAT_VERSION, WEIGHTS
 from .cache import write_atomic
 from .errors import DataError, HeadstartError
 from .modalities import MODALITIES
@@ -200,14 +201,18 @@ def pretrain(unlabeled, backbone: str | None = None, out: str = "runs/pretrained
                                          "inputs": len(inputs), "losses": losses, "settings": settings.to_dict(),
                                          "seconds": round(time.perf_counter() - started, 1),
                                          "started_from": "pretrained" if pretrained else "random"}}
-    _write_folder(out, config, {f"backbone.{k}": v for k, v in model.state_dict().items()})
+    _write_folder(out, config, {f"backbone.{k}": v for k, v in model.state_dict().items()}, backbone_files(model))
     say(verbose, f"backbone written to {out}: use it with `headstart fit DATA --backbone {out}`")
     return out
 
 
-def _write_folder(out: str, config: dict, state: dict[str, torch.Tensor]) -> None:
-    """The bundle-folder layout `read_bundle` reads; weights first, config last, each renamed into place."""
-    os.makedirs(out, exist_ok=True)
+def _write_folder(out: str, config: dict, state: dict[str, torch.Tensor], files: dict[str, bytes]) -> None:
+    """The bundle-folder layout `read_bundle` reads; the backbone's files and weights first, config last, each
+    renamed into place. Files a previous run left under backbone/ go: they would describe another backbone."""
+    shutil.rmtree(os.path.join(out, FILES), ignore_errors=True)
+    os.makedirs(os.path.join(out, FILES) if files else out, exist_ok=True)
+    for name, data in files.items():
+        write_atomic(os.path.join(out, FILES, name), lambda f, data=data: f.write(data))
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     write_atomic(os.path.join(out, WEIGHTS), lambda f: f.write(save(tensors)))
     write_atomic(os.path.join(out, CONFIG), lambda f: f.write(json.dumps(config, indent=2).encode()))

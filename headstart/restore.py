@@ -1,5 +1,6 @@
 """Loading a bundle: `load` reads it (JSON and safetensors only) and rebuilds the fitted estimator, architecture
-from the spec, weights from the bundle (never downloaded again), fitted attributes from the JSON."""
+from the spec and the backbone files the bundle carries, weights from the bundle, fitted attributes from the JSON.
+Nothing is downloaded: a bundle loads on a machine with no network, hub cache or model package."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import torch
 from torch import nn
 
 from . import __version__
-from .backbones import BackboneSpec, create_backbone
-from .bundle import read_bundle, unbuildable
+from .backbones import BackboneSpec, rebuild_backbone
+from .bundle import read_bundle_files, unbuildable
 from .classical import from_tensors
 from .continual import Memory
-from .errors import HeadstartError
+from .errors import BackboneUnavailable, HeadstartError
 from .heads import HeadConfig, TransferModel, build_head
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskMode
     """
     if runtime not in ("torch", "onnx"):
         raise HeadstartError(f"unknown runtime '{runtime}': choose torch or onnx")
-    config, state = read_bundle(path)
+    config, state, files = read_bundle_files(path)
     if config["task"] == "pretrain":
         raise HeadstartError(f"{path}: a pre-trained backbone (headstart pretrain), not a model with a head; "
                              f"train one on it with `headstart fit DATA --backbone {path}`")
@@ -37,12 +38,15 @@ def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskMode
         if config["task"] == "multitask":
             from .multitask import MultiTaskModel
 
-            return MultiTaskModel._from_bundle(config, state)
+            return MultiTaskModel._from_bundle(config, state, files)
         from .estimator import estimator_class
 
-        est = estimator_class(config["modality"], config["task"])._from_bundle(config, state)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
-        raise unbuildable(path, err) from None  # a crafted or hand-edited config: one line, not a traceback
+        est = estimator_class(config["modality"], config["task"])._from_bundle(config, state, files)
+    except BackboneUnavailable as err:  # an older bundle whose backbone files are nowhere on this machine
+        raise BackboneUnavailable(f"{path}: {err}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OSError) as err:
+        # a crafted or hand-edited config (OSError: transformers on a backbone config.json it cannot read): one line
+        raise unbuildable(path, err) from None
     if runtime == "onnx":
         from .export import attach_onnx_runtime
 
@@ -50,12 +54,13 @@ def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskMode
     return est
 
 
-def restore_estimator(cls: type, config: dict, state: dict[str, torch.Tensor]):
-    """An instance of `cls` (an estimator class) fitted as the bundle records, ready to predict."""
+def restore_estimator(cls: type, config: dict, state: dict[str, torch.Tensor], files: dict[str, bytes] | None = None):
+    """An instance of `cls` (an estimator class) fitted as the bundle records, ready to predict. `files`: the
+    backbone's own files the bundle carries (bundle.read_bundle_files)."""
     params = {k: v for k, v in config.get("params", {}).items() if k in inspect.signature(cls).parameters}
     est = cls(**params)
     spec = BackboneSpec.from_dict(config["backbone"])
-    backbone = create_backbone(spec, pretrained=False)  # the architecture only; weights come from the bundle
+    backbone = rebuild_backbone(spec, files or {})  # the architecture only; weights come from the bundle
     head_cfg = config["head"]
     est.classical_ = None
     est.memory_, est.continual_ = Memory.from_tensors(state), config.get("continual")  # continual learning's buffer

@@ -110,3 +110,60 @@ def test_real_bundles_stored_or_recompressed_are_within_the_limits(tmp_path):
         for name in src.namelist():
             dst.writestr(name, src.read(name))
     assert hs.load(deflated).predict(data) == hs.load(path).predict(data)
+
+
+def _with_backbone_file(path: str, name: str, size: int, compression: int = zipfile.ZIP_STORED) -> str:
+    """`path` (a crafted bundle) plus a backbone file `name` of `size` zeros, streamed in 1 MiB writes."""
+    chunk = bytes(1 << 20)
+    with zipfile.ZipFile(path, "a", compression) as zf, zf.open(name, "w") as f:
+        for start in range(0, size, len(chunk)):
+            f.write(chunk[: size - start])
+    return path
+
+
+def test_backbone_files_over_their_limits_are_refused_before_they_are_read(tmp_path, monkeypatch, no_member_read):
+    path = _with_backbone_file(_crafted(str(tmp_path / "big.hs"), 1024, zipfile.ZIP_STORED),
+                               "backbone/tokenizer.json", 3 << 20)
+    monkeypatch.setattr(bundle, "MAX_FILE_BYTES", 2 << 20)  # each file's limit, lowered to keep the test cheap
+    with pytest.raises(hs.BundleError, match="backbone/tokenizer.json holds 3,145,728 bytes, over headstart's limit "
+                                             "of 2,097,152 .*re-save the model with headstart"):
+        read_bundle(path)
+    monkeypatch.setattr(bundle, "MAX_FILE_BYTES", 4 << 20)
+    monkeypatch.setattr(bundle, "MAX_FILES_BYTES", 2 << 20)  # and all of them together
+    with pytest.raises(hs.BundleError, match="1 backbone files of 3,145,728 bytes, over headstart's limit of 16 "
+                                             "files, 2,097,152 bytes"):
+        read_bundle(path)
+    monkeypatch.setattr(bundle, "MAX_FILES_BYTES", 4 << 20)
+    monkeypatch.setattr(bundle, "MAX_FILES", 0)
+    with pytest.raises(hs.BundleError, match="over headstart's limit of 0 files"):
+        read_bundle(path)
+    assert no_member_read == []
+
+
+def test_a_backbone_file_zip_bomb_is_refused_by_its_ratio(tmp_path, no_member_read):
+    path = _with_backbone_file(_crafted(str(tmp_path / "bomb.hs"), 1024, zipfile.ZIP_STORED),
+                               "backbone/vocab.txt", 8 << 20, zipfile.ZIP_DEFLATED)
+    with pytest.raises(hs.BundleError, match="backbone/vocab.txt is compressed .*zip bomb"):
+        read_bundle(path)
+    assert no_member_read == []
+
+
+@pytest.mark.parametrize("name", ["backbone/../../escaped.json", "backbone/sub/config.json", "backbone/.hidden",
+                                  "backbone/"])
+def test_a_backbone_file_must_have_a_plain_name(tmp_path, name, no_member_read):
+    path = _with_backbone_file(_crafted(str(tmp_path / "odd.hs"), 1024, zipfile.ZIP_STORED), name, 10)
+    with pytest.raises(hs.BundleError, match=f"member '{name}' is not a plain file name under backbone/"):
+        read_bundle(path)
+    assert no_member_read == []
+
+
+def test_a_bundle_folder_backbone_file_over_its_limit_is_refused(tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    (folder / "backbone").mkdir(parents=True)
+    (folder / CONFIG).write_text(CONFIG_JSON)
+    (folder / WEIGHTS).write_bytes(b"")
+    with open(folder / "backbone" / "tokenizer.json", "wb") as f:
+        f.truncate(3 << 20)  # sparse: nothing written, nothing allocated
+    monkeypatch.setattr(bundle, "MAX_FILE_BYTES", 2 << 20)
+    with pytest.raises(hs.BundleError, match="backbone/tokenizer.json holds 3,145,728 bytes, over headstart's limit"):
+        read_bundle(str(folder))

@@ -10,20 +10,25 @@ import importlib.util
 import os
 
 from ..errors import BackboneUnavailable
-from .base import Backbone, BackboneSpec, ImagePreprocess, TextPreprocess
+from .base import Backbone, BackboneSpec, ImagePreprocess, TextPreprocess, files_folder
 from .scratch import build_scratch, scratch_spec
-from .text import build_text, hf_text_spec
-from .vision import BUILDERS, LITE0_PREPROCESS, hf_image_preprocess, timm_preprocess
+from .text import build_text, hf_text_spec, rebuild_text
+from .vision import BUILDERS, LITE0_PREPROCESS, hf_image_preprocess, rebuild_hf_image, timm_preprocess
 
 BUILDERS = {**BUILDERS, "packaged-text": build_text, "hf-text": build_text, "scratch": build_scratch}
+# Sources whose architecture is described by files (a transformers config, a tokenizer) rather than by code: a
+# bundle carries those files (backbone_files), so loading it needs no hub, cache or package (rebuild_backbone).
+REBUILDERS = {"packaged-text": rebuild_text, "hf-text": rebuild_text, "hf": rebuild_hf_image}
 
 __all__ = [
     "Backbone",
     "BackboneSpec",
     "ImagePreprocess",
     "available_offline",
+    "backbone_files",
     "create_backbone",
     "list_backbones",
+    "rebuild_backbone",
     "register_backbone",
     "resolve_backbone",
     "scratch_spec",
@@ -93,6 +98,32 @@ def create_backbone(
     if builder is None:
         raise BackboneUnavailable(f"backbone '{spec.name}' has unknown source '{spec.source}'")
     return builder(spec, pretrained)
+
+
+def backbone_files(backbone: Backbone) -> dict[str, bytes]:
+    """The files besides its weights that rebuild `backbone` (name -> bytes): a transformers model's config.json
+    and a text backbone's tokenizer files, as transformers writes them; none for backbones built from code alone."""
+    if backbone.spec.source not in REBUILDERS:
+        return {}
+    with files_folder({}) as folder:
+        backbone.body.model.config.save_pretrained(folder)
+        if backbone.tokenizer is not None:
+            backbone.tokenizer.save_pretrained(folder)
+        files = {}
+        for name in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, name), "rb") as f:
+                files[name] = f.read()
+        return files
+
+
+def rebuild_backbone(spec: BackboneSpec, files: dict[str, bytes]) -> Backbone:
+    """A saved backbone's architecture, its weights left for the caller to load from the bundle: from the `files`
+    the bundle carries (backbone_files) or, for sources built from code, from code. Never from the network."""
+    if spec.source == "local":  # a model fitted on a bundle used as backbone: its base, as build_local_backbone
+        spec = BackboneSpec.from_dict(spec.options["base"])
+    if spec.source in REBUILDERS:
+        return REBUILDERS[spec.source](spec, files)
+    return create_backbone(spec, pretrained=False)
 
 
 def available_offline(spec: BackboneSpec) -> bool:

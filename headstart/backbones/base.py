@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import os
 import re
-from collections.abc import Callable, Iterable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -289,3 +292,14 @@ def transformer_grouping(model: nn.Module) -> tuple[Callable[[str], str], list[s
             groups[name] = "final" if seen_layer else "embeddings"
     order = ["embeddings"] + [f"layer.{i}" for i in sorted(indices)] + ["final"]
     return (lambda n: groups.get(n, "final")), order
+
+
+@contextlib.contextmanager
+def files_folder(files: dict[str, bytes]) -> Iterator[str]:
+    """A backbone's files from its bundle (name -> bytes) in a temporary folder, for transformers, which reads
+    configs and tokenizers from folders; removed on exit. The names are plain file names (bundle.py refuses others)."""
+    with tempfile.TemporaryDirectory(prefix="headstart-backbone-") as folder:
+        for name, data in files.items():
+            with open(os.path.join(folder, os.path.basename(name)), "wb") as f:
+                f.write(data)
+        yield folder

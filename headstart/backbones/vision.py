@@ -11,7 +11,15 @@ import torch
 from torch import nn
 
 from ..errors import BackboneUnavailable
-from .base import Backbone, BackboneSpec, ImagePreprocess, child_grouping, timm_grouping, transformer_grouping
+from .base import (
+    Backbone,
+    BackboneSpec,
+    ImagePreprocess,
+    child_grouping,
+    files_folder,
+    timm_grouping,
+    transformer_grouping,
+)
 
 # Stage repeats of EfficientNet-Lite0: the packaged checkpoint numbers its blocks flat, timm per stage.
 _LITE0_REPEATS = (1, 2, 2, 3, 3, 4, 1)
@@ -206,12 +214,39 @@ def build_hf_image(spec: BackboneSpec, pretrained: bool) -> Backbone:
 
     _require_hub(spec, spec.arch)
     try:
-        if pretrained:
-            model = AutoModel.from_pretrained(spec.arch)
+        if pretrained:  # safetensors only: a pickled checkpoint (pytorch_model.bin) runs code while it loads
+            model = AutoModel.from_pretrained(spec.arch, use_safetensors=True)
         else:
             model = AutoModel.from_config(AutoConfig.from_pretrained(spec.arch))
     except (OSError, ValueError) as err:
         raise _download_failed(spec, err) from None
+    return _hf_image_backbone(spec, model)
+
+
+CONFIG_FILE = "config.json"  # a transformers model's config, as save_pretrained names it
+
+
+def rebuild_hf_image(spec: BackboneSpec, files: dict[str, bytes]) -> Backbone:
+    """A saved Hugging Face image backbone's architecture (random weights: the bundle's replace them) from the
+    config.json its bundle carries; a bundle from before bundles carried it falls back on the hub cache. Nothing
+    is fetched while loading."""
+    from transformers import AutoConfig, AutoModel
+
+    if CONFIG_FILE in files:
+        with files_folder(files) as folder:
+            config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(spec.arch, local_files_only=True)
+        except (OSError, ValueError):  # not cached (or an id no hub knows: a bundle can name anything)
+            raise BackboneUnavailable(
+                "the bundle was written before bundles carried their backbone's config, and headstart never downloads "
+                f"while loading: '{spec.arch}' is not in the local Hugging Face cache; re-save the model with this "
+                f"headstart where it loads, or fetch it (huggingface-cli download {spec.arch})") from None
+    return _hf_image_backbone(spec, AutoModel.from_config(config))
+
+
+def _hf_image_backbone(spec: BackboneSpec, model: nn.Module) -> Backbone:
     body = _HFPooled(model)
     with torch.no_grad():
         dim = body.eval()(torch.zeros(1, 3, spec.preprocess.size, spec.preprocess.size)).shape[-1]
