@@ -122,12 +122,26 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+# The Trainer's fits run no headstart code (the packaged MiniLM folder aside): where the measured headstart version
+# has no such row for a split, the latest one from another version is used, and the summary says how many.
+CODE_FREE = ("hf-trainer",)
+
+
 def summarize(rows: list[dict], code: str | None = None) -> dict:
-    """The regression / multi-label rows of one code version (`code`; default: the last row's)."""
+    """The regression / multi-label rows of one code version (`code`; default: the last row's), with the CODE_FREE
+    anchors' rows from any version where this one lacks them."""
     if code is None and rows:
         code = rows[-1].get("code")
-    mine = [r for r in rows if r.get("code") == code and r.get("kind", "classification") in REPORTED]
-    return {"code": code, "rows_used": len(mine),
+    kinds = [r for r in rows if r.get("kind", "classification") in REPORTED]
+    mine = [r for r in kinds if r.get("code") == code]
+    have = {(r["task"], r["train_size"], r["subset"], r.get("test_size"), r["strategy"]) for r in mine}
+    borrowed = {}
+    for r in kinds:  # later rows win
+        key = (r["task"], r["train_size"], r["subset"], r.get("test_size"), r["strategy"])
+        if r["strategy"] in CODE_FREE and r.get("code") != code and key not in have and "error" not in r:
+            borrowed[key] = r
+    mine += list(borrowed.values())
+    return {"code": code, "rows_used": len(mine), "rows_from_other_code": len(borrowed),
             "errors": [f"{r['task']} {r['train_size']} rows subset {r['subset']} {r['strategy']}"
                        for r in mine if "error" in r],
             "aggregate": aggregate(mine)}
@@ -170,6 +184,9 @@ def markdown(summary: dict) -> str:
         lines.append("")
     lines.append(f"×n = subsets averaged. Differences in the task's metric: mean over subsets ± {Z} standard errors "
                  "of the paired test-row noise.")
+    if summary.get("rows_from_other_code"):
+        lines.append(f"{summary['rows_from_other_code']} {'/'.join(CODE_FREE)} rows come from a run at another "
+                     "headstart version (they run no headstart code).")
     if summary["errors"]:
         lines.append(f"Failed fits ({len(summary['errors'])}): " + "; ".join(summary["errors"][:10]))
     return "\n".join(lines)

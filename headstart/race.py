@@ -1,9 +1,9 @@
 """`auto` never ships a model worse than the no-transfer model it measured: the two race on validation.
 
 After the transferred model's plan has run, the no-transfer candidate (strategy `baseline`: the same solved linear
-head on grey pixels or TF-IDF, backbones/scratch.py) is fitted on the same training rows. Where both are logistic
-regressions on frozen inputs (a classification plan that ended with the probe), both are scored out of fold on the
-same stratified folds of every labeled row, training and validation together; otherwise on the validation rows.
+head on grey pixels or TF-IDF, backbones/scratch.py) is fitted on the same training rows. Where both are solved heads
+on frozen inputs (a plan that ended with the probe, ridge or one-vs-rest head), both are scored out of fold on the
+same folds of every labeled row, training and validation together; otherwise on the validation rows.
 The per-row differences between the two (correct or not; squared error for regression; labels right for
 multi-label) are paired, so their standard error measures the comparison's noise. The baseline is shipped when it
 is better by more than SHIP_MARGIN_SE standard errors out of fold (0, fitted on the suite: the better point
@@ -36,6 +36,8 @@ from .strategies import Baseline
 # inputs). Races on the validation rows alone (fine-tuned or tuned encoders, regression, multi-label) keep the
 # unfitted 1 standard error: on a fifth of 64 election tweets (13 rows) the better point estimate shipped TF-IDF at
 # 0.632 test accuracy over `setfit`'s tuned encoder (0.830 without the race; suite's second run).
+# Regression and multi-label races out of fold (ridge / one-vs-rest on frozen inputs) use the same margin; the
+# suite's regression and multi-label tasks, not among those it was fitted on, check it (bench/results/suite.json).
 SHIP_MARGIN_SE = 0.0
 VALIDATION_MARGIN_SE = 1.0
 UNITS = {"classification": "accuracy", "multilabel": "label accuracy",
@@ -209,30 +211,39 @@ def estimate_baseline_seconds(est, train: LabeledData, val: LabeledData, sample:
 
 def _cross_validated_rows(est, model: TransferModel, history: list[dict], train: LabeledData,
                           val: LabeledData) -> tuple[np.ndarray, np.ndarray] | None:
-    """Per-row correctness of both probes, out of fold, on the same stratified folds of every labeled row, when
-    both models are logistic regressions on frozen inputs (classification, backbone untouched): five times the
-    rows of a fifth held out, so the comparison's noise is smaller (at 10 per class, 80 rows rather than 20).
-    None where that does not hold: then the validation rows decide."""
+    """Per-row scores (row_scores) of both models, out of fold, on the same folds of every labeled row, when both
+    are solved heads on frozen inputs (backbone untouched): five times the rows of a fifth held out, so the
+    comparison's noise is smaller (at 10 per class, 80 rows rather than 20). Classification: stratified folds,
+    logistic regression at each model's C; regression and multi-label: shuffled folds, ridge at its alpha or
+    one-vs-rest at its Cs (probe_heads.cross_validated_predictions). None where that does not hold: then the
+    validation rows decide."""
     from .probe import cross_validated_proba
+    from .probe_heads import cross_validated_predictions
 
-    if est._task != "classification" or est.backbone_trained_:
+    if est.backbone_trained_:
         return None
     ours_chosen = next((r["probe"] for r in reversed(est.history_) if "probe" in r), None)
     theirs_chosen = next((r["probe"] for r in reversed(history) if "probe" in r), None)
     if ours_chosen is None or theirs_chosen is None:
         return None
     items, targets = [*train.items, *val.items], np.concatenate([train.targets, val.targets])
-    correct = []
     kw = {"batch_size": est.batch_size, "num_workers": est.num_workers, "use_cache": est.use_cache,
           "cache_dir": est.cache_dir, "verbose": False}
     feats = [embed(backbone, items, **kw) for backbone in (est.model_.backbone, model.backbone)]
     both = feats[0][1] & feats[1][1]
+    correct = []
     for (f, _), chosen in zip(feats, (ours_chosen, theirs_chosen)):
-        proba, scored = cross_validated_proba(torch.as_tensor(f[both]), torch.as_tensor(targets[both]),
-                                              len(est.classes_), chosen, est.seed)
-        if not scored.all():
-            return None
-        correct.append(row_scores("classification", targets[both], proba))
+        x = torch.as_tensor(f[both])
+        if est._task == "classification":
+            proba, scored = cross_validated_proba(x, torch.as_tensor(targets[both]), len(est.classes_), chosen,
+                                                  est.seed)
+            if not scored.all():
+                return None
+            correct.append(row_scores("classification", targets[both], proba))
+        else:  # the targets the heads were solved on: standardised for regression
+            y = est._target_tensor(targets[both])
+            preds = cross_validated_predictions(est._task, x, y, chosen, est.seed)
+            correct.append(row_scores(est._task, y.numpy().reshape(len(y), -1), preds))
     return correct[0], correct[1]
 
 

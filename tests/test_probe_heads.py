@@ -167,3 +167,18 @@ def test_two_stage_regression_fine_tunes_from_the_solved_head(colour_folder, tmp
     reloaded = hs.load(reg.save(str(tmp_path / "reg.hs")))
     images = os.path.join(colour_folder, "red")
     assert np.allclose(reloaded.predict(images), reg.predict(images), atol=1e-5)
+
+
+def test_out_of_fold_ridge_predictions_are_scikit_learns_ridge_on_each_fold():
+    from sklearn.linear_model import Ridge
+
+    from headstart.probe_heads import _ovr_folds, cross_validated_predictions
+
+    rng = np.random.default_rng(2)
+    x = torch.as_tensor(rng.normal(size=(60, 8)), dtype=torch.float32)
+    y = x[:, :1] * 2 + torch.as_tensor(rng.normal(size=(60, 1)), dtype=torch.float32)
+    preds = cross_validated_predictions("regression", x, y, {"scaling": "as given", "alpha": 3.0}, seed=5)
+    masks, held = _ovr_folds(60, 5)
+    for fit, rows in zip(masks, held):
+        ref = Ridge(alpha=3.0).fit(x[fit].numpy(), y[fit].numpy()).predict(x[rows].numpy())
+        np.testing.assert_allclose(preds[rows].ravel(), ref.ravel(), atol=1e-4)

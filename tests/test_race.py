@@ -153,7 +153,8 @@ def test_auto_measures_regression_against_the_no_transfer_reference_and_races_it
     assert m["probe_r2"] > m["raw_input_r2"] + 0.05 and m["probe_r2"] > 0.1
     assert any(r.startswith("frozen features: ridge leave-one-out R^2") for r in reg.advice_.reasons)
     names = [c["candidate"] for c in m["candidates"]]
-    assert names[1].startswith("no transfer (TF-IDF") and m["race"]["rows_from"] == "validation rows"
+    assert names[1].startswith("no transfer (TF-IDF")  # both ridge on frozen inputs: raced on every row, out of fold
+    assert m["race"]["rows_from"] == "cross-validation on training + validation rows" and m["race"]["rows"] == 120
     assert reg.strategy_["name"] == ("baseline" if m["candidates"][1]["shipped"] else "features")
     assert reg.history_[0]["probe"]["alpha"] > 0  # the ridge head, solved
 
@@ -174,6 +175,7 @@ def test_auto_measures_multilabel_with_the_solved_head_and_races_it(tweets, tmp_
     assert 0 < m["probe_micro_f1"] <= 1 and 0 < m["raw_input_micro_f1"] <= 1
     assert any("one-vs-rest cross-validated micro-F1" in r for r in clf.advice_.reasons)
     assert [c["shipped"] for c in m["candidates"]].count(True) == 1
+    assert m["race"]["rows_from"] == "cross-validation on training + validation rows" and m["race"]["rows"] == 120
     assert "C" in next(r["probe"] for r in clf.history_ if "probe" in r)  # the one-vs-rest head, solved
 
 
