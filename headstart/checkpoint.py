@@ -243,6 +243,9 @@ def run_checkpointer(estimator, resume: str | None, n_train: int, n_val: int, st
     from .distributed import is_main_process
 
     folder = resume or estimator.out_dir
+    if resume and not stages:  # a scikit-learn head: one solve, no epochs to checkpoint
+        raise HeadstartError(f"{resume}: head '{estimator.head}' is fitted in one solve and has nothing to resume; "
+                             "run it again without --resume")
     if not folder or not stages:
         return None
     fingerprint = {"estimator": type(estimator).__name__, "train": n_train, "validation": n_val,

@@ -159,3 +159,10 @@ def test_resume_refuses_other_data_of_the_same_size(data, tmp_path, monkeypatch)
     assert saved and saved[0] == (1, 2), f"continued after the checkpointed epoch, not from the start: {saved}"
     assert [(r["stage"], r["epoch"]) for r in resumed.history_][:2] == [("head", 1), ("finetune", 1)]
     assert not os.path.exists(os.path.join(out, FOLDER)), "resumed to the end"
+
+
+def test_resume_is_refused_for_a_scikit_learn_head(data, tmp_path):
+    """A scikit-learn head is one solve: `resume` names that instead of being ignored in silence."""
+    clf = hs.ImageClassifier(backbone=TINY, pretrained=False, image_size=TINY_SIZE, head="svm", verbose=False)
+    with pytest.raises(hs.HeadstartError, match="fitted in one solve and has nothing to resume"):
+        clf.fit(data, resume=str(tmp_path / "run"))
