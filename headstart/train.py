@@ -150,6 +150,15 @@ def _summed_over_processes(accel: Accelerator, total_loss: float, seen: int) -> 
     return float(sums[0]), int(sums[1])
 
 
+def _past(accel: Accelerator, moment: float) -> bool:
+    """Whether time.perf_counter() has passed `moment`, agreed by every process: each process's clock and start
+    differ, and one stopping while the others step would leave them waiting on its gradients for ever."""
+    past = time.perf_counter() > moment
+    if accel.num_processes == 1:
+        return past
+    return bool(accel.reduce(torch.tensor([float(past)], device=accel.device), "max")[0] > 0)
+
+
 def _scores(scored: tuple[torch.Tensor, torch.Tensor] | None, loss_fn: nn.Module, task: str) -> dict:
     if scored is None:
         return {"val_loss": 0.0, **({"val_accuracy": 0.0} if task == "classification" else {})}
@@ -252,7 +261,7 @@ def run_stage(
             set_train_mode(accel.unwrap_model(model), stage, cfg.freeze_bn_stats)
             start, seen, total_loss = time.perf_counter(), 0, 0.0
             for x, y in _batches(train_loader):
-                if cfg.deadline is not None and time.perf_counter() > cfg.deadline - cfg.reserve_s:
+                if cfg.deadline is not None and _past(accel, cfg.deadline - cfg.reserve_s):
                     out_of_time = True  # the epoch ends here: validated, and the best weights kept, as ever
                     break
                 with accel.autocast():

@@ -120,3 +120,19 @@ def test_two_processes_match_one_and_only_the_first_writes(fashion, tmp_path):
     assert any(p.startswith(os.path.join(two, "report")) for p in rank0)
     assert any(p.startswith(two_cache) for p in rank0)
     assert not [p for p in rank1 if p.startswith((two, two_cache))], rank1
+
+
+def test_a_time_limit_stops_every_process_together(fashion, tmp_path):
+    """Under two processes the deadline is agreed (train._past, a collective every batch): a process that stopped
+    alone would leave the other waiting on its gradients for ever. A 1 s limit has passed before the first batch:
+    both processes take the agreed path and stop there, the epoch is validated and the bundle written. (A real
+    disagreement, one clock past and one not, cannot be staged from outside; this checks the collective runs.)"""
+    train, _ = fashion
+    fit = ["-m", "headstart.cli", "fit", train, "--backbone", TINY, "--scratch", "--image-size", str(TINY_SIZE),
+           "--no-augment", "--strategy", "full", "--epochs", "50", "--time-limit", "1", "--quiet"]
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    out = str(tmp_path / "two")
+    _fit([torchrun, "--standalone", "--nproc_per_node", "2", *fit], out, str(tmp_path / "cache"))
+    records = _epoch_records(out)
+    assert len(records) == 1 and records[0]["stopped"] == "time limit, after 0 of this epoch's examples"
+    assert os.path.exists(os.path.join(out, "model.hs"))
