@@ -63,6 +63,17 @@ def paired(a: np.ndarray, b: np.ndarray) -> dict:
     return {"difference": float(d.mean()) if len(d) else 0.0, "standard_error": se, "rows": int(len(d))}
 
 
+def _challenger_wins(verdict: dict, margin_se: float) -> bool:
+    """The challenger (b in `paired`) is ahead by more than `margin_se` standard errors; a tie keeps the incumbent."""
+    return verdict["difference"] > 0 and verdict["difference"] > margin_se * verdict["standard_error"]
+
+
+def _frozen_features(est, backbone, items: list) -> tuple[np.ndarray, np.ndarray]:
+    """`backbone`'s features of `items` at the estimator's batch, worker and cache settings, quietly."""
+    return embed(backbone, items, batch_size=est.batch_size, num_workers=est.num_workers, use_cache=est.use_cache,
+                 cache_dir=est.cache_dir, verbose=False)
+
+
 def _interval(values: np.ndarray) -> list[float]:
     """Mean +- 1.96 standard errors of per-row scores: a 95% interval for the validation figure."""
     if len(values) < 2:
@@ -124,7 +135,7 @@ def race_baseline(est, train: LabeledData, val: LabeledData, transferred: tuple[
         verdict = {**paired(ours, theirs), "rows_from": "validation rows"}
     seconds = time.perf_counter() - started
     margin = SHIP_MARGIN_SE if folds is not None else VALIDATION_MARGIN_SE
-    ships = verdict["difference"] > 0 and verdict["difference"] > margin * verdict["standard_error"]
+    ships = _challenger_wins(verdict, margin)
     sign = -1 if est._task == "regression" else 1  # shown as mean squared error: lower is better
     unit = UNITS[est._task]
     transferred_name = f"transfer ({est.strategy_['name']} on {est.spec_.name})"
@@ -227,9 +238,7 @@ def _cross_validated_rows(est, model: TransferModel, history: list[dict], train:
     if ours_chosen is None or theirs_chosen is None:
         return None
     items, targets = [*train.items, *val.items], np.concatenate([train.targets, val.targets])
-    kw = {"batch_size": est.batch_size, "num_workers": est.num_workers, "use_cache": est.use_cache,
-          "cache_dir": est.cache_dir, "verbose": False}
-    feats = [embed(backbone, items, **kw) for backbone in (est.model_.backbone, model.backbone)]
+    feats = [_frozen_features(est, backbone, items) for backbone in (est.model_.backbone, model.backbone)]
     both = feats[0][1] & feats[1][1]
     correct = []
     for (f, _), chosen in zip(feats, (ours_chosen, theirs_chosen)):
@@ -260,9 +269,7 @@ def race_frozen_probe(est, train: LabeledData, val: LabeledData, tuned: tuple[np
     say(est.verbose, f"auto: candidate transfer (features on {est.spec_.name}, the encoder untuned): about "
         f"{estimate:.0f} s ({how})")
     started = time.perf_counter()
-    kw = {"batch_size": est.batch_size, "num_workers": est.num_workers, "use_cache": est.use_cache,
-          "cache_dir": est.cache_dir, "verbose": False}
-    (f_train, ok_train), (f_val, ok_val) = (embed(backbone, part.items, **kw) for part in (train, val))
+    (f_train, ok_train), (f_val, ok_val) = (_frozen_features(est, backbone, part.items) for part in (train, val))
     n = len(est.classes_)
     head = build_head(HeadConfig(kind="linear"), backbone.feature_dim, n).eval()
     chosen = fit_probe(head, torch.as_tensor(f_train[ok_train]), torch.as_tensor(train.targets[ok_train]), n, est.seed)
@@ -274,7 +281,7 @@ def race_frozen_probe(est, train: LabeledData, val: LabeledData, tuned: tuple[np
     ours = row_scores("classification", val.targets[both], tuned[0][both])
     theirs = row_scores("classification", val.targets[both], scores[both])
     verdict = {**paired(ours, theirs), "rows_from": "held-out rows"}
-    ships = verdict["difference"] > 0 and verdict["difference"] > VALIDATION_MARGIN_SE * verdict["standard_error"]
+    ships = _challenger_wins(verdict, VALIDATION_MARGIN_SE)
     tuned_estimate = est.advice_.measurements.get("setfit_seconds_estimate") if est.advice_ is not None else None
     candidates = [{"candidate": name, "validation": round(float(rows.mean()), 4), "estimate": verdict["rows_from"],
                    "interval": _interval(rows), "seconds": round(secs, 1), "estimate_s": guess, "shipped": shipped}
