@@ -180,6 +180,10 @@ def export_model(est: TransferEstimator, path: str, fmt: str = "onnx", check_inp
 
     if fmt not in FORMATS:
         raise HeadstartError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
+    if est.spec_.source == "pair":  # two tokenizers feed one graph: the runtime's single text input cannot
+        raise HeadstartError(f"{bundle or 'this model'}: a blend of two models ({est.spec_.description}) cannot be "
+                             "exported: its inputs come from two tokenizers; refit with --strategy features (or "
+                             "baseline) to export, or serve the bundle with `headstart serve`")
     scorer = BatchScorer(est, device="cpu")  # export traces on the CPU, whatever predicting used before
     graph = scoring_graph(est)
     items = (list(islice(iter_inputs(est.modality, check_inputs), CHECK_LIMIT)) if check_inputs

@@ -89,6 +89,11 @@ def embed(
     Returns (features, ok): rows of unreadable inputs are zeros with ok=False.
     """
     items = list(items)
+    if backbone.spec.source == "pair":  # features end to end (backbones/pair.py): each part from its own cache
+        parts = [embed(part, items, batch_size, num_workers, use_cache, cache_dir, verbose)
+                 for part in (backbone.body.first, backbone.body.second)]
+        ok = parts[0][1] & parts[1][1]
+        return np.concatenate([f for f, _ in parts], axis=1) * ok[:, None], ok
     if not use_cache or not backbone.cache_features:
         return run_over(backbone, items, batch_size, num_workers, verbose)
     cache = feature_cache_for(backbone, cache_dir)

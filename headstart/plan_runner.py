@@ -111,6 +111,10 @@ def input_loaders(est, backbone: Backbone, train: LabeledData, val: LabeledData,
 def refit_final_probe(est, backbone: Backbone, train: LabeledData, val: LabeledData) -> None:
     """The final head is the probe: solve it again on training + validation rows (probe.refit_probe says why).
     The validation metrics, already taken, stay those of the head fitted without the hold-out."""
+    if est.strategy_["name"] == "blend":  # both of its heads were solved again on these rows (blend.install_blend)
+        if est.strategy_.get("refit"):
+            est.metrics_["refit"] = est.strategy_["refit"]
+        return
     chosen = next((r["probe"] for r in reversed(est.history_) if "probe" in r), None)
     if chosen is None or not len(val):
         return

@@ -19,67 +19,29 @@ import numpy as np
 import torch
 
 from .backbones import create_backbone, scratch_spec
+from .blend import applies, race_blend
 from .data.labeled import LabeledData
 from .heads import HeadConfig, TransferModel, build_head
 from .inference import embed
 from .probe import is_probe_head
 from .progress import say
 from .strategies import Baseline
-
-# The baseline ships when it leads by more than this many standard errors of the paired differences. Fitted by
-# leaving one data set out (bench/suite.py + suite_report.py, at the commit that introduced the race: Fashion-MNIST
-# plain / permuted / coarse, tweets, 20 Newsgroups, election tweets, clothing reviews; 8 and 32 per class): the
-# threshold fitted on the other data sets was -0.25 to 0.25 for every held-out one, and the held-out regret at it
-# was 0 / 0 / 0 / 2.9 / 1.1 points (20 Newsgroups, clothing reviews, election tweets, tweets, Fashion-MNIST) against
-# 0 / 3.2 / 0 / 2.9 / 1.6 at the 1.0 first put here (bench/results/suite.json). So: the better point estimate ships;
-# on a tie the transferred model stays. Those races were all out of fold on every labeled row (probes on frozen
-# inputs). Races on the validation rows alone (fine-tuned or tuned encoders, regression, multi-label) keep the
-# unfitted 1 standard error: on a fifth of 64 election tweets (13 rows) the better point estimate shipped TF-IDF at
-# 0.632 test accuracy over `setfit`'s tuned encoder (0.830 without the race; suite's second run).
-# Regression and multi-label races out of fold (ridge / one-vs-rest on frozen inputs) use the same margin; the
-# suite's regression and multi-label tasks, not among those it was fitted on, check it (bench/results/suite.json).
-SHIP_MARGIN_SE = 0.0
-VALIDATION_MARGIN_SE = 1.0
-UNITS = {"classification": "accuracy", "multilabel": "label accuracy",
-         "regression": "mean squared error (standardised targets)"}
-
-
-def row_scores(task: str, targets: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | None = None
-               ) -> np.ndarray:
-    """One number per row, higher is better: 1/0 correct (classification), the share of labels right
-    (multi-label), minus the squared error on standardised targets (regression)."""
-    if task == "classification":
-        return (scores.argmax(1) == targets).astype(np.float64)
-    if task == "multilabel":
-        cut = 0.5 if thresholds is None else thresholds
-        return ((scores >= cut) == (targets >= 0.5)).mean(1).astype(np.float64)
-    return -((scores.reshape(-1) - targets.reshape(-1)) ** 2).astype(np.float64)
-
-
-def paired(a: np.ndarray, b: np.ndarray) -> dict:
-    """Mean of b - a over the rows both scored, its standard error and the row count."""
-    d = b - a
-    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
-    return {"difference": float(d.mean()) if len(d) else 0.0, "standard_error": se, "rows": int(len(d))}
-
-
-def _challenger_wins(verdict: dict, margin_se: float) -> bool:
-    """The challenger (b in `paired`) is ahead by more than `margin_se` standard errors; a tie keeps the incumbent."""
-    return verdict["difference"] > 0 and verdict["difference"] > margin_se * verdict["standard_error"]
+from .verdicts import (
+    SHIP_MARGIN_SE,
+    UNITS,
+    VALIDATION_MARGIN_SE,
+    candidate_lines,
+    challenger_wins,
+    interval,
+    paired,
+    row_scores,
+)
 
 
 def _frozen_features(est, backbone, items: list) -> tuple[np.ndarray, np.ndarray]:
     """`backbone`'s features of `items` at the estimator's batch, worker and cache settings, quietly."""
     return embed(backbone, items, batch_size=est.batch_size, num_workers=est.num_workers, use_cache=est.use_cache,
                  cache_dir=est.cache_dir, verbose=False)
-
-
-def _interval(values: np.ndarray) -> list[float]:
-    """Mean +- 1.96 standard errors of per-row scores: a 95% interval for the validation figure."""
-    if len(values) < 2:
-        return [float(values.mean()) if len(values) else 0.0] * 2
-    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
-    return [round(float(values.mean() - half), 4), round(float(values.mean() + half), 4)]
 
 
 def fit_baseline(est, train: LabeledData, val: LabeledData, loop) -> tuple[TransferModel, list[dict], dict]:
@@ -125,7 +87,7 @@ def race_baseline(est, train: LabeledData, val: LabeledData, transferred: tuple[
     challenger = est._head_scores(model, val.items)
     folds = _cross_validated_rows(est, model, history, train, val)
     if folds is not None:  # both are probes on frozen inputs: compare them on every labeled row, out of fold
-        ours, theirs = folds
+        ours, theirs = folds["rows"]
         verdict = {**paired(ours, theirs), "rows_from": "cross-validation on training + validation rows"}
     else:
         targets = est._target_tensor(val.targets).numpy() if est._task == "regression" else val.targets
@@ -135,14 +97,14 @@ def race_baseline(est, train: LabeledData, val: LabeledData, transferred: tuple[
         verdict = {**paired(ours, theirs), "rows_from": "validation rows"}
     seconds = time.perf_counter() - started
     margin = SHIP_MARGIN_SE if folds is not None else VALIDATION_MARGIN_SE
-    ships = _challenger_wins(verdict, margin)
+    ships = challenger_wins(verdict, margin)
     sign = -1 if est._task == "regression" else 1  # shown as mean squared error: lower is better
     unit = UNITS[est._task]
     transferred_name = f"transfer ({est.strategy_['name']} on {est.spec_.name})"
     baseline_name = f"no transfer ({model.backbone.spec.description.removeprefix('no transfer: ')})"
     planned = est.advice_.measurements.get("plan_seconds_estimate") if est.advice_ is not None else None
     candidates = [{"candidate": name, "validation": round(sign * float(rows.mean()), 4),
-                   "estimate": verdict["rows_from"], "interval": sorted(sign * v for v in _interval(rows)),
+                   "estimate": verdict["rows_from"], "interval": sorted(sign * v for v in interval(rows)),
                    "seconds": round(secs, 1), "estimate_s": guess, "shipped": shipped}
                   for name, rows, secs, guess, shipped in
                   [(transferred_name, ours, transferred_seconds, planned, not ships),
@@ -166,20 +128,20 @@ def race_baseline(est, train: LabeledData, val: LabeledData, transferred: tuple[
                 c["shipped"] = c["shipped"] and not ships
         est.advice_.measurements["candidates"] = earlier + candidates
         est.advice_.measurements["race"] = {k: round(v, 5) if isinstance(v, float) else v for k, v in verdict.items()}
-        est.advice_.reasons.extend(_candidate_lines(candidates, unit) + [f"-> {said}"])
-    for line in [*_candidate_lines(candidates, unit), said]:
+        est.advice_.reasons.extend(candidate_lines(candidates, unit) + [f"-> {said}"])
+    for line in [*candidate_lines(candidates, unit), said]:
         say(est.verbose, f"auto: {line}")
-    if not ships:
-        return transferred
-    est.model_, est.spec_, est.backbone_trained_ = model, model.backbone.spec, False
-    est.strategy_ = plan
-    est.history_.extend(history)
-    return challenger
-
-
-def _candidate_lines(candidates: list[dict], unit: str) -> list[str]:
-    return [f"candidate {c['candidate']}: {unit} {c['validation']:.3f} on {c['estimate']} "
-            f"(95% interval {c['interval'][0]:.3f}-{c['interval'][1]:.3f}), {c['seconds']:.1f} s" for c in candidates]
+    transferred_model, transferred_plan = est.model_, est.strategy_
+    if ships:
+        est.model_, est.spec_, est.backbone_trained_ = model, model.backbone.spec, False
+        est.strategy_ = plan
+        est.history_.extend(history)
+    shipped = challenger if ships else transferred
+    if applies(est, folds):
+        blended = race_blend(est, folds, theirs if ships else ours, (transferred_model, model), transferred_plan,
+                             train, val)
+        shipped = shipped if blended is None else blended
+    return shipped
 
 
 def stage_lines(history: list[dict]) -> list[str]:
@@ -221,9 +183,10 @@ def estimate_baseline_seconds(est, train: LabeledData, val: LabeledData, sample:
 
 
 def _cross_validated_rows(est, model: TransferModel, history: list[dict], train: LabeledData,
-                          val: LabeledData) -> tuple[np.ndarray, np.ndarray] | None:
-    """Per-row scores (row_scores) of both models, out of fold, on the same folds of every labeled row, when both
-    are solved heads on frozen inputs (backbone untouched): five times the rows of a fifth held out, so the
+                          val: LabeledData) -> dict | None:
+    """Per-row scores (row_scores) of both models (`rows`), their outputs (`outputs`: probabilities or values),
+    the `targets` scored against and the penalties `chosen`, out of fold, on the same folds of every labeled row,
+    when both are solved heads on frozen inputs (backbone untouched): five times the rows of a fifth held out, so the
     comparison's noise is smaller (at 10 per class, 80 rows rather than 20). Classification: stratified folds,
     logistic regression at each model's C; regression and multi-label: shuffled folds, ridge at its alpha or
     one-vs-rest at its Cs (probe_heads.cross_validated_predictions). None where that does not hold: then the
@@ -240,20 +203,22 @@ def _cross_validated_rows(est, model: TransferModel, history: list[dict], train:
     items, targets = [*train.items, *val.items], np.concatenate([train.targets, val.targets])
     feats = [_frozen_features(est, backbone, items) for backbone in (est.model_.backbone, model.backbone)]
     both = feats[0][1] & feats[1][1]
-    correct = []
+    outputs = []
     for (f, _), chosen in zip(feats, (ours_chosen, theirs_chosen)):
         x = torch.as_tensor(f[both])
         if est._task == "classification":
-            proba, scored = cross_validated_proba(x, torch.as_tensor(targets[both]), len(est.classes_), chosen,
+            scored_against = targets[both]
+            proba, scored = cross_validated_proba(x, torch.as_tensor(scored_against), len(est.classes_), chosen,
                                                   est.seed)
             if not scored.all():
                 return None
-            correct.append(row_scores("classification", targets[both], proba))
+            outputs.append(proba)
         else:  # the targets the heads were solved on: standardised for regression
             y = est._target_tensor(targets[both])
-            preds = cross_validated_predictions(est._task, x, y, chosen, est.seed)
-            correct.append(row_scores(est._task, y.numpy().reshape(len(y), -1), preds))
-    return correct[0], correct[1]
+            scored_against = y.numpy().reshape(len(y), -1)
+            outputs.append(cross_validated_predictions(est._task, x, y, chosen, est.seed))
+    return {"rows": tuple(row_scores(est._task, scored_against, out) for out in outputs), "outputs": tuple(outputs),
+            "targets": scored_against, "chosen": (ours_chosen, theirs_chosen)}
 
 
 def race_frozen_probe(est, train: LabeledData, val: LabeledData, tuned: tuple[np.ndarray, np.ndarray],
@@ -281,10 +246,10 @@ def race_frozen_probe(est, train: LabeledData, val: LabeledData, tuned: tuple[np
     ours = row_scores("classification", val.targets[both], tuned[0][both])
     theirs = row_scores("classification", val.targets[both], scores[both])
     verdict = {**paired(ours, theirs), "rows_from": "held-out rows"}
-    ships = _challenger_wins(verdict, VALIDATION_MARGIN_SE)
+    ships = challenger_wins(verdict, VALIDATION_MARGIN_SE)
     tuned_estimate = est.advice_.measurements.get("setfit_seconds_estimate") if est.advice_ is not None else None
     candidates = [{"candidate": name, "validation": round(float(rows.mean()), 4), "estimate": verdict["rows_from"],
-                   "interval": _interval(rows), "seconds": round(secs, 1), "estimate_s": guess, "shipped": shipped}
+                   "interval": interval(rows), "seconds": round(secs, 1), "estimate_s": guess, "shipped": shipped}
                   for name, rows, secs, guess, shipped in
                   [(f"transfer (setfit on {est.spec_.name})", ours, tuned_seconds, tuned_estimate, not ships),
                    (f"transfer (features on {est.spec_.name}, the encoder untuned)", theirs, seconds,
@@ -295,7 +260,7 @@ def race_frozen_probe(est, train: LabeledData, val: LabeledData, tuned: tuple[np
             + ("ties it" if verdict["difference"] == 0 else
                f"is {'ahead' if verdict['difference'] > 0 else 'behind'} by {gap}")
             + (f", within {VALIDATION_MARGIN_SE:g} standard errors: noise" if verdict["difference"] > 0 else ""))
-    lines = [*_candidate_lines(candidates, "accuracy"), said]
+    lines = [*candidate_lines(candidates, "accuracy"), said]
     if est.advice_ is not None:
         est.advice_.measurements["candidates"] = candidates
         est.advice_.measurements["race_untuned"] = {k: round(v, 5) if isinstance(v, float) else v

@@ -155,7 +155,9 @@ def test_auto_measures_regression_against_the_no_transfer_reference_and_races_it
     names = [c["candidate"] for c in m["candidates"]]
     assert names[1].startswith("no transfer (TF-IDF")  # both ridge on frozen inputs: raced on every row, out of fold
     assert m["race"]["rows_from"] == "cross-validation on training + validation rows" and m["race"]["rows"] == 120
-    assert reg.strategy_["name"] == ("baseline" if m["candidates"][1]["shipped"] else "features")
+    shipped = [c["candidate"].split(" (")[0] for c in m["candidates"] if c["shipped"]]
+    assert len(shipped) == 1 and names[2].startswith("blend (")  # the blend of the two is the third candidate
+    assert reg.strategy_["name"] == {"transfer": "features", "no transfer": "baseline", "blend": "blend"}[shipped[0]]
     assert reg.history_[0]["probe"]["alpha"] > 0  # the ridge head, solved
 
 

@@ -11,6 +11,7 @@ import os
 
 from ..errors import BackboneUnavailable
 from .base import Backbone, BackboneSpec, ImagePreprocess, TextPreprocess, files_folder
+from .pair import PairBody, PairTokenizer, pair_spec, part_specs
 from .scratch import build_scratch, scratch_spec
 from .text import build_text, hf_text_spec, rebuild_text
 from .vision import BUILDERS, LITE0_PREPROCESS, hf_image_preprocess, rebuild_hf_image, timm_preprocess
@@ -28,6 +29,8 @@ __all__ = [
     "backbone_files",
     "create_backbone",
     "list_backbones",
+    "pair_backbone",
+    "pair_spec",
     "rebuild_backbone",
     "register_backbone",
     "resolve_backbone",
@@ -94,6 +97,8 @@ def create_backbone(
         from ..bundle import build_local_backbone
 
         return build_local_backbone(spec, pretrained)
+    if spec.source == "pair":
+        return pair_backbone(spec, *(create_backbone(part, pretrained) for part in part_specs(spec)))
     builder = BUILDERS.get(spec.source)
     if builder is None:
         raise BackboneUnavailable(f"backbone '{spec.name}' has unknown source '{spec.source}'")
@@ -103,6 +108,8 @@ def create_backbone(
 def backbone_files(backbone: Backbone) -> dict[str, bytes]:
     """The files besides its weights that rebuild `backbone` (name -> bytes): a transformers model's config.json
     and a text backbone's tokenizer files, as transformers writes them; none for backbones built from code alone."""
+    if backbone.spec.source == "pair":  # a pair's first part is the pretrained one; the second rebuilds from its spec
+        return backbone_files(backbone.body.first)
     if backbone.spec.source not in REBUILDERS:
         return {}
     with files_folder({}) as folder:
@@ -121,9 +128,21 @@ def rebuild_backbone(spec: BackboneSpec, files: dict[str, bytes]) -> Backbone:
     the bundle carries (backbone_files) or, for sources built from code, from code. Never from the network."""
     if spec.source == "local":  # a model fitted on a bundle used as backbone: its base, as build_local_backbone
         spec = BackboneSpec.from_dict(spec.options["base"])
+    if spec.source == "pair":
+        first, second = part_specs(spec)
+        return pair_backbone(spec, rebuild_backbone(first, files), rebuild_backbone(second, {}))
     if spec.source in REBUILDERS:
         return REBUILDERS[spec.source](spec, files)
     return create_backbone(spec, pretrained=False)
+
+
+def pair_backbone(spec: BackboneSpec, first: Backbone, second: Backbone) -> Backbone:
+    """`first` and `second` side by side (pair.py): one layer group, never trained (a blend of frozen features)."""
+    backbone = Backbone(spec, PairBody(first, second), first.feature_dim + second.feature_dim, lambda name: "final",
+                        ["final"])
+    backbone.tokenizer = PairTokenizer(first.tokenizer, second.tokenizer)
+    backbone.cache_features = False  # its parts cache their own features where that pays
+    return backbone
 
 
 def available_offline(spec: BackboneSpec) -> bool:
@@ -134,6 +153,8 @@ def available_offline(spec: BackboneSpec) -> bool:
         return os.path.exists(spec.arch)
     if spec.source == "scratch":
         return True
+    if spec.source == "pair":
+        return all(available_offline(part) for part in part_specs(spec))
     try:
         from huggingface_hub import try_to_load_from_cache
 
