@@ -12,6 +12,7 @@ under the real name. A bundle folder holding the same files is read too.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -152,6 +153,26 @@ def _check_member(path: str, info: zipfile.ZipInfo) -> None:
         raise BundleError(f"{path}: {info.filename} is compressed {info.file_size // max(1, info.compress_size):,}:1"
                           f", over the {MAX_COMPRESSION_RATIO}:1 a real model reaches (a zip bomb); refusing to "
                           "read it: re-save the model with headstart, which stores members uncompressed")
+
+
+def check_nested_zip(name: str, data: bytes) -> None:
+    """Refuse a zip held in a bundle's tensor (a classical head's skops file, `name`) whose members declare more
+    than the weights' limit together or have a zip bomb's ratio: from its directory, before anything inflates them.
+    No path in the message: the loader prefixes the bundle's."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, EOFError, ValueError) as err:
+        raise BundleError(f"{name} is not a readable zip ({type(err).__name__}: {err}); the bundle is damaged: "
+                          "re-save the model with headstart") from None
+    if (total := sum(info.file_size for info in infos)) > MAX_WEIGHTS_BYTES:
+        raise BundleError(f"{name} holds {total:,} bytes, over headstart's limit of {MAX_WEIGHTS_BYTES:,} for it; "
+                          "refusing to read it: the bundle is damaged or crafted, re-save the model with headstart")
+    for info in infos:
+        if info.file_size > RATIO_EXEMPT_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(1, info.compress_size):
+            raise BundleError(f"{name}: {info.filename} is compressed {info.file_size // max(1, info.compress_size):,}"
+                              f":1, over the {MAX_COMPRESSION_RATIO}:1 a real model reaches (a zip bomb); refusing "
+                              "to read it: re-save the model with headstart")
 
 
 def read_bundle_config(path: str) -> dict:

@@ -8,14 +8,21 @@
 
 Saving without pickle (bundles refuse pickles: they run code on load and break across scikit-learn versions):
 `logistic` is stored by its parameters (scaler mean/scale, coef, intercept, in their own dtype) and rebuilt without
-fitting: identical predictions anywhere, no training data in the bundle. `svm`, `random-forest`, `knn`, `mlp` are
-stored as their training set (float32 cached features, label codes) plus their JSON hyper-parameters, and refit on
-load: their fitted state is the data itself (knn) or a private structure (support vectors and calibrators, tree node
-arrays, MLP weights) whose layout changes between scikit-learn versions, while hyper-parameters are public and stable.
-Every fit is deterministic (fixed random_state, n_jobs=1, unshuffled folds), so the same data gives identical
-predict_proba. The price: the bundle holds N x D x 4 bytes of features, and loading refits (a second or so for
-hundreds of rows; svm grows quadratically). As a guard against another scikit-learn or BLAS refitting differently,
-the probabilities of the first training rows are saved and compared after the refit; a mismatch warns.
+fitting: identical predictions anywhere. `svm`, `random-forest`, `knn`, `mlp` are stored fitted, as the skops file of
+their Pipeline (`skops.io.dumps`, a zip of JSON and .npy arrays: no pickle) in a uint8 tensor `classical.skops`, and
+loaded as saved: no refit, no training data in the bundle. skops itself rebuilds only the types it trusts (scikit-
+learn's public estimators, numpy, builtin containers: rebuilt from their state, no code run); the private types
+these heads also hold (a calibrator, a tree, a neighbours tree, an optimiser) are accepted only from
+`SKOPS_ALLOWED[head]`, anything else is refused by name before a byte is rebuilt (`skops.io.get_untrusted_types`),
+and the loaded object must be the head's own Pipeline. The skops zip gets the bundle's size and ratio checks too. A
+head saved under another scikit-learn version loads with one warning: skops reads it, but the private structures
+may behave differently there.
+
+Bundles written before (`"storage": "refit"`) held the training set instead (float32 cached features, label codes,
+the probabilities of the first rows) and refit on load; they still load that way (deterministic fits: the same
+data gives identical predict_proba, and a mismatch with the saved probabilities warns), and saving such a loaded
+model writes the fitted form. Continual learning does not use any of this: its rehearsal buffer is its own
+(`continual.Memory`, `memory.*` tensors), and `extend` refuses scikit-learn heads.
 
 Embedder's inputs are paths or texts, so the `sklearn.utils.estimator_checks` that feed numeric matrices cannot
 apply: `EMBEDDER_INAPPLICABLE_CHECKS` gives each with its reason, as `check_estimator(expected_failed_checks=)` takes
@@ -30,12 +37,13 @@ from collections.abc import Callable
 
 import numpy as np
 import sklearn
+import skops.io
 import torch
 from scipy.sparse import issparse
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, InconsistentVersionWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
@@ -45,12 +53,14 @@ from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
 from .backbones import create_backbone, resolve_backbone
+from .bundle import check_nested_zip
 from .errors import BundleError, DataError, HeadstartError
 from .inference import embed
 from .modalities import MODALITIES
 
 PREFIX = "classical."  # tensor names: they sit beside a model's own weights in model.safetensors
-CHECK_ROWS = 16
+SKOPS = "skops"  # the tensor `classical.skops`: the fitted head's skops file, as bytes
+CHECK_ROWS = 16  # the old refit format's guard rows
 
 
 def _scaled(model) -> Pipeline:  # margins, kernels, distances and gradients all assume comparable scales
@@ -68,6 +78,16 @@ CLASSICAL_HEADS: dict[str, Callable[[int], Pipeline]] = {
     "mlp": lambda seed: _scaled(MLPClassifier(hidden_layer_sizes=(256,), alpha=1e-3, max_iter=300, random_state=seed)),
 }
 _BY_PARAMETERS = {"logistic": (("scale", ("mean_", "scale_", "var_")), ("model", ("coef_", "intercept_")))}
+# The types outside skops' own trusted set that each fitted head holds, as skops.io.get_untrusted_types lists them
+# on the dumped heads (scikit-learn 1.9): nothing else is rebuilt from a bundle. knn keeps no tree when it searches
+# by brute force (over 15 features, or k >= half the rows), a KD tree otherwise (a ball tree is its alternative).
+SKOPS_ALLOWED: dict[str, frozenset[str]] = {
+    "svm": frozenset({"sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration"}),
+    "random-forest": frozenset({"sklearn.tree._tree.Tree"}),
+    "knn": frozenset({"sklearn.neighbors._kd_tree.KDTree", "sklearn.neighbors._ball_tree.BallTree",
+                      "sklearn.metrics._dist_metrics.EuclideanDistance64"}),
+    "mlp": frozenset({"sklearn.neural_network._stochastic_optimizers.AdamOptimizer"}),
+}
 
 
 def _check_data(features, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +153,10 @@ def to_tensors(name: str, features, labels, seed: int = 0, fitted: Pipeline | No
     `fitted`: what `fit_classical(name, features, labels, seed)` returned, to avoid fitting a second time."""
     X, y = _check_data(features, labels)
     est = fitted if fitted is not None else fit_classical(name, X, y, seed)
+    return _saved(name, est, seed)
+
+
+def _saved(name: str, est: Pipeline, seed: int) -> tuple[dict, dict[str, torch.Tensor]]:
     config = {"kind": "classical", "name": name, "seed": int(seed), "params": _json_params(est),
               "classes": [int(c) for c in est.classes_], "sklearn_version": sklearn.__version__}
     if name in _BY_PARAMETERS:
@@ -141,14 +165,21 @@ def to_tensors(name: str, features, labels, seed: int = 0, fitted: Pipeline | No
         tensors = {f"{PREFIX}{step}.{attr}": torch.from_numpy(np.ascontiguousarray(getattr(steps[step], attr)))
                    for step, attrs in _BY_PARAMETERS[name] for attr in attrs}
     else:
-        config["storage"] = "refit"
-        tensors = {f"{PREFIX}features": torch.from_numpy(X.copy()), f"{PREFIX}labels": torch.from_numpy(y.copy()),
-                   f"{PREFIX}check_proba": torch.from_numpy(est.predict_proba(X[:CHECK_ROWS]).astype(np.float64))}
+        config["storage"] = "skops"
+        tensors = {PREFIX + SKOPS: torch.frombuffer(bytearray(skops.io.dumps(est)), dtype=torch.uint8)}
     return config, tensors
+
+
+def resaved(config: dict, tensors: dict[str, torch.Tensor], est: Pipeline) -> tuple[dict, dict[str, torch.Tensor]]:
+    """What saving a loaded head writes: what it was loaded from, except that a head of the old refit format is
+    written fitted, so a re-saved bundle no longer holds its training matrix."""
+    return _saved(config["name"], est, config["seed"]) if config.get("storage") == "refit" else (config, tensors)
 
 
 def from_tensors(config: dict, tensors: dict[str, torch.Tensor]) -> Pipeline:
     """The fitted head `to_tensors` described; other entries of `tensors` (a model's weights) are ignored."""
+    if config.get("storage") == "skops":
+        return _from_skops(config, tensors)
     try:
         est = _head(config["name"], config["seed"])
         est.set_params(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["params"].items()})
@@ -161,16 +192,53 @@ def from_tensors(config: dict, tensors: dict[str, torch.Tensor]) -> Pipeline:
             scale.n_features_in_ = model.n_features_in_ = model.coef_.shape[1]
             scale.n_samples_seen_, model.classes_ = 0, np.asarray(config["classes"], dtype=np.int64)
             return est
-        _fit(est, get["features"], get["labels"])
+        _fit(est, get["features"], get["labels"])  # the old refit format (module docstring)
         diff = float(np.abs(est.predict_proba(get["features"][:CHECK_ROWS]) - get["check_proba"]).max())
     except (KeyError, ValueError, TypeError, HeadstartError) as err:
-        raise BundleError(f"classical head cannot be rebuilt ({type(err).__name__}: {err}); the bundle is damaged "
-                          f"or from an incompatible version (saved with scikit-learn "
-                          f"{config.get('sklearn_version', '?')}, this is {sklearn.__version__})") from None
+        raise _unbuildable(config, err) from None
     if diff > 1e-6:
         warnings.warn(f"the refit {config['name']} head differs from the saved one (probabilities by up to {diff:.2g}; "
                       f"saved with scikit-learn {config.get('sklearn_version')}, this is {sklearn.__version__})",
                       RuntimeWarning, stacklevel=2)
+    return est
+
+
+def _unbuildable(config: dict, err: Exception) -> BundleError:
+    detail = (str(err).strip().splitlines() or [""])[0][:200]
+    return BundleError(f"classical head cannot be rebuilt ({type(err).__name__}: {detail}); the bundle is damaged "
+                       f"or from an incompatible version (saved with scikit-learn {config.get('sklearn_version', '?')}"
+                       f", this is {sklearn.__version__})")
+
+
+def _from_skops(config: dict, tensors: dict[str, torch.Tensor]) -> Pipeline:
+    """The fitted head from its skops file, after its zip directory and its types pass (module docstring)."""
+    name = config.get("name")
+    if name not in SKOPS_ALLOWED or PREFIX + SKOPS not in tensors:
+        raise BundleError(f"classical head {name!r} has no skops file headstart reads; the bundle is damaged or "
+                          "was edited: re-save it")
+    data = tensors[PREFIX + SKOPS].numpy().tobytes()
+    check_nested_zip(PREFIX + SKOPS, data)  # before skops inflates a member
+    try:
+        untrusted = skops.io.get_untrusted_types(data=data)
+        refused = sorted(set(untrusted) - SKOPS_ALLOWED[name])
+        if refused:
+            raise BundleError(f"classical head {name!r} holds types headstart does not load: {', '.join(refused)}; "
+                              "refusing to rebuild it: the bundle is damaged or crafted, re-save the model")
+        with warnings.catch_warnings():  # one line below says it once, not a warning per estimator
+            warnings.simplefilter("ignore", InconsistentVersionWarning)
+            est = skops.io.loads(data, trusted=untrusted)
+    except BundleError:
+        raise
+    except Exception as err:  # skops raises many kinds (zip, JSON, numpy, its own) on a damaged file
+        raise _unbuildable(config, err) from None
+    expected = [type(step) for _, step in _head(name, 0).steps]
+    if not isinstance(est, Pipeline) or [type(step) for _, step in est.steps] != expected:
+        raise BundleError(f"classical head {name!r}: its skops file holds a {type(est).__name__}, not the {name} "
+                          "head's Pipeline; the bundle is damaged or was edited: re-save it")
+    saved = config.get("sklearn_version")
+    if saved != sklearn.__version__:
+        warnings.warn(f"the {name} head was saved with scikit-learn {saved} and loads under {sklearn.__version__}: "
+                      "its predictions may differ", RuntimeWarning, stacklevel=3)
     return est
 
 

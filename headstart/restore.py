@@ -13,9 +13,9 @@ from torch import nn
 from . import __version__
 from .backbones import BackboneSpec, rebuild_backbone
 from .bundle import read_bundle_files, unbuildable
-from .classical import from_tensors
+from .classical import from_tensors, resaved
 from .continual import Memory
-from .errors import BackboneUnavailable, HeadstartError
+from .errors import BackboneUnavailable, BundleError, HeadstartError
 from .heads import HeadConfig, TransferModel, build_head
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskMode
         est = estimator_class(config["modality"], config["task"])._from_bundle(config, state, files)
     except BackboneUnavailable as err:  # an older bundle whose backbone files are nowhere on this machine
         raise BackboneUnavailable(f"{path}: {err}") from None
+    except BundleError as err:  # refused while rebuilding (a classical head's types, a backbone config's sizes),
+        raise BundleError(f"{path}: {err}") from None  # where the bundle's path is not known
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OSError) as err:
         # a crafted or hand-edited config (OSError: transformers on a backbone config.json it cannot read): one line
         raise unbuildable(path, err) from None
@@ -68,7 +70,7 @@ def restore_estimator(cls: type, config: dict, state: dict[str, torch.Tensor], f
     if head_cfg["kind"] == "classical":
         classical_state = {k: v for k, v in state.items() if k.startswith("classical.")}
         est.classical_ = from_tensors(head_cfg, classical_state)
-        est._classical_saved = (head_cfg, classical_state)
+        est._classical_saved = resaved(head_cfg, classical_state, est.classical_)
         state = {k: v for k, v in state.items() if not k.startswith("classical.")}
         head = nn.Identity()
     elif head_cfg["kind"] == "prototype":  # fewshot: prototypes are buffers, loaded with the rest of the state

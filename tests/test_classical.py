@@ -27,7 +27,7 @@ from headstart.classical import (
     predict_proba_full,
     to_tensors,
 )
-from headstart.errors import BundleError, DataError, HeadstartError
+from headstart.errors import DataError, HeadstartError
 
 
 def tiny_embedder(**kw) -> Embedder:
@@ -84,21 +84,12 @@ def test_head_beats_chance_and_reloads_identically(name, colour_features):
                           est.predict_proba(X_test))
 
 
-def test_logistic_is_stored_by_parameters_without_training_data(colour_features):
+def test_logistic_is_stored_by_parameters_the_others_fitted_without_training_data(colour_features):
     X, y, _, _ = colour_features
     config, tensors = to_tensors("logistic", X, y)
     assert config["storage"] == "parameters" and f"{PREFIX}features" not in tensors
-    assert to_tensors("knn", X, y)[0]["storage"] == "refit"
-
-
-def test_refit_guard_warns_when_the_refit_differs(colour_features):
-    X, y, _, _ = colour_features
-    config, tensors = to_tensors("random-forest", X, y)
-    tensors[f"{PREFIX}check_proba"] = tensors[f"{PREFIX}check_proba"] * 0.5
-    with pytest.warns(RuntimeWarning, match="differs from the saved one"):
-        from_tensors(config, tensors)
-    with pytest.raises(BundleError, match="cannot be rebuilt"):
-        from_tensors(config, {k: v for k, v in tensors.items() if not k.endswith("labels")})
+    config, tensors = to_tensors("knn", X, y)  # tests/test_classical_skops.py: the skops format, old bundles
+    assert config["storage"] == "skops" and list(tensors) == [f"{PREFIX}skops"]
 
 
 def test_bad_head_and_bad_data_are_refused(colour_features):
