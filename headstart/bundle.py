@@ -109,12 +109,16 @@ def _read_file(path: str, name: str) -> bytes:
     return data
 
 
-def _read_members(path: str) -> tuple[bytes, bytes, dict[str, bytes]]:
-    """config.json, model.safetensors and the backbone's files (name -> bytes, "backbone/" left off)."""
+def _read_members(path: str, config_only: bool = False) -> tuple[bytes, bytes, dict[str, bytes]]:
+    """config.json, model.safetensors and the backbone's files (name -> bytes, "backbone/" left off). With
+    `config_only`, the same checks but only config.json is read (weights b"", no files): a caller that wants the
+    config alone must not inflate gigabytes of weights for it."""
     if os.path.isdir(path):
         names = set(os.listdir(path))
         if CONFIG not in names or WEIGHTS not in names:
             raise BundleError(f"{path}: not a headstart bundle (needs {CONFIG} and {WEIGHTS})")
+        if config_only:
+            return _read_file(path, CONFIG), b"", {}
         folder = os.path.join(path, FILES)
         listed = os.listdir(folder) if os.path.isdir(folder) else []
         files = sorted(FILES + n for n in listed if os.path.isfile(os.path.join(folder, n)))
@@ -136,6 +140,8 @@ def _read_members(path: str) -> tuple[bytes, bytes, dict[str, bytes]]:
             _check_files(path, {n: zf.getinfo(n).file_size for n in files})
             for name in (CONFIG, WEIGHTS, *files):  # from the zip's directory, before any member is inflated
                 _check_member(path, zf.getinfo(name))
+            if config_only:
+                return zf.read(CONFIG), b"", {}
             # The reads stop at the sizes just checked: zipfile never inflates past the directory's file_size (a
             # member that claims less than it holds then fails its CRC check, below).
             return zf.read(CONFIG), zf.read(WEIGHTS), {n[len(FILES):]: zf.read(n) for n in files}
@@ -176,7 +182,8 @@ def check_nested_zip(name: str, data: bytes) -> None:
 
 
 def read_bundle_config(path: str) -> dict:
-    raw, _, _ = _read_members(path)
+    """The bundle's checked config.json, read without its weights or backbone files."""
+    raw, _, _ = _read_members(path, config_only=True)
     return _check_config(path, raw)
 
 

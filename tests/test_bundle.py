@@ -9,7 +9,7 @@ import pytest
 
 import headstart as hs
 from headstart import bundle
-from headstart.bundle import CONFIG, WEIGHTS, read_bundle
+from headstart.bundle import CONFIG, WEIGHTS, read_bundle, read_bundle_config
 
 CONFIG_JSON = json.dumps({"format": bundle.FORMAT, "format_version": 1, "modality": "image",
                           "task": "classification", "backbone": {}, "head": {}, "labels": []})
@@ -56,6 +56,27 @@ def test_a_member_over_its_size_limit_is_refused_before_it_is_read(tmp_path, mon
     monkeypatch.setattr(bundle, "MAX_WEIGHTS_BYTES", 4 << 20)
     with pytest.raises(hs.BundleError, match=f"{CONFIG} holds .* over headstart's limit of 10 "):
         read_bundle(path)
+
+
+def test_the_config_is_read_without_reading_the_weights(tmp_path, monkeypatch, no_member_read):
+    path = _crafted(str(tmp_path / "large.hs"), 32 << 20, zipfile.ZIP_STORED)  # 32 MiB of weights
+    tracemalloc.start()
+    try:
+        config = read_bundle_config(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert config["task"] == "classification"
+    assert no_member_read == [CONFIG] and peak < 4 << 20, f"only {CONFIG} read (peak {peak:,} bytes)"
+    folder = tmp_path / "model"  # a bundle folder: the same
+    folder.mkdir()
+    (folder / CONFIG).write_text(CONFIG_JSON)
+    with open(folder / WEIGHTS, "wb") as f:
+        f.truncate(32 << 20)
+    read = []
+    real = bundle._read_file
+    monkeypatch.setattr(bundle, "_read_file", lambda p, name: read.append(name) or real(p, name))
+    assert read_bundle_config(str(folder))["task"] == "classification" and read == [CONFIG]
 
 
 def test_a_bundle_folder_member_over_its_size_limit_is_refused(tmp_path, monkeypatch):
