@@ -274,10 +274,13 @@ def build_local_backbone(spec: BackboneSpec, pretrained: bool) -> Backbone:
     weights unless `pretrained` is False."""
     base = BackboneSpec.from_dict(spec.options["base"])
     _, state, files = read_bundle_files(spec.arch)
-    backbone = rebuild_backbone(base, files)
+    prefix = "backbone."
+    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        backbone = rebuild_backbone(base, files, weights)
+    except BundleError as err:  # its config refused: name the bundle it came from
+        raise BundleError(f"{spec.arch}: {err}") from None
     if pretrained:
-        prefix = "backbone."
-        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         missing, unexpected = backbone.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise BundleError(f"{spec.arch}: backbone weights do not fit {base.name} ({len(missing)} missing)")

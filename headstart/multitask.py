@@ -246,8 +246,9 @@ class MultiTaskModel:
         head = config["head"]
         model = cls(tasks=dict(head["tasks"]), modality=config["modality"], loss_weights=head.get("loss_weights"),
                     hidden=head["hidden"], verbose=False)
-        model.backbone_ = rebuild_backbone(BackboneSpec.from_dict(config["backbone"]), files or {}).eval()
-        model.backbone_.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("backbone.")})
+        weights = {k[9:]: v for k, v in state.items() if k.startswith("backbone.")}
+        model.backbone_ = rebuild_backbone(BackboneSpec.from_dict(config["backbone"]), files or {}, weights).eval()
+        model.backbone_.load_state_dict(weights)
         model.classes_ = {n: list(c) for n, c in head["labels"].items()}
         model.target_scaling_ = {n: tuple(v) for n, v in head["target_scaling"].items()}
         outputs = {n: len(model.classes_[n]) if n in model.classes_ else 1 for n in model.tasks}

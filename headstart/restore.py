@@ -62,7 +62,9 @@ def restore_estimator(cls: type, config: dict, state: dict[str, torch.Tensor], f
     params = {k: v for k, v in config.get("params", {}).items() if k in inspect.signature(cls).parameters}
     est = cls(**params)
     spec = BackboneSpec.from_dict(config["backbone"])
-    backbone = rebuild_backbone(spec, files or {})  # the architecture only; weights come from the bundle
+    # the architecture only, checked against the weights that come from the bundle before it is built
+    weights = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    backbone = rebuild_backbone(spec, files or {}, weights)
     head_cfg = config["head"]
     est.classical_ = None
     est.memory_, est.continual_ = Memory.from_tensors(state), config.get("continual")  # continual learning's buffer

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping
+
+import torch
 
 from ..errors import BackboneUnavailable
 from .base import Backbone, BackboneSpec, ImagePreprocess, TextPreprocess, files_folder
@@ -123,16 +126,19 @@ def backbone_files(backbone: Backbone) -> dict[str, bytes]:
         return files
 
 
-def rebuild_backbone(spec: BackboneSpec, files: dict[str, bytes]) -> Backbone:
+def rebuild_backbone(spec: BackboneSpec, files: dict[str, bytes], weights: Mapping[str, torch.Tensor] | None = None
+                     ) -> Backbone:
     """A saved backbone's architecture, its weights left for the caller to load from the bundle: from the `files`
-    the bundle carries (backbone_files) or, for sources built from code, from code. Never from the network."""
+    the bundle carries (backbone_files) or, for sources built from code, from code. Never from the network.
+    `weights`: the backbone's saved state (keys as in Backbone.state_dict()); an architecture built from a
+    config file is refused before it is built unless it fits them (hf_config.model_from_config)."""
     if spec.source == "local":  # a model fitted on a bundle used as backbone: its base, as build_local_backbone
         spec = BackboneSpec.from_dict(spec.options["base"])
     if spec.source == "pair":
         first, second = part_specs(spec)
         return pair_backbone(spec, rebuild_backbone(first, files), rebuild_backbone(second, {}))
     if spec.source in REBUILDERS:
-        return REBUILDERS[spec.source](spec, files)
+        return REBUILDERS[spec.source](spec, files, weights)
     return create_backbone(spec, pretrained=False)
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from ..errors import BackboneUnavailable
 from .base import Backbone, BackboneSpec, TextPreprocess, files_folder, transformer_grouping
+from .hf_config import model_from_config
 
 POOLINGS = ("mean", "cls", "pooler")
 
@@ -108,9 +110,11 @@ def build_text(spec: BackboneSpec, pretrained: bool) -> Backbone:
     return _build_from_folder(spec, _model_folder(spec), pretrained)
 
 
-def _build_from_folder(spec: BackboneSpec, folder: str, pretrained: bool) -> Backbone:
-    """The backbone from a local folder of config + tokenizer (+ weights); local_files_only: nothing is fetched."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+def _build_from_folder(spec: BackboneSpec, folder: str, pretrained: bool,
+                       weights: Mapping[str, torch.Tensor] | None = None) -> Backbone:
+    """The backbone from a local folder of config + tokenizer (+ weights); local_files_only: nothing is fetched.
+    `weights`: the saved state the architecture must fit before it is built (hf_config.model_from_config)."""
+    from transformers import AutoModel, AutoTokenizer
 
     if pretrained:
         try:  # safetensors only: a pickled checkpoint (pytorch_model.bin) runs code while it loads
@@ -120,7 +124,7 @@ def _build_from_folder(spec: BackboneSpec, folder: str, pretrained: bool) -> Bac
             raise BackboneUnavailable(f"'{spec.arch}': no safetensors weights to load ({detail}); headstart never "
                                       "loads pickled checkpoints") from None
     else:
-        model = AutoModel.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
+        model = model_from_config(folder, weights)
     pre = spec.preprocess if isinstance(spec.preprocess, TextPreprocess) else TextPreprocess()
     body = PooledEncoder(model, pre.pooling, pre.normalize)
     group_of, order = transformer_grouping(body)
@@ -129,14 +133,16 @@ def _build_from_folder(spec: BackboneSpec, folder: str, pretrained: bool) -> Bac
     return backbone
 
 
-def rebuild_text(spec: BackboneSpec, files: dict[str, bytes]) -> Backbone:
+def rebuild_text(spec: BackboneSpec, files: dict[str, bytes], weights: Mapping[str, torch.Tensor] | None = None
+                 ) -> Backbone:
     """A saved text backbone's architecture and tokenizer (random weights: the bundle's replace them), from the
-    files its bundle carries (written to a temporary folder for transformers to read). A bundle
-    from before bundles carried them falls back on a local copy; nothing is ever fetched while loading."""
+    files its bundle carries (written to a temporary folder for transformers to read), checked against `weights`
+    first. A bundle from before bundles carried them falls back on a local copy; nothing is ever fetched while
+    loading."""
     if not files:
-        return _build_from_folder(spec, _local_folder(spec), pretrained=False)
+        return _build_from_folder(spec, _local_folder(spec), pretrained=False, weights=weights)
     with files_folder(files) as folder:
-        return _build_from_folder(spec, folder, pretrained=False)
+        return _build_from_folder(spec, folder, pretrained=False, weights=weights)
 
 
 def _local_folder(spec: BackboneSpec) -> str:

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import socket
 import urllib.parse
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from .base import (
     timm_grouping,
     transformer_grouping,
 )
+from .hf_config import CONFIG_FILE, model_from_config
 
 # Stage repeats of EfficientNet-Lite0: the packaged checkpoint numbers its blocks flat, timm per stage.
 _LITE0_REPEATS = (1, 2, 2, 3, 3, 4, 1)
@@ -223,26 +225,25 @@ def build_hf_image(spec: BackboneSpec, pretrained: bool) -> Backbone:
     return _hf_image_backbone(spec, model)
 
 
-CONFIG_FILE = "config.json"  # a transformers model's config, as save_pretrained names it
 
 
-def rebuild_hf_image(spec: BackboneSpec, files: dict[str, bytes]) -> Backbone:
+def rebuild_hf_image(spec: BackboneSpec, files: dict[str, bytes], weights: Mapping[str, torch.Tensor] | None = None
+                     ) -> Backbone:
     """A saved Hugging Face image backbone's architecture (random weights: the bundle's replace them) from the
-    config.json its bundle carries; a bundle from before bundles carried it falls back on the hub cache. Nothing
-    is fetched while loading."""
+    config.json its bundle carries, checked against `weights` first; a bundle from before bundles carried it falls
+    back on the hub cache. Nothing is fetched while loading."""
     from transformers import AutoConfig, AutoModel
 
     if CONFIG_FILE in files:
         with files_folder(files) as folder:
-            config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    else:
-        try:
-            config = AutoConfig.from_pretrained(spec.arch, local_files_only=True)
-        except (OSError, ValueError):  # not cached (or an id no hub knows: a bundle can name anything)
-            raise BackboneUnavailable(
-                "the bundle was written before bundles carried their backbone's config, and headstart never downloads "
-                f"while loading: '{spec.arch}' is not in the local Hugging Face cache; re-save the model with this "
-                f"headstart where it loads, or fetch it (huggingface-cli download {spec.arch})") from None
+            return _hf_image_backbone(spec, model_from_config(folder, weights))
+    try:
+        config = AutoConfig.from_pretrained(spec.arch, local_files_only=True)
+    except (OSError, ValueError):  # not cached (or an id no hub knows: a bundle can name anything)
+        raise BackboneUnavailable(
+            "the bundle was written before bundles carried their backbone's config, and headstart never downloads "
+            f"while loading: '{spec.arch}' is not in the local Hugging Face cache; re-save the model with this "
+            f"headstart where it loads, or fetch it (huggingface-cli download {spec.arch})") from None
     return _hf_image_backbone(spec, AutoModel.from_config(config))
 
 
