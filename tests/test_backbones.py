@@ -1,3 +1,7 @@
+import json
+import os
+import time
+
 import pytest
 import torch
 from PIL import Image
@@ -122,6 +126,50 @@ def test_hub_backbones_fail_fast_and_name_offline_ones(name, modality, no_networ
     with pytest.raises(hs.BackboneUnavailable, match=r"unreachable \(offline\?\).*efficientnet_lite0, minilm_l6"):
         create_backbone(name, modality=modality)
     assert no_network, "the test's network block was never reached: the check went some other way"
+
+
+TINY_VIT = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "intermediate_size": 37, "image_size": 160, "patch_size": 32}
+
+
+def _hub_snapshot(repo: str) -> str:
+    """The folder of `repo`'s snapshot in the (test's) hub cache, as a download would have left it."""
+    from huggingface_hub import constants
+
+    folder = os.path.join(constants.HF_HUB_CACHE, "models--" + repo.replace("/", "--"))
+    os.makedirs(os.path.join(folder, "refs"), exist_ok=True)
+    with open(os.path.join(folder, "refs", "main"), "w") as f:
+        f.write("0" * 40)
+    snapshot = os.path.join(folder, "snapshots", "0" * 40)
+    os.makedirs(snapshot, exist_ok=True)
+    return snapshot
+
+
+def test_hf_image_backbone_with_only_its_config_cached_fails_fast_offline(no_network):
+    # An interrupted download leaves config.json without the weights: the hub client would retry for minutes
+    # (~95 s measured) before giving up; one refused probe must end it, with the offline error.
+    with open(os.path.join(_hub_snapshot("org/tiny-vit"), "config.json"), "w") as f:
+        json.dump(TINY_VIT, f)
+    started = time.perf_counter()
+    with pytest.raises(hs.BackboneUnavailable, match=r"unreachable \(offline\?\).*efficientnet_lite0, minilm_l6"):
+        create_backbone("hf:org/tiny-vit")
+    assert time.perf_counter() - started < 5
+    assert no_network, "the test's network block was never reached: the check went some other way"
+
+
+def test_hf_image_backbone_fully_cached_loads_offline_with_no_network_call(no_network):
+    # Cached weights load from the cache alone: no probe, and none of the hub client's ~20 s retries for optional
+    # files (adapter_config.json) it would otherwise look for first.
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    snapshot = _hub_snapshot("org/tiny-vit")
+    ViTModel(ViTConfig(**{k: v for k, v in TINY_VIT.items() if k != "model_type"})).save_pretrained(snapshot)
+    ViTImageProcessor(size={"height": 160, "width": 160}).save_pretrained(snapshot)
+    started = time.perf_counter()
+    backbone = create_backbone("hf:org/tiny-vit")
+    assert time.perf_counter() - started < 10 and not no_network
+    assert backbone.spec.preprocess.size == 160  # the cached processor's, read without the network too
+    check_backbone(backbone)
 
 
 def test_unknown_backbone_is_one_clear_error():

@@ -120,9 +120,19 @@ def _hf_cached(repo_id: str, filenames: tuple[str, ...]) -> bool:
     return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in filenames)
 
 
-def _require_hub(spec: BackboneSpec, repo_id: str | None, url: str | None = None) -> None:
-    """Fail fast, naming the offline backbones, when weights are neither cached nor downloadable."""
-    if repo_id and _hf_cached(repo_id, ("model.safetensors", "pytorch_model.bin", "config.json")):
+def _cached_snapshot(repo_id: str) -> str:
+    """The local folder of `repo_id`'s cached snapshot (raises when there is none); no network call."""
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo_id, local_files_only=True)
+
+
+def _require_hub(spec: BackboneSpec, repo_id: str | None, url: str | None = None,
+                 weights: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")) -> None:
+    """Fail fast, naming the offline backbones, when weights are neither cached nor downloadable. Only the
+    weights count as cached: a repository's config.json alone (left by an interrupted download) would send the
+    loader to the hub, which it retries for minutes when offline."""
+    if repo_id and _hf_cached(repo_id, weights):
         return
     from huggingface_hub import constants
 
@@ -211,20 +221,30 @@ class _HFPooled(nn.Module):
         return pooled.flatten(1)
 
 
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # what from_pretrained(use_safetensors) reads
+
+
 def build_hf_image(spec: BackboneSpec, pretrained: bool) -> Backbone:
+    """A Hugging Face image encoder: from the local hub cache alone when it holds what is needed (the config, and
+    the weights when `pretrained`), else downloaded, after one quick probe that the hub answers at all."""
     from transformers import AutoConfig, AutoModel
 
-    _require_hub(spec, spec.arch)
+    # Cached files load from their snapshot folder, with no network call: given the repository id, transformers
+    # looks for optional files (adapter_config.json) on the hub first, even with local_files_only, and the hub
+    # client retries each with back-off for ~20 s when offline.
+    source = spec.arch
+    if _hf_cached(spec.arch, (CONFIG_FILE,)) and (not pretrained or _hf_cached(spec.arch, HF_WEIGHTS)):
+        source = _cached_snapshot(spec.arch)
+    else:
+        _require_hub(spec, None)
     try:
         if pretrained:  # safetensors only: a pickled checkpoint (pytorch_model.bin) runs code while it loads
-            model = AutoModel.from_pretrained(spec.arch, use_safetensors=True)
+            model = AutoModel.from_pretrained(source, use_safetensors=True)
         else:
-            model = AutoModel.from_config(AutoConfig.from_pretrained(spec.arch))
+            model = AutoModel.from_config(AutoConfig.from_pretrained(source))
     except (OSError, ValueError) as err:
         raise _download_failed(spec, err) from None
     return _hf_image_backbone(spec, model)
-
-
 
 
 def rebuild_hf_image(spec: BackboneSpec, files: dict[str, bytes], weights: Mapping[str, torch.Tensor] | None = None
@@ -262,11 +282,14 @@ def hf_image_preprocess(model_id: str) -> ImagePreprocess:
 
         if not _hf_cached(model_id, ("preprocessor_config.json",)):
             return ImagePreprocess()  # resolving a name must not wait on the network
-        proc = AutoImageProcessor.from_pretrained(model_id, local_files_only=True)
+        # from the snapshot folder: given the id, even local_files_only builds hub request headers, which fetch
+        # the hub client's agent list from the network
+        proc = AutoImageProcessor.from_pretrained(_cached_snapshot(model_id))
     except Exception:  # unreadable config: the builder will say what is wrong
         return ImagePreprocess()
     size = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}
-    side = size.get("height") or size.get("shortest_edge") or 224 if isinstance(size, dict) else int(size)
+    # a dict, transformers 5's SizeDict (which has .get but is no dict), or a plain number in old configs
+    side = (size.get("height") or size.get("shortest_edge") or 224) if hasattr(size, "get") else int(size)
     return ImagePreprocess(
         size=int(side),
         crop_pct=1.0,
