@@ -237,7 +237,9 @@ def _check_schema(path: str, config: dict) -> None:
 
 def unbuildable(path: str, err: Exception) -> BundleError:
     """The error for a bundle whose config passed the checks but does not describe a model that can be built."""
-    detail = (str(err).strip().splitlines() or [""])[0][:200]
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [""]
+    # torch's load_state_dict says what failed on its second line ("size mismatch for head.weight: ...")
+    detail = (" ".join(lines[:2]) if lines[0].endswith(":") else lines[0])[:200]
     return BundleError(f"{path}: {CONFIG} does not describe a model this headstart can build "
                        f"({type(err).__name__}: {detail}); the bundle is damaged or was edited: re-save it")
 

@@ -384,7 +384,8 @@ def main() -> None:
         console.print("interrupted")
         raise SystemExit(130) from None
     except OSError as err:  # disk full, permission denied, ...: still one line
-        console.print(f"[red]error:[/] {err.filename or ''}: {err.strerror or err}", highlight=False)
+        where = f"{err.filename}: " if err.filename else ""
+        console.print(f"[red]error:[/] {where}{err.strerror or err}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
 
 

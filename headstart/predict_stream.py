@@ -24,6 +24,7 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from .data.images import _INTERP
+from .data.labeled import csv_dict_reader, csv_problem
 from .data.texts import TABLE_SUFFIXES, _has_undecodable, read_text_file
 from .errors import DataError, HeadstartError
 
@@ -70,8 +71,10 @@ class BatchScorer:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                if isinstance(item, Image.Image):
-                    return self.transform(item.convert("RGB"))
+                if isinstance(item, Image.Image):  # convert() copies even an RGB image: a full-size copy saved
+                    return self.transform(item if item.mode == "RGB" else item.convert("RGB"))
+                if not os.path.isfile(item):  # a pipe or device named like an image: opening it may never return
+                    return None
                 with Image.open(item) as img:
                     return self.transform(img.convert("RGB"))
         except Exception:  # PIL raises many types; each means "not an image we can read"
@@ -97,9 +100,12 @@ class BatchScorer:
 
     def score(self, items: Sequence) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ok) for a small list: rows of unusable inputs are NaN with ok False."""
-        prepared = [self.prepare(x) for x in items]
+        return self.score_prepared([self.prepare(x) for x in items])
+
+    def score_prepared(self, prepared: Sequence) -> tuple[np.ndarray, np.ndarray]:
+        """`score` for inputs `prepare` has already made ready (None: unusable)."""
         ok = np.array([p is not None for p in prepared], dtype=bool)
-        scores = np.full((len(items), self.n_outputs), np.nan)
+        scores = np.full((len(prepared), self.n_outputs), np.nan)
         if ok.any():
             scores[ok] = self.run(self.collate([p for p in prepared if p is not None]))
         return scores, ok
@@ -135,10 +141,13 @@ def _table_rows(path: str, column: str) -> Iterator[str]:
         return
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         if suffix == ".csv":
-            reader = csv.DictReader(f)
-            if column not in (reader.fieldnames or []):
-                raise DataError(f"{path}: no '{column}' column (found {reader.fieldnames}); name it with --column")
-            yield from (row.get(column) or "" for row in reader)
+            reader = csv_dict_reader(f)
+            try:
+                if column not in (reader.fieldnames or []):
+                    raise DataError(f"{path}: no '{column}' column (found {reader.fieldnames}); name it with --column")
+                yield from (row.get(column) or "" for row in reader)
+            except csv.Error as err:
+                raise csv_problem(path, reader, err) from None
             return
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -183,6 +192,8 @@ def iter_inputs(modality: str, inputs: Iterable[str], column: str | None = None)
             yield from walk_files(item)
         elif is_file:
             yield item
+        elif os.path.exists(item):
+            raise DataError(f"{item}: not a regular file (a pipe, socket or device); name image files or folders")
         else:
             raise DataError(f"{item}: no such file or folder")
 
@@ -326,8 +337,19 @@ def stream_predict(est: TransferEstimator, inputs: Sequence[str], out: str | Non
     skip = checkpoint.resume_point() if (checkpoint and resume) else 0
     if checkpoint and checkpoint.finished:
         return {"rows": skip, "resumed_from": skip, "unreadable": 0, "done": True}
-    handle = checkpoint.open(skip) if checkpoint else (stream or sys.stdout)
-    if skip == 0 and fmt == "csv":
+    handle = None if checkpoint else (stream or sys.stdout)
+
+    def output() -> TextIO:
+        # --out is opened (a fresh run truncates it) once the first batch is scored: a run that fails before that
+        # (an input missing, a table without the column) leaves an earlier run's output as it was.
+        nonlocal handle
+        if handle is None:
+            handle = checkpoint.open(skip)
+            if skip == 0 and fmt == "csv":
+                handle.write(render_rows([], fields, fmt, header=True))
+        return handle
+
+    if handle is not None and fmt == "csv":
         handle.write(render_rows([], fields, fmt, header=True))
     items = iter_inputs(est.modality, inputs, column)
     for _ in range(skip):
@@ -339,18 +361,20 @@ def stream_predict(est: TransferEstimator, inputs: Sequence[str], out: str | Non
             task = bar.add_task("predict", total=None, completed=skip, info="")
             for chunk, scores, ok in score_batches(scorer, items, batch_size or est.batch_size):
                 shown = [_shown(x) for x in chunk]
-                handle.write(render_rows([format_row(est, x, s, k, with_probs)
+                target = output()
+                target.write(render_rows([format_row(est, x, s, k, with_probs)
                                           for x, s, k in zip(shown, scores, ok)], fields, fmt))
-                handle.flush()
+                target.flush()
                 rows += len(chunk)
                 bad += int((~ok).sum())
                 if checkpoint:
                     checkpoint.record(rows)
                 bar.update(task, completed=rows, info=f"{bad} unusable" if bad else "")
         if checkpoint:
+            output()  # no inputs at all: the output is still written (a CSV header)
             checkpoint.finish(rows)
     finally:
-        if checkpoint:
+        if checkpoint and handle is not None:
             handle.close()
     return {"rows": rows, "resumed_from": skip, "unreadable": bad, "done": True}
 

@@ -67,7 +67,7 @@ def simclr_augment(size: int, mean, std):
 
 
 class TwoViews(Dataset):
-    """Two independent augmentations of each image; unreadable images are skipped by the caller's listing."""
+    """Two independent augmentations of each image; unreadable images are left out before (`pretrain`)."""
 
     def __init__(self, paths: list[str], augment) -> None:
         self.paths, self.augment = paths, augment
@@ -186,6 +186,13 @@ def pretrain(unlabeled, backbone: str | None = None, out: str = "runs/pretrained
                                               else list(unlabeled))
     if modality == "text":
         inputs = [t for t in inputs if t.strip()]
+    else:  # as `fit` does: unreadable files (corrupt, truncated, decompression bombs) are skipped and counted
+        from .data.images import _check_all
+
+        readable = [p for p, why in zip(inputs, _check_all(inputs)) if why is None]
+        if len(readable) < len(inputs):
+            say(verbose, f"skipped {len(inputs) - len(readable)} unreadable image(s) in {unlabeled}")
+        inputs = readable
     if settings.limit:
         inputs = inputs[: settings.limit]
     if len(inputs) < 2:

@@ -46,6 +46,8 @@ def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskMode
         raise BackboneUnavailable(f"{path}: {err}") from None
     except BundleError as err:  # refused while rebuilding (a classical head's types, a backbone config's sizes),
         raise BundleError(f"{path}: {err}") from None  # where the bundle's path is not known
+    except HeadstartError as err:  # an edited config naming what this headstart does not know (a head kind...)
+        raise BundleError(f"{path}: {err}; the bundle is damaged or was edited: re-save it") from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OSError) as err:
         # a crafted or hand-edited config (OSError: transformers on a backbone config.json it cannot read): one line
         raise unbuildable(path, err) from None

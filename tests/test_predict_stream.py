@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,19 +75,33 @@ def test_jsonl_output_and_resume_refuses_other_inputs(tiny_bundle, tmp_path):
         stream_predict(est, [os.path.join(data, "blue")], out, resume=True, verbose=False)
 
 
+# `headstart predict` whose reader stalls for good on the input named by STALL_AT (as on a hung network mount).
+# (A named pipe did this once; predict now refuses to open anything but regular files, so the stall is simulated.)
+STALLING_CLI = """
+import os, sys, time
+import headstart.predict_stream as ps
+from headstart.cli import main
+prepare = ps.BatchScorer.prepare
+def stalled(self, item):
+    while isinstance(item, str) and item.endswith(os.environ["STALL_AT"]):
+        time.sleep(1)
+    return prepare(self, item)
+ps.BatchScorer.prepare = stalled
+main()
+"""
+
+
 def test_killed_run_resumes_where_it_stopped(tiny_bundle, tmp_path):
-    """A FIFO among the images blocks the reader mid-run, deterministically; the run is then SIGKILLed."""
+    """The reader stalls mid-run on one input, deterministically; the run is then SIGKILLed."""
     bundle, data = tiny_bundle
     folder = tmp_path / "images"
     make_class_images(str(folder), {"a": (200, 40, 40), "b": (40, 40, 200)}, per_class=6)
     stall = folder / "b" / "b_3.png"  # 10th file of 12 in walk order: batches of 2 finish up to it
-    good_copy = stall.read_bytes()
-    stall.unlink()
-    os.mkfifo(stall)
     out = str(tmp_path / "pred.csv")
-    cmd = [sys.executable, "-m", "headstart.cli", "predict", bundle, str(folder), "--out", out, "--batch-size", "2",
-           "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = ["predict", bundle, str(folder), "--out", out, "--batch-size", "2", "--quiet"]
+    cmd = [sys.executable, "-m", "headstart.cli", *args]
+    proc = subprocess.Popen([sys.executable, "-c", STALLING_CLI, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ, "STALL_AT": str(stall)})
     progress = out + ".progress.json"
     deadline = time.time() + 120
     state = {}
@@ -101,8 +116,6 @@ def test_killed_run_resumes_where_it_stopped(tiny_bundle, tmp_path):
     assert state["rows"] == 8 and not state["done"]
     with open(out, "a") as f:
         f.write("/torn/write.png,a,0.9")  # what a kill in the middle of a write leaves behind
-    stall.unlink()
-    stall.write_bytes(good_copy)
     resumed = subprocess.run([*cmd[:-1], "--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0 and "wrote 12 predictions" in resumed.stderr, resumed.stderr
     assert "resumed after 8" in resumed.stderr
@@ -111,6 +124,27 @@ def test_killed_run_resumes_where_it_stopped(tiny_bundle, tmp_path):
     fresh = str(tmp_path / "fresh.csv")
     stream_predict(est, [str(folder)], fresh, batch_size=2, verbose=False)
     assert rows == _read_csv(fresh) and len(rows) == 12
+
+
+def test_a_run_that_fails_before_its_first_batch_leaves_the_earlier_output_as_it_was(tiny_bundle, tmp_path):
+    # bench/reliability.py: `predict --out` truncated the output of an earlier run before reading a single input,
+    # so a typo in an input name, or a table without the column, lost those predictions.
+    bundle, data = tiny_bundle
+    est = hs.load(bundle)
+    out = str(tmp_path / "p.csv")
+    stream_predict(est, [os.path.join(data, "red")], out, verbose=False)
+    before = {p: Path(p).read_bytes() for p in (out, out + ".progress.json")}
+    table = tmp_path / "texts.csv"
+    table.write_text("text\nhello\n")
+    for inputs, error in [([os.path.join(data, "red"), str(tmp_path / "no_such.png")], "no such file"),
+                          ([str(table)], "no 'path' column")]:
+        with pytest.raises(HeadstartError, match=error):
+            stream_predict(est, inputs, out, verbose=False)
+        assert {p: Path(p).read_bytes() for p in before} == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    stream_predict(est, [str(empty)], out, verbose=False)  # no inputs at all: a fresh output, the header alone
+    assert _read_csv(out) == [] and Path(out).read_text().startswith("path,prediction")
 
 
 def test_csv_header_survives_class_names_with_commas_and_quotes(tmp_path):

@@ -47,6 +47,19 @@ def test_image_pretrain_writes_a_backbone_that_fit_accepts(colour_folder, tmp_pa
         assert torch.equal(v, trained[k]), f"fit must start from the pre-trained weights ({k})"
 
 
+def test_image_pretrain_skips_unreadable_files_as_fit_does(colour_folder, tmp_path):
+    # bench/reliability.py: one corrupt image ended pretrain with "error: : cannot identify image file" (no file
+    # named), and a named pipe called *.png would have made it wait forever.
+    for name, data in [("broken.png", b"not a png"), ("cut.png", b"\x89PNG\r\n\x1a\n\x00\x00")]:
+        with open(os.path.join(colour_folder, "red", name), "wb") as f:
+            f.write(data)
+    os.mkfifo(os.path.join(colour_folder, "red", "pipe.png"))
+    out = pretrain(colour_folder, TINY, str(tmp_path / "ssl"), "image",
+                   PretrainSettings(epochs=1, batch_size=12, image_size=TINY_SIZE), pretrained=False, verbose=False)
+    config, _ = read_bundle(out)
+    assert config["pretrain"]["inputs"] == 36  # the 36 readable images of colour_folder
+
+
 def test_masked_lm_adapts_the_packaged_text_encoder(tmp_path):
     from headstart.data.tweets import load_tweets
 

@@ -20,6 +20,8 @@ from .labeled import LabeledData, build_labeled, load_source, parse_label, read_
 
 def image_problem(path: str) -> str | None:
     """Why `path` is not a readable image, or None. Checks the header and structure, not every pixel."""
+    if os.path.exists(path) and not os.path.isfile(path):  # opening a pipe or a device may never return
+        return "not a regular file (a folder, pipe, socket or device)"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -50,10 +52,11 @@ def _keep_readable(paths: list[str], strict: bool) -> tuple[list[bool], list[tup
 
 
 def _visible_files(folder: str) -> list[str]:
+    """Regular files not hidden: a pipe, socket or device could block whoever opens it to read or hash it."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
+        found.extend(p for f in sorted(files) if not f.startswith(".") and os.path.isfile(p := os.path.join(root, f)))
     return found
 
 
@@ -110,8 +113,10 @@ def list_image_files(inputs: Sequence[str | os.PathLike]) -> list[str]:
         item = os.fspath(item)
         if os.path.isdir(item):
             out.extend(_visible_files(item))
-        elif os.path.exists(item):
+        elif os.path.isfile(item):
             out.append(item)
+        elif os.path.exists(item):
+            raise DataError(f"{item}: not a regular file (a pipe, socket or device); name image files or folders")
         else:
             raise DataError(f"{item}: no such file or folder")
     return out
@@ -149,6 +154,8 @@ class ImageRowsDataset(Dataset):
 
     def __getitem__(self, i: int):
         try:
+            if not os.path.isfile(self.paths[i]):  # checked when listed; it may have been replaced since
+                raise OSError("not a regular file")
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(self.paths[i]) as img:

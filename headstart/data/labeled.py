@@ -16,6 +16,10 @@ from ..errors import DataError
 TASKS = ("classification", "multilabel", "regression")
 MULTILABEL_SEPARATOR = ";"
 _MISSING = ("", "nan", "none", "null", "na")
+# Characters in one CSV field. The csv module's default (131,072) refuses a long review or article, which is data,
+# not damage: tokenizers truncate it. The bound stays for what is damage: an unclosed quote swallowing the rest of
+# a large table into one field (`headstart predict` streams tables, so it would otherwise hold all of it).
+MAX_CSV_FIELD = 64 << 20
 
 
 @dataclass
@@ -121,17 +125,32 @@ def build_labeled(items: list, raw: list, task: str, source: str, skipped: list[
     return data
 
 
+def csv_dict_reader(f) -> csv.DictReader:
+    """A DictReader whose fields may hold up to MAX_CSV_FIELD characters (the limit is process-wide in csv)."""
+    csv.field_size_limit(MAX_CSV_FIELD)
+    return csv.DictReader(f)
+
+
+def csv_problem(path: str, reader: csv.DictReader, err: csv.Error) -> DataError:
+    """A csv.Error as one line naming the file, the line and the likely fix."""
+    if "field larger than field limit" in str(err):
+        return DataError(f"{path}, line {reader.line_num}: a field over {MAX_CSV_FIELD:,} characters (an unclosed "
+                         "quote runs to the end of the file?); check quoting from that line back")
+    return DataError(f"{path}, line {reader.line_num}: malformed CSV ({err}); check quoting on that line")
+
+
 def read_csv_rows(path: str, columns: Sequence[str]) -> list[dict[str, str]]:
     """Rows of a UTF-8 CSV with a header, checking the named columns exist. Errors name the file and fix."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
+            reader = csv_dict_reader(f)
+            try:
+                rows = list(reader)
+            except csv.Error as err:
+                raise csv_problem(path, reader, err) from None
             header = reader.fieldnames or []
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from None
-    except csv.Error as err:
-        raise DataError(f"{path}: malformed CSV ({err}); check quoting on that line") from None
     require_columns(path, header, columns)
     if not rows:
         raise DataError(f"{path}: no rows; add one row per example")

@@ -13,7 +13,16 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import DataError
-from .labeled import LabeledData, build_labeled, load_source, parse_label, read_csv_rows, require_columns
+from .labeled import (
+    LabeledData,
+    build_labeled,
+    csv_dict_reader,
+    csv_problem,
+    load_source,
+    parse_label,
+    read_csv_rows,
+    require_columns,
+)
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 
@@ -77,11 +86,11 @@ def _read_csv_texts(path: str, columns: Sequence[str]) -> list[dict]:
 
     with open(path, "rb") as f:
         text = f.read().decode("utf-8", errors="surrogateescape")
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))  # as csv wants: newlines untouched
+    reader = csv_dict_reader(io.StringIO(text.lstrip("\ufeff"), newline=""))  # as csv wants: newlines untouched
     try:
         rows = list(reader)
     except csv.Error as err:
-        raise DataError(f"{path}: malformed CSV ({err}); check quoting on that line") from None
+        raise csv_problem(path, reader, err) from None
     require_columns(path, reader.fieldnames or [], columns)
     for line, row in enumerate(rows, start=2):
         row["__line__"] = line
@@ -116,6 +125,9 @@ def read_text_table(path: str, task: str, text_col: str = "text", label_col: str
 
 
 def read_text_file(path: str) -> str | None:
+    """The file's text, or None when it is not UTF-8 or not a regular file (reading a pipe may never return)."""
+    if not os.path.isfile(path):
+        return None
     with open(path, "rb") as f:
         return _decode(f.read())
 
@@ -133,7 +145,8 @@ def scan_text_folder(root: str, strict: bool = False) -> LabeledData:
         for name in files:
             path = os.path.join(root, c, name)
             text = read_text_file(path)
-            why = "not UTF-8 text" if text is None else "empty text" if not text.strip() else ""
+            why = ("not a regular file (a folder, pipe, socket or device)" if not os.path.isfile(path) else
+                   "not UTF-8 text" if text is None else "empty text" if not text.strip() else "")
             if why:
                 if strict:
                     raise DataError(f"{path}: {why}; fix or remove the file (or drop --strict to skip it)")
