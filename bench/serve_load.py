@@ -6,17 +6,26 @@ The server runs as its own process (`python -m headstart.cli serve`), as a user 
 status but 200, or a connection error). Baseline, in this process before the server starts: the same batches
 scored directly by the same model (`BatchScorer`), one after another; the ratio is served items/s over direct.
 
+Then, for images, a hostile phase (bench/serve_hostile.py, `--hostile-rounds 0` skips it): pixel floods (48 blank
+6000x6000 PNGs in one request, several at once), the largest requests the pixel budget allows, a one-image bomb,
+40 MB bodies (declared and chunked), too many files and corrupt uploads, while `--hostile-good` good requests go on.
+It passes when the server's peak RSS (VmHWM) stays under `--rss-limit-mb`, every good request gets its answer
+(retrying on 503 as Retry-After says) and every hostile one is refused as it should be (413/400, or 503).
+
 Run: .venv/bin/python bench/serve_load.py [--modality image|text] [--requests 200] [--concurrency 8]
-     [--per-request 4] [--runtime torch|onnx] [--threads N] [--json bench/results/serve_load.json]
+     [--per-request 4] [--runtime torch|onnx] [--threads N] [--hostile-rounds 3] [--hostile-at-once 2]
+     [--hostile-good 40] [--rss-limit-mb 2500] [--json bench/results/serve_load.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import io
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -25,6 +34,7 @@ import time
 
 import numpy as np
 import torch
+from serve_hostile import check, hostile_load, hostile_payloads, summary_table, vm_hwm_mb
 
 from headstart._runtime import tune_allocator
 
@@ -144,6 +154,11 @@ def main() -> None:
     parser.add_argument("--per-request", type=int, default=4, help="inputs per request")
     parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
     parser.add_argument("--threads", type=int, default=0, help="torch/onnxruntime threads (0: torch's default)")
+    parser.add_argument("--hostile-rounds", type=int, default=3, help="rounds of hostile requests (images; 0: none)")
+    parser.add_argument("--hostile-at-once", type=int, default=2, help="requests of each hostile kind per round, "
+                        "sent together")
+    parser.add_argument("--hostile-good", type=int, default=40, help="good requests sent during the hostile phase")
+    parser.add_argument("--rss-limit-mb", type=float, default=2500, help="the server's peak RSS must stay under it")
     parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "serve_load.json"))
     args = parser.parse_args()
     if args.threads:  # a shared CPU: fewer threads than cores avoid OpenMP barriers stalling on busy cores
@@ -158,15 +173,28 @@ def main() -> None:
         batches = request_batches(payloads, args.requests, args.per_request)
         direct = direct_baseline(bundle, args.runtime, batches, args.modality)
         port = free_port()
-        server = start_server(bundle, port, args.runtime, max(64, args.per_request))
+        max_batch = max(64, args.per_request)
+        server = start_server(bundle, port, args.runtime, max_batch)
+        hostile = None
         try:
             result = asyncio.run(load_test(port, batches, args.concurrency, args.modality))
+            result["server_peak_rss_mb"] = round(vm_hwm_mb(server.pid))
+            if args.modality == "image" and args.hostile_rounds > 0:
+                payloads_bad = hostile_payloads(max_batch)
+                hostile = asyncio.run(hostile_load(port, batches[: args.hostile_good], payloads_bad,
+                                                   args.hostile_rounds, args.hostile_at_once, args.concurrency))
+                hostile["server_peak_rss_mb"] = round(vm_hwm_mb(server.pid))
+                hostile["server_exit"] = server.poll()
+                hostile["rss_limit_mb"] = args.rss_limit_mb
+                hostile["problems"] = check(hostile, args.rss_limit_mb)
+                hostile["passed"] = not hostile["problems"]
         finally:
             server.terminate()
             server.wait(timeout=30)
     result.update({"modality": args.modality, "runtime": args.runtime, "concurrency": args.concurrency,
                    "per_request": args.per_request, "direct_items_per_s": round(direct, 2),
                    "ratio_vs_direct": round(result["items_per_s"] / direct, 3)})
+    result = {**run_record(args), **result, "hostile": hostile}
     print(f"{args.modality} on {args.runtime}: {result['requests']} requests x {args.per_request} inputs, "
           f"{args.concurrency} concurrent: {result['requests_per_s']:.1f} req/s, {result['items_per_s']:.1f} "
           f"inputs/s (direct {direct:.1f}/s, ratio {result['ratio_vs_direct']:.2f}); p50 {result['p50_ms']:.0f} ms, "
@@ -174,9 +202,33 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
+    if hostile:
+        print(summary_table(hostile))
+        print(f"hostile phase: {hostile['hostile_requests']} hostile requests over {args.hostile_rounds} rounds, "
+              f"{hostile['good_requests']} good ones ({hostile['good_failed']} failed, "
+              f"{hostile['good_retries_after_503']} retries after 503); server peak RSS "
+              f"{hostile['server_peak_rss_mb']} MB (limit {args.rss_limit_mb:.0f} MB; "
+              f"{result['server_peak_rss_mb']} MB after the plain load): "
+              + ("PASS" if hostile["passed"] else "FAIL: " + "; ".join(hostile["problems"])))
     print(f"results: {args.json}")
     if result["failed"]:
         raise SystemExit(f"{result['failed']} requests failed, first: {result['first_failures'][0]}")
+    if hostile and not hostile["passed"]:
+        raise SystemExit("hostile phase failed: " + "; ".join(hostile["problems"]))
+
+
+def run_record(args: argparse.Namespace) -> dict:
+    """What a result needs to be read later: the code measured, the machine, the arguments, the date."""
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), *cmd], capture_output=True,
+                              text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "..")),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                        "system": platform.platform(), "python": platform.python_version(),
+                        "load_avg": os.getloadavg()},
+            "arguments": vars(args)}
 
 
 if __name__ == "__main__":

@@ -92,8 +92,8 @@ def test_predict_batch_matches_the_python_api(image_server, tmp_path):
     assert np.abs(probs - want).max() < 1e-5
 
 
-@pytest.mark.parametrize("case", ["corrupt", "too_many", "too_big_body", "too_many_pixels", "not_multipart",
-                                  "no_files", "truncated_png"])
+@pytest.mark.parametrize("case", ["corrupt", "too_many", "far_too_many", "too_big_body", "too_many_pixels",
+                                  "not_multipart", "no_files", "truncated_png"])
 def test_bad_requests_get_a_json_4xx_and_the_server_keeps_serving(image_server, case):
     client, _, _ = image_server
     good = _png((200, 40, 40))
@@ -101,6 +101,8 @@ def test_bad_requests_get_a_json_4xx_and_the_server_keeps_serving(image_server, 
         "corrupt": (400, {"files": [("files", ("x.png", b"\x89PNG garbage", "image/png"))]}),
         "truncated_png": (400, {"files": [("files", ("t.png", good[: len(good) // 2], "image/png"))]}),
         "too_many": (413, {"files": [("files", (f"{i}.png", good, "image/png")) for i in range(5)]}),
+        # past the multipart parser's own file limit, which answered a bare 400 (bench/serve_load.py's hostile phase)
+        "far_too_many": (413, {"files": [("files", (f"{i}.png", good, "image/png")) for i in range(40)]}),
         "too_big_body": (413, {"files": [("files", ("big.png", good + b"\0" * 250_000, "image/png"))]}),
         "too_many_pixels": (413, {"files": [("files", ("huge.png", _png((1, 2, 3), size=400), "image/png"))]}),
         "not_multipart": (415, {"json": {"files": ["a"]}}),
@@ -162,6 +164,34 @@ def test_pixels_are_budgeted_per_request_from_the_headers(image_server, monkeypa
     assert decoded == [], "refused from the headers: no image was decoded"
     resp = client.post("/predict", files=_files(image, image))  # 80,000: within the budget
     assert resp.status_code == 200 and len(resp.json()["predictions"]) == 2 and decoded, "decoded once accepted"
+
+
+def test_a_request_holds_one_full_size_image_at_a_time(image_server, monkeypatch):
+    """Each upload is decoded, reduced to the model's input and its pixels freed before the next is decoded: four
+    requests of three 32-megapixel images at once took the server from 1.1 to 2.7 GB when all were held together
+    (bench/serve_load.py's hostile phase), 1.6 GB now."""
+    from PIL import ImageFile
+
+    client, _, _ = image_server
+    open_now: set[int] = set()
+    held: list[int] = []
+    real_load, real_close = ImageFile.ImageFile.load, Image.Image.close
+
+    def load(img):
+        open_now.add(id(img))
+        held.append(len(open_now))
+        return real_load(img)
+
+    def close(img):
+        open_now.discard(id(img))
+        return real_close(img)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    monkeypatch.setattr(Image.Image, "close", close)
+    image = _png((200, 40, 40), size=150)
+    resp = client.post("/predict", files=_files(image, image, image))
+    assert resp.status_code == 200 and len(resp.json()["predictions"]) == 3, resp.text
+    assert held and max(held) == 1, f"decoded images held at once: {held}"
 
 
 def test_a_token_is_required_everywhere_but_health(image_server):
@@ -250,7 +280,7 @@ def test_internal_errors_answer_a_generic_500_and_go_to_the_log(image_server, mo
     def fail(*_):
         raise RuntimeError(secret)
 
-    monkeypatch.setattr(serve_module.BatchScorer, "score", fail)
+    monkeypatch.setattr(serve_module.BatchScorer, "score_prepared", fail)  # what score() calls too
     monkeypatch.setattr(serve_module, "_plain_metrics", fail)
     with TestClient(create_app(est, LIMITS), raise_server_exceptions=False) as client, caplog.at_level("ERROR"):
         for resp in (client.post("/predict", files=_files(_png((200, 40, 40)))), client.get("/metadata")):
