@@ -196,7 +196,8 @@ def commit() -> dict:
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", HERE, *args], capture_output=True, text=True).stdout.strip()
 
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", ".."))}
+    code = ("..", ":(exclude)results")  # what the results measure; the results files themselves are not code
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", *code))}
 
 
 def main() -> int:
