@@ -257,8 +257,10 @@ def rebuild_hf_image(spec: BackboneSpec, files: dict[str, bytes], weights: Mappi
     if CONFIG_FILE in files:
         with files_folder(files) as folder:
             return _hf_image_backbone(spec, model_from_config(folder, weights))
-    try:
-        config = AutoConfig.from_pretrained(spec.arch, local_files_only=True)
+    try:  # from the snapshot folder: given the id, transformers builds hub request headers (a network call)
+        if not _hf_cached(spec.arch, (CONFIG_FILE,)):
+            raise OSError(spec.arch)
+        config = AutoConfig.from_pretrained(_cached_snapshot(spec.arch))
     except (OSError, ValueError):  # not cached (or an id no hub knows: a bundle can name anything)
         raise BackboneUnavailable(
             "the bundle was written before bundles carried their backbone's config, and headstart never downloads "
