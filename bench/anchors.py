@@ -198,7 +198,7 @@ def run_hf_trainer(job: dict, args: argparse.Namespace) -> tuple[list[str], dict
     texts, labels = text_rows(job["train"])
     classes = sorted(set(labels))
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(classes))
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(classes), use_safetensors=True)
 
     def encode(rows: dict) -> dict:
         return tok(rows["text"], truncation=True, max_length=256)

@@ -105,12 +105,14 @@ def fit_trainer(kind: str, texts: list[str], labels: list[str], seed: int) -> tu
     tok = AutoTokenizer.from_pretrained(path)
     if kind == "regression":
         targets = [float(v) for v in labels]
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, problem_type="regression")
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, problem_type="regression",
+                                                                   use_safetensors=True)
     else:
         binarizer = MultiLabelBinarizer().fit(_sets(labels))
         targets = binarizer.transform(_sets(labels)).astype(np.float32).tolist()
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(binarizer.classes_), problem_type="multi_label_classification")
+            path, num_labels=len(binarizer.classes_), problem_type="multi_label_classification",
+            use_safetensors=True)
 
     def encode(items: list[str]) -> list[dict]:  # a list of examples is a dataset to the Trainer; no `datasets`
         enc = tok(items, truncation=True)

@@ -20,7 +20,8 @@ may behave differently there.
 
 Bundles written before (`"storage": "refit"`) held the training set instead (float32 cached features, label codes,
 the probabilities of the first rows) and refit on load; they still load that way (deterministic fits: the same
-data gives identical predict_proba, and a mismatch with the saved probabilities warns), and saving such a loaded
+data gives identical predict_proba, and a mismatch with the saved probabilities warns; more than `REFIT_MAX_ROWS`
+rows is refused, so a crafted one cannot stall `load`), and saving such a loaded
 model writes the fitted form. Continual learning does not use any of this: its rehearsal buffer is its own
 (`continual.Memory`, `memory.*` tensors), and `extend` refuses scikit-learn heads.
 
@@ -61,6 +62,9 @@ from .modalities import MODALITIES
 PREFIX = "classical."  # tensor names: they sit beside a model's own weights in model.safetensors
 SKOPS = "skops"  # the tensor `classical.skops`: the fitted head's skops file, as bytes
 CHECK_ROWS = 16  # the old refit format's guard rows
+# The old refit format refits on load; an SVM's fit grows with the square of the rows, so a crafted bundle with a
+# huge training set would stall `load`. Bundles of that format written by headstart held the rows of one fit.
+REFIT_MAX_ROWS = 50_000
 
 
 def _scaled(model) -> Pipeline:  # margins, kernels, distances and gradients all assume comparable scales
@@ -192,6 +196,9 @@ def from_tensors(config: dict, tensors: dict[str, torch.Tensor]) -> Pipeline:
             scale.n_features_in_ = model.n_features_in_ = model.coef_.shape[1]
             scale.n_samples_seen_, model.classes_ = 0, np.asarray(config["classes"], dtype=np.int64)
             return est
+        if len(get["features"]) > REFIT_MAX_ROWS:
+            raise BundleError(f"this old-format {config['name']} head would refit on {len(get['features']):,} rows "
+                              f"at load (more than {REFIT_MAX_ROWS:,}); refit it with `headstart fit` and save again")
         _fit(est, get["features"], get["labels"])  # the old refit format (module docstring)
         diff = float(np.abs(est.predict_proba(get["features"][:CHECK_ROWS]) - get["check_proba"]).max())
     except (KeyError, ValueError, TypeError, HeadstartError) as err:

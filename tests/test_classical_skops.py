@@ -182,3 +182,16 @@ def test_the_old_refit_format_warns_when_the_refit_differs():
         from_tensors(config, tensors)
     with pytest.raises(BundleError, match="cannot be rebuilt"):
         from_tensors(config, {k: v for k, v in tensors.items() if not k.endswith("labels")})
+
+
+def test_an_old_refit_bundle_too_large_to_refit_is_refused_before_fitting(monkeypatch):
+    """A crafted old-format SVM with a huge training set would stall `load` on a quadratic fit: refused unfitted."""
+    import headstart.classical as classical
+    X = np.random.default_rng(1).normal(size=(40, 4)).astype(np.float32)
+    y = np.arange(40) % 2
+    _, config, tensors = refit_format("svm", X, y)
+    tensors = {PREFIX + k: v for k, v in tensors.items()}
+    monkeypatch.setattr(classical, "REFIT_MAX_ROWS", 39)
+    monkeypatch.setattr(classical, "_fit", lambda *a: pytest.fail("refit a head it should have refused"))
+    with pytest.raises(BundleError, match="would refit on 40 rows"):
+        from_tensors(config, tensors)
