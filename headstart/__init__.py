@@ -7,6 +7,7 @@
 
 __version__ = "0.1.0"
 
+from .api import backbone_status  # noqa: E402
 from .backbones import create_backbone, list_backbones, register_backbone  # noqa: E402
 from .classical import Embedder  # noqa: E402
 from .compare import compare  # noqa: E402
@@ -32,6 +33,7 @@ __all__ = [
     "ImageRegressor",
     "MultiTaskModel",
     "__version__",
+    "backbone_status",
     "compare",
     "export_model",
     "fewshot_eval",

