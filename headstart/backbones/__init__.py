@@ -266,7 +266,7 @@ for _name, _arch, _dim, _desc in [
     ("bert_base", "bert-base-uncased", 768, "BERT-base uncased (downloads)"),
     ("distilbert", "distilbert-base-uncased", 768, "DistilBERT uncased (downloads)"),
     ("roberta_base", "roberta-base", 768, "RoBERTa-base (downloads)"),
-    ("mpnet_st", "sentence-transformers/all-mpnet-base-v2", 768, "all-mpnet-base-v2 sentence encoder (downloads)"),
+    ("mpnet_st", "sentence-transformers/all-mpnet-base-v2", 768, "all-mpnet-base-v2 (downloads; = mpnet_base)"),
 ]:
     _pooling = "mean" if _arch.startswith("sentence-transformers/") else "cls"
     register_backbone(BackboneSpec(_name, "hf-text", _arch, modality="text", feature_dim=_dim, description=_desc,
