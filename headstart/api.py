@@ -5,19 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Sequence
-from typing import TextIO
 
 from .backbones import BackboneSpec, available_offline, install_command, list_backbones
-from .estimator import TransferEstimator, estimator_class
 from .restore import load
 
-__all__ = ["backbone_status", "backbone_table", "detect_modality", "estimator_for", "load", "prediction_rows",
-           "summary_line", "write_predictions"]
-
-
-def estimator_for(task: str, modality: str = "image") -> type[TransferEstimator]:
-    return estimator_class(modality, task)
+__all__ = ["backbone_status", "backbone_table", "detect_modality", "load", "summary_line"]
 
 
 def detect_modality(data: str, input_col: str | None = None) -> str:
@@ -58,26 +50,6 @@ def summary_line(metrics: dict, prefix: str = "") -> str:
     keys = [k for k in ("accuracy", "macro_f1", "micro_f1", "mae", "rmse", "r2") if k in metrics]
     body = "  ".join(f"{k} {metrics[k]:.4f}" for k in keys)
     return f"{prefix}: {body}  (n={metrics.get('n', '?')})".strip()
-
-
-def prediction_rows(model: TransferEstimator, inputs: Sequence[str], with_probs: bool = False) -> list[dict]:
-    """One dict per input: path (or text), prediction, score (and per-class probabilities); `error` if unusable."""
-    from .predict_stream import format_row
-
-    paths = model._inputs(inputs)
-    scores, ok = model._raw_scores(paths)
-    return [format_row(model, path, row, bool(good), with_probs) for path, row, good in zip(paths, scores, ok)]
-
-
-def write_predictions(rows: list[dict], stream: TextIO, fmt: str) -> None:
-    """Predictions as CSV (a header, one row per file) or JSONL (one object per line)."""
-    if fmt == "jsonl":
-        for r in rows:
-            stream.write(json.dumps(r) + "\n")
-        return
-    writer = csv.DictWriter(stream, fieldnames=list(rows[0]) if rows else ["path", "prediction"])
-    writer.writeheader()
-    writer.writerows(rows)
 
 
 def backbone_table() -> list[tuple[BackboneSpec, bool]]:

@@ -13,6 +13,7 @@ from rich.table import Table
 from . import api
 from ._runtime import tune_allocator
 from .errors import HeadstartError
+from .estimator import estimator_class
 from .progress import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -67,7 +68,7 @@ def fit(
     out = resume or out  # a resumed run finishes in the folder it started in
     if modality == "auto":
         modality = api.detect_modality(data, input_col)
-    est = api.estimator_for(task, modality)(
+    est = estimator_class(modality, task)(
         backbone=backbone, strategy=strategy, input_col=input_col, label_col=label_col, task=task, epochs=epochs,
         head_epochs=head_epochs, lr=lr, time_limit=time_limit,
         batch_size=batch_size, image_size=image_size, head=head, last_n=last_n, val_fraction=val_fraction,

@@ -92,10 +92,5 @@ class TextModality:
 MODALITIES: dict[str, Modality] = {"image": ImageModality(), "text": TextModality()}
 
 
-def register_modality(modality: Modality) -> Modality:
-    MODALITIES[modality.name] = modality
-    return modality
-
-
 def modality_of(backbone: Backbone) -> Modality:
     return MODALITIES[backbone.spec.modality]
