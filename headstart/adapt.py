@@ -27,6 +27,8 @@ from ._runtime import adamw
 from .data.labeled import LabeledData
 from .errors import DataError, HeadstartError
 from .heads import Standardize, loss_for
+from .inference import _device, _to, embed, run_over
+from .modalities import modality_of
 from .progress import make_progress, say
 from .strategies import HEAD, Stage
 from .train import LoopConfig, run_stage
@@ -47,8 +49,6 @@ def choose_method(backbone: nn.Module) -> tuple[str, str]:
 
 def _loader(backbone, items: Sequence, targets: np.ndarray | None, train: bool, batch_size: int,
             generator: torch.Generator | None = None) -> DataLoader:
-    from .modalities import modality_of
-
     modality = modality_of(backbone)
     return DataLoader(modality.dataset(items, targets, backbone, train), batch_size=batch_size, shuffle=train,
                       collate_fn=modality.collate(backbone), generator=generator, drop_last=False)
@@ -58,8 +58,6 @@ def _loader(backbone, items: Sequence, targets: np.ndarray | None, train: bool, 
 def reestimate_batchnorm(backbone: nn.Module, items: Sequence, batch_size: int = 32, verbose: bool = True) -> int:
     """Replace every BatchNorm's running mean and variance by those of `items` (a cumulative average over
     batches, not a moving one, so every item counts the same). Returns how many layers were updated."""
-    from .inference import _device, _to
-
     layers = batchnorm_layers(backbone)
     if not layers:
         raise HeadstartError(f"backbone '{backbone.spec.name}' has no BatchNorm layer for AdaBN to re-estimate; "
@@ -126,8 +124,6 @@ def dann_train(model: nn.Module, source: LabeledData, target_items: Sequence, *,
     """Train backbone and head on the source labels while a domain classifier, behind a gradient-reversal layer,
     tries to tell source from target features. The reversal strength ramps 0 -> 1 (Ganin's schedule) so the
     label loss shapes the features before the domain loss does. Pretrained BatchNorm statistics stay fixed."""
-    from .inference import _device, _to
-
     device = _device()
     backbone, head = model.backbone, model.head
     norm = head[0] if isinstance(head, nn.Sequential) and isinstance(head[0], Standardize) else nn.Identity()
@@ -189,8 +185,6 @@ def dann_train(model: nn.Module, source: LabeledData, target_items: Sequence, *,
 
 
 def _features(est, backbone, items: Sequence, trained: bool) -> tuple[np.ndarray, np.ndarray]:
-    from .inference import embed, run_over
-
     if trained:  # fine-tuned weights: the cache holds the pretrained backbone's features, not these
         return run_over(backbone, items, est.batch_size, est.num_workers, est.verbose)
     return embed(backbone, items, batch_size=est.batch_size, num_workers=est.num_workers, use_cache=est.use_cache,

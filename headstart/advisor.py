@@ -55,6 +55,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .backbones import create_backbone, scratch_spec
+from .data.labeled import stratified_subsample
+from .heads import HeadConfig, build_head
+from .inference import _device, _to, embed
+from .probe_heads import cross_validated_micro_f1, fit_ridge
+from .rank import cv_accuracy, logme, probe_accuracy
 from .strategies import SetFit
 
 SMALL_PER_CLASS, LARGE_PER_CLASS, TINY_PER_CLASS, TRUNCATE_PER_CLASS = 50, 1000, 10, 200
@@ -129,8 +135,6 @@ class Advice:
 def raw_input_accuracy(modality: str, items: list, labels: np.ndarray, seed: int = 0) -> float:
     """A from-scratch reference: logistic regression on raw inputs (tiny grey images, or TF-IDF of texts), scored
     as the frozen features' probe is (rank.cv_accuracy)."""
-    from .rank import cv_accuracy, probe_accuracy
-
     if modality == "text":
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
@@ -148,15 +152,6 @@ def raw_input_accuracy(modality: str, items: list, labels: np.ndarray, seed: int
             return np.zeros(256, dtype=np.float32)
 
     return probe_accuracy(np.stack([pixels(p) for p in items]), labels, seed=seed)  # the same model, on pixels
-
-
-def subsample(n: int, labels: np.ndarray, seed: int, limit: int = MAX_MEASURE_ROWS) -> np.ndarray:
-    if n <= limit:
-        return np.arange(n)
-    from sklearn.model_selection import train_test_split
-
-    keep, _ = train_test_split(np.arange(n), train_size=limit, random_state=seed, stratify=labels)
-    return np.sort(keep)
 
 
 def decide(*, per_class: int, n_train: int, n_classes: int, probe: float, baseline: float, logme_score: float,
@@ -253,8 +248,6 @@ def time_forward(backbone, modality, items: list, batch: int = 8, seed: int = 0)
     items drawn at random (seeded): the first rows of a file can be shorter or smaller than the rest."""
     import torch
 
-    from .inference import _device, _to
-
     picks = np.random.default_rng(seed).choice(len(items), min(len(items), batch * 3), replace=False)
     sample = [items[i] for i in sorted(picks)]
     collate = modality.collate(backbone)
@@ -278,8 +271,6 @@ def time_forward(backbone, modality, items: list, batch: int = 8, seed: int = 0)
 def advise(backbone, modality, train, task: str, features: tuple[np.ndarray, np.ndarray] | None, *, epochs: int,
            time_limit: float | None, seed: int = 0) -> Advice:
     """Take the measurements on the training data (features: cached frozen features and their ok-mask)."""
-    from .rank import logme, probe_accuracy
-
     if task in ("regression", "multilabel") and features is not None:
         return head_task_advice(task, backbone, modality, train, features, epochs, seed)
     if task != "classification" or features is None:
@@ -289,7 +280,7 @@ def advise(backbone, modality, train, task: str, features: tuple[np.ndarray, np.
             + ("two-stage: enough data to fine-tune" if big else "features: too few to fine-tune safely")])
     feats, ok = features
     rows = np.flatnonzero(ok)
-    rows = rows[subsample(len(rows), train.targets[rows], seed)]
+    rows = rows[stratified_subsample(len(rows), train.targets[rows], seed, MAX_MEASURE_ROWS)]
     f, y = feats[rows], train.targets[rows]
     advice = decide(
         per_class=int(min(train.class_counts().values())), n_train=len(train), n_classes=len(train.classes),
@@ -305,9 +296,6 @@ def ridge_r2(features: np.ndarray, targets: np.ndarray) -> float:
     (probe_heads.fit_ridge) would do, measured the way it chooses them."""
     import torch
 
-    from .heads import HeadConfig, build_head
-    from .probe_heads import fit_ridge
-
     if len(targets) < 3:
         return float("nan")
     y = torch.as_tensor(targets, dtype=torch.float64)
@@ -320,8 +308,6 @@ def multilabel_micro_f1(features: np.ndarray, targets: np.ndarray, seed: int = 0
     """Cross-validated micro-F1 of the one-vs-rest head (probe_heads.cross_validated_micro_f1)."""
     import torch
 
-    from .probe_heads import cross_validated_micro_f1
-
     return cross_validated_micro_f1(torch.as_tensor(features), torch.as_tensor(targets), seed)
 
 
@@ -332,9 +318,6 @@ HEAD_TASK_MEASURES = {"regression": ("ridge leave-one-out R^2", lambda f, y, see
 def raw_input_score(task: str, modality: str, items: list, targets: np.ndarray, seed: int = 0) -> float:
     """The from-scratch reference for regression and multi-label: the same head on the no-transfer inputs
     (backbones/scratch.py), the very inputs the race's baseline model reads."""
-    from .backbones import create_backbone, scratch_spec
-    from .inference import embed
-
     backbone = create_backbone(scratch_spec(modality, items), pretrained=False)
     feats, ok = embed(backbone, items, use_cache=False, verbose=False)
     return HEAD_TASK_MEASURES[task][1](feats[ok], targets[ok], seed)

@@ -7,6 +7,7 @@ import json
 import os
 
 from .backbones import BackboneSpec, available_offline, install_command, list_backbones
+from .data.texts import TABLE_SUFFIXES
 from .restore import load
 
 __all__ = ["backbone_status", "backbone_table", "detect_modality", "load", "summary_line"]
@@ -14,8 +15,6 @@ __all__ = ["backbone_status", "backbone_table", "detect_modality", "load", "summ
 
 def detect_modality(data: str, input_col: str | None = None) -> str:
     """'text' or 'image', from what the data holds: .txt files per class, or a table's text/path column."""
-    from .data.texts import TABLE_SUFFIXES
-
     if os.path.isdir(data):
         for _, _, files in os.walk(data):
             visible = [f for f in files if not f.startswith(".")]

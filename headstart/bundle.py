@@ -24,8 +24,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from . import __version__
-from .backbones import Backbone, BackboneSpec, rebuild_backbone
+from ._version import __version__
 from .errors import BundleError
 
 FORMAT = "headstart.bundle"
@@ -258,32 +257,3 @@ def read_bundle_files(path: str) -> tuple[dict, dict[str, torch.Tensor], dict[st
     except Exception as err:  # safetensors raises its own error type for any malformed header
         raise BundleError(f"{path}: {WEIGHTS} is damaged ({err})") from None
     return config, state, files
-
-
-def read_backbone_spec(path: str) -> BackboneSpec:
-    """A bundle (or bundle folder) used as a backbone: its trained backbone, under a `local` spec."""
-    config = read_bundle_config(path)
-    base = BackboneSpec.from_dict(config["backbone"])
-    return BackboneSpec(
-        name=os.path.abspath(path), source="local", arch=os.path.abspath(path), modality=base.modality,
-        preprocess=base.preprocess, feature_dim=base.feature_dim, description=f"backbone of {path}",
-        offline=True, options={"base": base.to_dict()},
-    )
-
-
-def build_local_backbone(spec: BackboneSpec, pretrained: bool) -> Backbone:
-    """The backbone of the bundle at `spec.arch`, built from the files it carries (never fetched), with its
-    weights unless `pretrained` is False."""
-    base = BackboneSpec.from_dict(spec.options["base"])
-    _, state, files = read_bundle_files(spec.arch)
-    prefix = "backbone."
-    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    try:
-        backbone = rebuild_backbone(base, files, weights)
-    except BundleError as err:  # its config refused: name the bundle it came from
-        raise BundleError(f"{spec.arch}: {err}") from None
-    if pretrained:
-        missing, unexpected = backbone.load_state_dict(weights, strict=False)
-        if missing or unexpected:
-            raise BundleError(f"{spec.arch}: backbone weights do not fit {base.name} ({len(missing)} missing)")
-    return backbone

@@ -27,6 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .distributed import is_main_process
 from .errors import HeadstartError
 
 if TYPE_CHECKING:
@@ -240,8 +241,6 @@ def run_checkpointer(estimator, resume: str | None, n_train: int, n_val: int, st
                      log: Callable[[dict], None] | None) -> Checkpointer | None:
     """The estimator's checkpointer (None without an output folder). With `resume`, the saved state is loaded
     and the epochs it records are written back to metrics.jsonl, dropping any logged after it."""
-    from .distributed import is_main_process
-
     folder = resume or estimator.out_dir
     if resume and not stages:  # a scikit-learn head: one solve, no epochs to checkpoint
         raise HeadstartError(f"{resume}: head '{estimator.head}' is fitted in one solve and has nothing to resume; "

@@ -12,9 +12,21 @@ from rich.table import Table
 
 from . import api
 from ._runtime import tune_allocator
+from .compare import compare
+from .continual import describe
+from .demo import run_demo
+from .episodes import fewshot_eval as run_episodes
 from .errors import HeadstartError
 from .estimator import estimator_class
+from .export import export_model
+from .predict_stream import stream_predict
+from .pretrain import PretrainSettings
+from .pretrain import pretrain as run_pretrain
 from .progress import console
+from .rank import rank
+from .serve import ServeLimits
+from .serve import serve as run_server
+from .text_demo import run_text_demo
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="headstart: transfer learning from a pretrained backbone to your data.")
@@ -111,8 +123,6 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Predict labels (or values) for any number of inputs: folders, tables (CSV/JSONL/Parquet), files, texts."""
-    from .predict_stream import stream_predict
-
     if resume and not out:
         raise HeadstartError("--resume needs --out FILE: the run continues where FILE stops")
     model = api.load(bundle, runtime=runtime)
@@ -137,8 +147,6 @@ def export_bundle(
 ) -> None:
     """Export the whole pipeline that fits in a graph (normalisation, backbone, head) and check its parity."""
     import os
-
-    from .export import export_model
 
     model = api.load(bundle)
     model.verbose = False
@@ -167,9 +175,6 @@ def serve(
                                      "variable, which other users cannot read from the process list"),
 ) -> None:
     """Serve BUNDLE over HTTP: POST /predict, GET /health, GET /metadata, OpenAPI at /docs."""
-    from .serve import ServeLimits
-    from .serve import serve as run_server
-
     limits = ServeLimits(max_request_bytes=int(max_request_mb * (1 << 20)), max_batch=max_batch,
                          max_pixels=max_pixels, max_text_chars=max_text_chars,
                          max_request_pixels=max_request_pixels, max_in_flight=max_in_flight)
@@ -188,8 +193,6 @@ def rank_backbones(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Score candidate backbones on DATA from frozen features (LogME, LEEP, linear probe), best first."""
-    from .rank import rank
-
     if modality == "auto":
         modality = api.detect_modality(data)
     names = [b.strip() for b in backbones.split(",") if b.strip()] or [
@@ -222,8 +225,6 @@ def compare_methods(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Transfer vs the same architecture from scratch, at several training sizes: accuracy, time, plots."""
-    from .compare import compare
-
     rows = compare(data, [s for s in strategies.split(",") if s], [int(s) for s in sizes.split(",") if s],
                    test=test, backbone=backbone, epochs=epochs, scratch_epochs=scratch_epochs,
                    image_size=image_size, augment=augment, out_dir=out, verbose=not quiet)
@@ -273,12 +274,9 @@ def demo(
 ) -> None:
     """The embedded default, offline: Fashion-MNIST with packaged EfficientNet-Lite0 weights (or --text)."""
     if text:
-        from .text_demo import run_text_demo
-
         run_text_demo(out if out != "runs/demo" else "runs/demo-text", per_class=per_class or 300,
                       test_size=test_size or 1500, seed=seed, verbose=not quiet)
         return
-    from .demo import run_demo
 
     run_demo(out, per_class=per_class or 100, test_per_class=(test_size or 1000) // 10, seed=seed,
              verbose=not quiet)
@@ -301,8 +299,6 @@ def extend(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Teach a fitted classifier the new classes in DATA without forgetting the old ones."""
-    from .continual import describe
-
     model = api.load(bundle)
     model.verbose = not (quiet or as_json)
     model.extend(data, method=method, valid=valid, old_data=old_data, memory_per_class=memory, epochs=epochs, lr=lr)
@@ -333,9 +329,6 @@ def pretrain(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Self-supervised pre-training on unlabeled data: SimCLR for images, masked LM for texts."""
-    from .pretrain import PretrainSettings
-    from .pretrain import pretrain as run_pretrain
-
     if modality == "auto":
         modality = "image" if os.path.isdir(unlabeled) and not any(
             f.endswith(".txt") for f in os.listdir(unlabeled)) else "text"
@@ -361,8 +354,6 @@ def fewshot_eval(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """N-way K-shot episodes: prototypes vs logistic regression vs fine-tuning, mean accuracy and 95% interval."""
-    from .episodes import fewshot_eval as run_episodes
-
     result = run_episodes(data, ways=ways, shots=[int(k) for k in shots.split(",") if k], episodes=episodes,
                           queries=queries, finetune_episodes=finetune_episodes, backbone=backbone, modality=modality,
                           image_size=image_size, seed=seed, verbose=not (quiet or as_json))

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .api import detect_modality
 from .data.labeled import LabeledData, stratified_split
 from .estimator import estimator_class
+from .modalities import MODALITIES
 from .progress import say
 
 SCRATCH = "scratch"
@@ -41,9 +43,6 @@ def compare(data, strategies: Sequence[str] = ("features", "two-stage"), sizes: 
     `augment=False` trains every method on the plain images: the textbook setting in which a from-scratch
     network memorises a small training set (headstart's light augmentation delays that).
     """
-    from .api import detect_modality
-    from .modalities import MODALITIES
-
     modality = modality or detect_modality(os.fspath(data))
     load = MODALITIES[modality].load
     full = load(data, "classification", False, {})
@@ -118,7 +117,7 @@ def write_comparison(folder: str, rows: list[dict], n_classes: int) -> dict[str,
     fig.tight_layout()
     fig.savefig(paths["overfitting"])
     plt.close(fig)
-    from .report import RunReport, write_report
+    from .report import RunReport, write_report  # matplotlib (plots.py) loads only when a comparison is drawn
 
     paths["report"] = write_report(os.path.join(folder, "report"), RunReport(
         title=f"transfer vs from scratch, {n_classes} classes", comparison=rows,

@@ -24,8 +24,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._runtime import adamw, keeps_callers_rng
+from .data.labeled import stratified_split
 from .errors import HeadstartError
-from .progress import make_progress
+from .inference import embed
+from .progress import make_progress, say
 
 METHODS = ("finetune", "rehearsal", "lwf", "ewc")
 
@@ -259,8 +261,6 @@ def incremental_report(before: nn.Module, after: nn.Module, features: np.ndarray
 
 # --- the estimator's side: `est.extend(new_data)` -----------------------------------------------------------
 def _features(est, items: list) -> tuple[np.ndarray, np.ndarray]:
-    from .inference import embed
-
     feats, ok = embed(est.model_.backbone, items, batch_size=est.batch_size, num_workers=est.num_workers,
                       use_cache=est.use_cache, cache_dir=est.cache_dir, verbose=est.verbose)
     return feats, ok
@@ -285,9 +285,6 @@ def remember(est, data) -> Memory | None:
 
 def extend_estimator(est, data, settings: ContinualSettings, valid=None, old_data=None) -> dict:
     """Add the classes of `data` to a fitted classifier in place; returns the before/after report."""
-    from .data.labeled import stratified_split
-    from .progress import say
-
     _check_extendable(est)
     incoming = est._load(data)
     old_classes = list(est.classes_)

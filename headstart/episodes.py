@@ -11,9 +11,15 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from . import api
+from .backbones import create_backbone, resolve_backbone
+from .classical import fit_classical
 from .data.labeled import LabeledData
 from .errors import DataError
+from .estimator import estimator_class
 from .fewshot import PrototypeHead
+from .inference import embed
+from .modalities import MODALITIES
 from .progress import make_progress, say
 
 
@@ -55,13 +61,6 @@ def fewshot_eval(data, *, ways: int = 5, shots: Sequence[int] = (1, 5, 10), epis
     `finetune_episodes` also fine-tune the backbone from the K shots (`finetune_strategy`, validated on the
     support set itself, there being nothing else) and, for text, tune it SetFit-style: costly, hence fewer.
     """
-    from . import api
-    from .backbones import create_backbone, resolve_backbone
-    from .classical import fit_classical
-    from .estimator import estimator_class
-    from .inference import embed
-    from .modalities import MODALITIES
-
     if modality == "auto":
         modality = api.detect_modality(str(data)) if not isinstance(data, LabeledData) else "image"
     columns = {"text": "text", "label": "label"} if modality == "text" else {"path": "path", "label": "label"}

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from ._runtime import keeps_callers_rng, seed_everything
+from .adapt import adapt_to_target
+from .advisor import advise
 from .backbones import Backbone, backbone_files, create_backbone, resolve_backbone, scratch_spec
 from .bundle import write_bundle
 from .checkpoint import run_checkpointer
@@ -26,6 +28,7 @@ from .data.labeled import LabeledData, stratified_split
 from .data.summary import summarize
 from .distributed import is_main_process
 from .errors import DataError, HeadstartError
+from .fewshot import fewshot_advice, fit_fewshot
 from .heads import HeadConfig, TransferModel, build_head, outputs_to_scores
 from .inference import _device, embed, run_over
 from .metrics import task_metrics
@@ -34,7 +37,7 @@ from .plan_runner import describe_plan, open_run_log, refit_final_probe, run_pla
 from .probe import is_probe_head
 from .probe_heads import set_decision_thresholds
 from .progress import say
-from .race import announce_plan
+from .race import announce_plan, race_baseline
 from .strategies import get_strategy
 from .train import LoopConfig
 
@@ -177,8 +180,6 @@ class TransferEstimator:
         started = time.perf_counter()
         seed_everything(self.seed)
         full = self._load(data)
-        from .fewshot import fewshot_advice, fit_fewshot
-
         if self.strategy in ("fewshot", "setfit") or (advice := fewshot_advice(self, full, unlabeled)) is not None:
             return fit_fewshot(self, full, valid, started, None if self.strategy != "auto" else advice, unlabeled,
                                resume)
@@ -228,8 +229,6 @@ class TransferEstimator:
         planned = time.perf_counter()
         backbone_trained = run_plan(self, model, stages, train, val, solved, loop, log, ckpt)
         if unlabeled is not None:  # domain adaptation to the unlabeled target data
-            from .adapt import adapt_to_target
-
             backbone_trained = adapt_to_target(self, model, train, val, unlabeled, stages, backbone_trained, log)
         self.model_ = model.eval()
         self.spec_ = backbone.spec
@@ -238,8 +237,6 @@ class TransferEstimator:
         self.data_summary_ = summarize(full, train, val, self.modality)
         val_scores = self._raw_scores(val.items)  # kept for the report's calibration plot and worst examples
         if self.strategy == "auto" and not classical and unlabeled is None and len(val):
-            from .race import race_baseline  # never ship a model worse than the no-transfer one
-
             val_scores = race_baseline(self, train, val, val_scores, time.perf_counter() - planned, loop)
         self.thresholds_ = None  # the validation metrics decide at 0.5: out-of-sample for the thresholds below
         self.metrics_ = {"validation": self._score(val, val_scores),
@@ -272,8 +269,6 @@ class TransferEstimator:
 
     def _advise(self, backbone: Backbone, train: LabeledData):
         """Measure, then let the advisor pick the strategy (see advisor.py for the rules and why)."""
-        from .advisor import advise
-
         feats = None
         if self.head == "linear" or self._task == "classification":  # the probe reads the features the head will
             feats = embed(backbone, train.items, batch_size=self.batch_size, num_workers=self.num_workers,
@@ -289,9 +284,7 @@ class TransferEstimator:
         """Model outputs per path (probabilities, or standardised values) and a mask of readable images."""
         self._check_fitted()
         if getattr(self, "runtime_", None) is not None:  # loaded with runtime="onnx" (export.py)
-            from .predict_stream import score_items
-
-            return score_items(self, items, self.verbose)
+            return self.runtime_.score_items(self, items, self.verbose)
         if getattr(self, "classical_", None) is not None:
             feats, ok = embed(self.model_.backbone, items, batch_size=self.batch_size, num_workers=self.num_workers,
                               use_cache=self.use_cache, cache_dir=self.cache_dir, verbose=self.verbose)
@@ -380,13 +373,6 @@ class TransferEstimator:
         self.last_extension_ = extend_estimator(self, data, ContinualSettings(method=method, **options),
                                                 valid=valid, old_data=old_data)
         return self
-
-    @classmethod
-    def _from_bundle(cls, config: dict, state: dict[str, torch.Tensor], files: dict[str, bytes] | None = None
-                     ) -> TransferEstimator:
-        from .restore import restore_estimator
-
-        return restore_estimator(cls, config, state, files)
 
 
 class TextClassifier(TransferEstimator):

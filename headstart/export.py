@@ -43,18 +43,22 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
+from itertools import islice
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from ._runtime import cache_root
 from .errors import HeadstartError
+from .heads import outputs_to_scores
+from .predict_stream import BatchScorer, default_check_inputs, iter_inputs, score_items
+from .progress import say
+from .scoring import scoring_graph
 
 if TYPE_CHECKING:
     from .estimator import TransferEstimator
-from .heads import outputs_to_scores
-from .progress import say
 
 FORMATS = ("onnx", "torchscript")
 FEATURE_RTOL = 1e-4  # float32 error budget of the features, relative to their rms (see the module docstring)
@@ -63,52 +67,6 @@ SCORE_CAP = 1e-2  # however sensitive the head, a probability a point off is ano
 NOISE_DRAWS = 4  # noise draws per tolerance: the maximum over draws and inputs, so a lucky draw cannot make it tight
 OPSET = 17
 CHECK_LIMIT = 32  # parity-check inputs: enough to cover every class of a small problem, quick to run twice
-
-
-class ImageGraph(nn.Module):
-    """[0, 1] pixels -> normalise -> backbone -> head -> scores: the deployable image pipeline."""
-
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], task: str | None) -> None:
-        super().__init__()
-        self.model, self.task = model, task
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        out = self.model((pixels - self.mean) / self.std)
-        return out if self.task is None else outputs_to_scores(self.task, out)
-
-
-class TextGraph(nn.Module):
-    """Token ids and mask -> encoder -> pooling -> head -> scores: the deployable text pipeline."""
-
-    def __init__(self, model: nn.Module, task: str | None) -> None:
-        super().__init__()
-        self.model, self.task = model, task
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.model({"input_ids": input_ids, "attention_mask": attention_mask})
-        return out if self.task is None else outputs_to_scores(self.task, out)
-
-
-def scoring_graph(est: TransferEstimator, features_for_classical: bool = False) -> nn.Module:
-    """The fitted estimator's whole in-graph pipeline as one module.
-
-    A scikit-learn head cannot live in the graph: export refuses it, while local prediction
-    (`features_for_classical`) gets the graph up to the features and applies the head after it.
-    """
-    task: str | None = est._task
-    if getattr(est, "classical_", None) is not None:
-        if not features_for_classical:
-            raise HeadstartError(f"this bundle's head is a scikit-learn model ({est.head}), which cannot go into "
-                                 "an ONNX or TorchScript graph; refit with --head linear or torch-mlp to export")
-        task = None  # the model's head is an Identity: the graph returns the features
-    if est.modality == "image":
-        pre = est.spec_.preprocess
-        return ImageGraph(est.model_, pre.mean, pre.std, task).eval()
-    if est.modality == "text":
-        return TextGraph(est.model_, task).eval()
-    raise HeadstartError(f"cannot export {est.modality} models; known: image, text")
 
 
 def parity_tolerance(head: nn.Module, features: torch.Tensor, task: str, rtol: float = FEATURE_RTOL) -> float:
@@ -174,10 +132,6 @@ def export_model(est: TransferEstimator, path: str, fmt: str = "onnx", check_inp
     decides differently on some input or a score moves by more than float32 rounding explains (see the module
     docstring; the file is removed then: a graph that predicts differently is not an export).
     """
-    from itertools import islice
-
-    from .predict_stream import BatchScorer, default_check_inputs, iter_inputs
-
     if fmt not in FORMATS:
         raise HeadstartError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
     if est.spec_.source == "pair":  # two tokenizers feed one graph: the runtime's single text input cannot
@@ -305,6 +259,12 @@ class OnnxScorer:
             feed[name] = value.astype(np.int64 if name != "pixels" else np.float32, copy=False)
         return self.session.run(["scores"], feed)[0]
 
+    def score_items(self, est: TransferEstimator, items: Sequence, verbose: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ok) of `items` for `est` through this graph: how an estimator loaded with runtime="onnx"
+        predicts (it asks the runtime attached to it, attach_onnx_runtime)."""
+        return score_items(est, items, verbose)
+
 
 def bundle_digest(path: str) -> str:
     h = hashlib.sha256()
@@ -335,8 +295,6 @@ def attach_onnx_runtime(est: TransferEstimator, bundle_path: str, verbose: bool 
     Uses `headstart export`'s file beside the bundle (BUNDLE.onnx) when it was exported from this very bundle,
     else exports once per bundle content into the cache (the parity check runs then too).
     """
-    from ._runtime import cache_root
-
     digest = bundle_digest(bundle_path)
     sibling = os.path.splitext(bundle_path)[0] + ".onnx"
     path = os.path.join(cache_root(), "onnx", f"{digest}.onnx")

@@ -22,10 +22,21 @@ import torch
 from torch import nn
 
 from ._runtime import adamw, seed_everything
+from .advisor import few_shot_advice
+from .backbones import create_backbone, resolve_backbone
+from .classical import CLASSICAL_HEADS
 from .data.labeled import LabeledData, stratified_split
+from .distributed import is_main_process
 from .errors import DataError, HeadstartError
+from .heads import HeadConfig, TransferModel, build_head
+from .inference import _device, _to, embed, run_over
+from .metrics import task_metrics
+from .plan_runner import open_run_log, refit_final_probe
+from .probe import cross_validated_proba, fit_probe, refit_probe
 from .progress import make_progress, say
-from .strategies import SetFit
+from .race import race_baseline, race_frozen_probe
+from .strategies import SetFit, get_strategy
+from .train import LoopConfig
 
 DEFAULT_SCALE = 10.0  # cosine in [-1, 1] times this: softmax probabilities neither flat nor saturated
 
@@ -104,7 +115,6 @@ def contrastive_tune(backbone: nn.Module, texts: Sequence[str], labels: np.ndarr
     value: the estimator's time limit)."""
     if getattr(backbone, "tokenizer", None) is None:
         raise HeadstartError(f"contrastive tuning needs a text backbone; '{backbone.spec.name}' has no tokenizer")
-    from .inference import _device, _to
 
     device, labels = _device(), torch.as_tensor(np.asarray(labels))
     rng = np.random.default_rng(seed)
@@ -147,15 +157,10 @@ def contrastive_tune(backbone: nn.Module, texts: Sequence[str], labels: np.ndarr
 # --- fit(strategy="fewshot") -------------------------------------------------------------------------------------
 def fewshot_advice(est, full: LabeledData, unlabeled=None):
     """The advisor's few-shot rule, where it applies: `auto`, a torch head, classification, no target data."""
-    from .classical import CLASSICAL_HEADS
-
     if est.strategy != "auto" or unlabeled is not None or est._task != "classification" or est.head in CLASSICAL_HEADS:
         return None
-    from .advisor import few_shot_advice
 
     def estimate(passes: int) -> float:  # built only when the texts fall in setfit's range
-        from .backbones import create_backbone, resolve_backbone
-
         backbone = create_backbone(resolve_backbone(est.backbone or est.default_backbone, "text"),
                                    pretrained=est.pretrained)
         return estimate_setfit_seconds(backbone, full.items, passes, seed=est.seed)
@@ -170,8 +175,6 @@ def estimate_setfit_seconds(backbone: nn.Module, texts: Sequence[str], passes: i
     (random texts at their real lengths; one untimed step first, then the median of two), times the steps of every
     pass, plus one forward pass over every text for the head (a third of a step). Weights are left as they were:
     gradients are computed, never applied."""
-    from .inference import _device, _to
-
     device = _device()
     backbone.to(device).train()
     frozen = [p for p in backbone.parameters() if not p.requires_grad]
@@ -209,14 +212,7 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     tuned embeddings: with few labels, holding examples out would cost more than it tells, but the encoder has seen
     those labels, so the numbers are optimistic and say so. `est.epochs` sets the tuning passes of `fewshot`.
     """
-    from .backbones import create_backbone, resolve_backbone
-    from .distributed import is_main_process
-    from .heads import HeadConfig, TransferModel, build_head
-    from .inference import embed, run_over
-    from .plan_runner import open_run_log
-    from .probe import cross_validated_proba, fit_probe
-    from .run_outputs import write_run_outputs
-    from .strategies import get_strategy
+    from .run_outputs import write_run_outputs  # the report's plotting (matplotlib) loads only when a run writes one
 
     name = advice.strategy if advice is not None else est.strategy
     if resume:  # refused, never ignored: the caller would believe the run went on from where it stopped
@@ -296,8 +292,6 @@ def _validate_on_every_label(est, full: LabeledData, valid, ok: np.ndarray, scor
     """Validation metrics on `valid`, or else on the labeled rows themselves, scored out of fold (`scored`: their
     leave-one-out or cross-validated probabilities and which rows have one). Returns the rows and scores the
     report reads, as `_raw_scores` gives them."""
-    from .metrics import task_metrics
-
     est.data_summary_ = {"train": len(full), "validation": 0 if valid is None else "given",
                          "class_counts": full.class_counts(),
                          "skipped": [{"path": p, "reason": r} for p, r in full.skipped]}
@@ -321,10 +315,6 @@ def _held_out_setfit(est, full: LabeledData, split: tuple[list[int], list[int]],
     """`setfit` validated on its held-out fifth: metrics out of sample, the race against the no-transfer model
     (auto), then the shipped head solved again on every labeled row. Returns the held-out rows and the shipped
     model's scores on them (the report's)."""
-    from .plan_runner import refit_final_probe
-    from .probe import refit_probe
-    from .train import LoopConfig
-
     (x, y, rows), (started, tuning) = embedded, since
     train, val = full.subset(split[0]), full.subset(split[1])
     with torch.no_grad():
@@ -334,8 +324,6 @@ def _held_out_setfit(est, full: LabeledData, split: tuple[list[int], list[int]],
     scores[scored] = proba
     val_scores = (scores, scored)
     if est.advice_ is not None:  # auto: never ship a model worse than one it measured (the untuned, no-transfer)
-        from .race import race_baseline, race_frozen_probe
-
         val_scores = race_frozen_probe(est, train, val, val_scores, time.perf_counter() - tuning)
         loop = LoopConfig(patience=est.patience, mixed_precision=est.mixed_precision, verbose=est.verbose,
                           deadline=None if est.time_limit is None else started + est.time_limit)

@@ -12,13 +12,12 @@ from torch.utils.data import DataLoader
 from ._runtime import cache_root, resolve_workers
 from .backbones import Backbone
 from .cache import FeatureCache, model_key
+from .distributed import device, found_everywhere, is_main_process, run_sharded
 from .modalities import modality_of
 from .progress import make_progress
 
 
 def _device() -> torch.device:
-    from .distributed import device
-
     return device()  # under a multi-GPU launch, this process's own GPU
 
 
@@ -99,7 +98,6 @@ def embed(
     cache = feature_cache_for(backbone, cache_dir)
     digests = modality_of(backbone).digests(items)
     feats, found = cache.get(digests)
-    from .distributed import found_everywhere, is_main_process, run_sharded
 
     found = found_everywhere(found)  # processes must agree on what to compute (their caches may differ)
     missing = [i for i in range(len(items)) if not found[i]]

@@ -27,9 +27,13 @@ from .data.images import _INTERP
 from .data.labeled import csv_dict_reader, csv_problem
 from .data.texts import TABLE_SUFFIXES, _has_undecodable, read_text_file
 from .errors import DataError, HeadstartError
+from .scoring import scoring_graph
 
 if TYPE_CHECKING:
     from .estimator import TransferEstimator
+from .classical import predict_proba_full
+from .data import fashion_mnist
+from .predict_checkpoint import PredictCheckpoint
 from .progress import make_progress
 
 SAMPLE_TEXTS = [  # parity checks for text models when the user gives none: ordinary sentences of mixed length
@@ -46,8 +50,6 @@ class BatchScorer:
     """Inputs -> scores for a fitted estimator, on its torch model or on an attached onnxruntime session."""
 
     def __init__(self, est: TransferEstimator, device: str | None = None) -> None:
-        from .export import scoring_graph
-
         self.est, self.modality = est, est.modality
         self.onnx = getattr(est, "runtime_", None)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -93,8 +95,6 @@ class BatchScorer:
         with torch.inference_mode():
             out = self.graph(*(v.to(self.device) for v in batch.values())).float().cpu().numpy()
         if getattr(self.est, "classical_", None) is not None:
-            from .classical import predict_proba_full
-
             return predict_proba_full(self.est.classical_, out, len(self.est.classes_)).astype(np.float64)
         return out.astype(np.float64)
 
@@ -119,7 +119,6 @@ def default_check_inputs(est: TransferEstimator) -> list:
     """Real inputs for a parity check when the user names none: Fashion-MNIST test images, or sample texts."""
     if est.modality == "text":
         return list(SAMPLE_TEXTS)
-    from .data import fashion_mnist
 
     if not fashion_mnist.available():
         raise HeadstartError("no images to check the export on: pass some with --check (files or a folder)")
@@ -327,8 +326,6 @@ def stream_predict(est: TransferEstimator, inputs: Sequence[str], out: str | Non
     A side file `OUT.progress.json` records rows and bytes written after each batch; `resume=True` truncates any
     partial batch and skips the inputs already written. Returns {"rows", "resumed_from", "unreadable", "done"}.
     """
-    from .predict_checkpoint import PredictCheckpoint
-
     fmt = "jsonl" if out and out.endswith(".jsonl") else "csv"
     fields = row_fields(est, with_probs)
     job = {"inputs": [os.path.abspath(i) if os.path.exists(i) else i for i in inputs], "fields": fields,

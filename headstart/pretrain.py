@@ -26,11 +26,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__
 from ._runtime import adamw, keeps_callers_rng, seed_everything
+from ._version import __version__
 from .backbones import Backbone, backbone_files, create_backbone, resolve_backbone
 from .bundle import CONFIG, FILES, FORMAT, FORMAT_VERSION, WEIGHTS
 from .cache import write_atomic
+from .data.images import _check_all
 from .errors import DataError, HeadstartError
 from .modalities import MODALITIES
 from .progress import make_progress, say
@@ -187,8 +188,6 @@ def pretrain(unlabeled, backbone: str | None = None, out: str = "runs/pretrained
     if modality == "text":
         inputs = [t for t in inputs if t.strip()]
     else:  # as `fit` does: unreadable files (corrupt, truncated, decompression bombs) are skipped and counted
-        from .data.images import _check_all
-
         readable = [p for p, why in zip(inputs, _check_all(inputs)) if why is None]
         if len(readable) < len(inputs):
             say(verbose, f"skipped {len(inputs) - len(readable)} unreadable image(s) in {unlabeled}")

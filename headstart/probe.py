@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .advisor import subsample
+from .data.labeled import stratified_subsample
 from .heads import Standardize
 
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -139,7 +139,7 @@ def fit_probe(head: nn.Sequential, features: torch.Tensor, targets: torch.Tensor
     standardize.set_statistics(features)
     x_all, y_all = features.float(), targets.long()
     scaled = {"standardized": (x_all - standardize.mean) / standardize.std, "as given": x_all}
-    rows = torch.as_tensor(subsample(len(y_all), y_all.numpy(), seed, MAX_SELECT_ROWS))
+    rows = torch.as_tensor(stratified_subsample(len(y_all), y_all.numpy(), seed, MAX_SELECT_ROWS))
     if _smallest_class(y_all) < 2:  # a class of one row: no folds to hold out
         searched = {"standardized": (DEFAULT_C, None)}
     else:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .heads import HeadConfig, Standardize, build_head
 from .probe import C_GRID, DEFAULT_C, MAX_ITER, SEARCH_MAX_ITER, _scale, lbfgs_folds, probe_stage, refit_probe
 
 # Standardised features: X^T X has trace rows x features, so useful penalties span small (many rows, few
@@ -178,8 +179,6 @@ def _install_ovr(head: nn.Sequential, features: torch.Tensor, targets: torch.Ten
 def cross_validated_micro_f1(features: torch.Tensor, targets: torch.Tensor, seed: int = 0) -> float:
     """Out-of-fold micro-F1 (at 0.5) of the one-vs-rest head at the scaling and C that fit_ovr chooses on these
     rows: what `auto` measures of multi-label features (advisor.head_task_advice)."""
-    from .heads import HeadConfig, build_head
-
     y = targets.float()
     if len(y) < 4:
         return float("nan")
@@ -296,8 +295,6 @@ def cross_validated_predictions(task: str, features: torch.Tensor, targets: torc
     """Every row's out-of-fold prediction (3 shuffled folds) at the scaling and penalty chosen on the training
     rows: ridge values on the targets as given (regression, [rows, 1]) or one-vs-rest probabilities (multi-label,
     [rows, labels]). What the race compares two solved heads on (race.py), and the thresholds are chosen on."""
-    from .heads import Standardize
-
     y = targets.float().reshape(len(targets), -1)
     x = _scale(Standardize(features.shape[1]), features, chosen["scaling"])
     masks, held = _ovr_folds(len(y), seed)

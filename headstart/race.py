@@ -18,12 +18,16 @@ import time
 import numpy as np
 import torch
 
+from .advisor import time_forward
 from .backbones import create_backbone, scratch_spec
 from .blend import applies, race_blend
 from .data.labeled import LabeledData
 from .heads import HeadConfig, TransferModel, build_head
-from .inference import embed
-from .probe import is_probe_head
+from .inference import embed, feature_cache_for
+from .modalities import modality_of
+from .plan_runner import run_plan
+from .probe import cross_validated_proba, fit_probe, is_probe_head
+from .probe_heads import cross_validated_predictions
 from .progress import say
 from .strategies import Baseline
 from .verdicts import (
@@ -46,8 +50,6 @@ def _frozen_features(est, backbone, items: list) -> tuple[np.ndarray, np.ndarray
 
 def fit_baseline(est, train: LabeledData, val: LabeledData, loop) -> tuple[TransferModel, list[dict], dict]:
     """The no-transfer candidate, fitted on `train` as strategy `baseline` fits it: (model, history, strategy)."""
-    from .plan_runner import run_plan
-
     backbone = create_backbone(scratch_spec(est.modality, train.items), pretrained=False)
     head = build_head(HeadConfig(kind=est.head), backbone.feature_dim, max(1, len(est.classes_)))
     model = TransferModel(backbone, head)
@@ -191,9 +193,6 @@ def _cross_validated_rows(est, model: TransferModel, history: list[dict], train:
     logistic regression at each model's C; regression and multi-label: shuffled folds, ridge at its alpha or
     one-vs-rest at its Cs (probe_heads.cross_validated_predictions). None where that does not hold: then the
     validation rows decide."""
-    from .probe import cross_validated_proba
-    from .probe_heads import cross_validated_predictions
-
     if est.backbone_trained_:
         return None
     ours_chosen = next((r["probe"] for r in reversed(est.history_) if "probe" in r), None)
@@ -227,8 +226,6 @@ def race_frozen_probe(est, train: LabeledData, val: LabeledData, tuned: tuple[np
     raced on the held-out rows against the tuned encoder (`tuned`: its validation scores), paired; it ships when
     better by more than VALIDATION_MARGIN_SE standard errors. Its features are usually in the cache already (the
     advisor measured them). Returns the shipped model's validation scores."""
-    from .probe import fit_probe
-
     backbone = create_backbone(est.spec_, pretrained=est.pretrained)
     estimate, how = frozen_head_seconds(est, backbone, [*train.items, *val.items])
     say(est.verbose, f"auto: candidate transfer (features on {est.spec_.name}, the encoder untuned): about "
@@ -280,9 +277,6 @@ def race_frozen_probe(est, train: LabeledData, val: LabeledData, tuned: tuple[np
 def frozen_head_seconds(est, backbone, items: list) -> tuple[float, str]:
     """Seconds a head on `backbone`'s frozen features would take: the inputs not yet in the feature cache at the
     advisor's measured forward time per input, plus a second for the solve. (estimate, how it was made)."""
-    from .inference import feature_cache_for
-    from .modalities import modality_of
-
     if est.use_cache and backbone.cache_features:
         _, found = feature_cache_for(backbone, est.cache_dir).get(modality_of(backbone).digests(items))
     else:
@@ -304,8 +298,6 @@ def announce_plan(est, backbone, stages: list, train: LabeledData, val: LabeledD
 
         per_item = est.advice_.measurements.get("seconds_per_item_forward") if est.advice_ is not None else None
         if per_item is None:  # an explicit strategy: nothing measured yet
-            from .advisor import time_forward
-
             per_item = time_forward(backbone, est._modality, list(val.items or train.items), seed=est.seed)
         # after the last batch: a validation pass, the validation rows scored, the no-transfer candidate and slack
         loop = replace(loop, deadline=started + est.time_limit, reserve_s=2 * len(val) * per_item

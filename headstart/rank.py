@@ -16,6 +16,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .backbones import create_backbone, resolve_backbone
+from .inference import embed
+from .modalities import MODALITIES
+
 
 def logme(features: np.ndarray, labels: np.ndarray, iterations: int = 11, gram: bool | None = None) -> float:
     """LogME of integer class labels given features (N, D), by the paper's fixed-point evidence maximisation.
@@ -114,10 +118,6 @@ def rank(data, backbones: Sequence[str], modality: str | None = None, image_size
 
     A candidate `NAME@random` is the same architecture with random weights: the no-transfer reference.
     """
-    from .backbones import create_backbone, resolve_backbone
-    from .inference import embed
-    from .modalities import MODALITIES
-
     results = []
     for name in backbones:
         base, _, variant = name.partition("@")  # NAME@random: the same architecture, random weights

@@ -5,22 +5,22 @@ Nothing is downloaded: a bundle loads on a machine with no network, hub cache or
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
+from .advisor import Advice
 from .backbones import BackboneSpec, rebuild_backbone
 from .bundle import read_bundle_files, unbuildable
 from .classical import from_tensors, resaved
 from .continual import Memory
 from .errors import BackboneUnavailable, BundleError, HeadstartError
+from .estimator import TransferEstimator, estimator_class
+from .export import attach_onnx_runtime
+from .fewshot import PrototypeHead
 from .heads import HeadConfig, TransferModel, build_head
-
-if TYPE_CHECKING:
-    from .estimator import TransferEstimator
-    from .multitask import MultiTaskModel
+from .multitask import MultiTaskModel
 
 
 def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskModel:
@@ -36,12 +36,8 @@ def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskMode
                              f"train one on it with `headstart fit DATA --backbone {path}`")
     try:
         if config["task"] == "multitask":
-            from .multitask import MultiTaskModel
-
             return MultiTaskModel._from_bundle(config, state, files)
-        from .estimator import estimator_class
-
-        est = estimator_class(config["modality"], config["task"])._from_bundle(config, state, files)
+        est = restore_estimator(estimator_class(config["modality"], config["task"]), config, state, files)
     except BackboneUnavailable as err:  # an older bundle whose backbone files are nowhere on this machine
         raise BackboneUnavailable(f"{path}: {err}") from None
     except BundleError as err:  # refused while rebuilding (a classical head's types, a backbone config's sizes),
@@ -52,8 +48,6 @@ def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskMode
         # a crafted or hand-edited config (OSError: transformers on a backbone config.json it cannot read): one line
         raise unbuildable(path, err) from None
     if runtime == "onnx":
-        from .export import attach_onnx_runtime
-
         attach_onnx_runtime(est, path)
     return est
 
@@ -78,8 +72,6 @@ def restore_estimator(cls: type, config: dict, state: dict[str, torch.Tensor], f
         state = {k: v for k, v in state.items() if not k.startswith("classical.")}
         head = nn.Identity()
     elif head_cfg["kind"] == "prototype":  # fewshot: prototypes are buffers, loaded with the rest of the state
-        from .fewshot import PrototypeHead
-
         head = PrototypeHead(backbone.feature_dim, head_cfg["out_dim"])
     else:
         head = build_head(HeadConfig(kind=head_cfg["kind"], hidden=head_cfg.get("hidden", 512)),
@@ -93,8 +85,6 @@ def restore_estimator(cls: type, config: dict, state: dict[str, torch.Tensor], f
     est.data_summary_ = config.get("data", {})
     est.advice_ = None
     if config.get("advisor"):
-        from .advisor import Advice
-
         est.advice_ = Advice(**config["advisor"])
     if config.get("target_scaling"):
         est.target_scaling_ = config["target_scaling"]

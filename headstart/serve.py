@@ -24,6 +24,7 @@ from PIL import Image
 
 from .errors import HeadstartError
 from .predict_stream import BatchScorer, format_row
+from .restore import load
 from .serve_guard import InFlightLimit, TokenAuth, exposure_warning, json_response, resolve_token
 
 if TYPE_CHECKING:
@@ -290,8 +291,6 @@ def serve(bundle: str, host: str = "127.0.0.1", port: int = 8000, runtime: str =
     """Load `bundle` and serve it until interrupted. `token` (default: the HEADSTART_TOKEN environment variable):
     the API token every request but /health must send as `Authorization: Bearer <token>`."""
     import uvicorn
-
-    from .restore import load
 
     token = resolve_token(token)
     if (warning := exposure_warning(host, token)) is not None:

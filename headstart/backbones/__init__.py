@@ -11,10 +11,12 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import BackboneUnavailable
+from ..bundle import read_bundle_config, read_bundle_files
+from ..errors import BackboneUnavailable, BundleError
 from .base import Backbone, BackboneSpec, ImagePreprocess, TextPreprocess, files_folder
 from .packaged import PACKAGED_SOURCES, install_command, missing_wheels
 from .pair import PairBody, PairTokenizer, pair_spec, part_specs
+from .registry import _REGISTRY, list_backbones, register_backbone
 from .scratch import build_scratch, scratch_spec
 from .text import build_text, hf_text_spec, rebuild_text
 from .vision import (
@@ -49,21 +51,6 @@ __all__ = [
     "scratch_spec",
 ]
 
-_REGISTRY: dict[str, BackboneSpec] = {}
-
-
-def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    """Add a backbone to the registry (plugins call this); names are unique."""
-    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
-        raise ValueError(f"backbone '{spec.name}' is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def list_backbones(modality: str | None = None) -> list[BackboneSpec]:
-    return [s for s in _REGISTRY.values() if modality is None or s.modality == modality]
-
-
 def resolve_backbone(name: str | BackboneSpec, modality: str = "image") -> BackboneSpec:
     """Turn what a user typed into a spec, without building anything.
 
@@ -84,9 +71,7 @@ def resolve_backbone(name: str | BackboneSpec, modality: str = "image") -> Backb
     if source == "hf" and arch:
         return BackboneSpec(name=name, source="hf", arch=arch, preprocess=hf_image_preprocess(arch))
     if os.path.exists(name):
-        from ..bundle import read_backbone_spec  # a local checkpoint carries its own spec
-
-        return read_backbone_spec(name)
+        return read_backbone_spec(name)  # a local checkpoint carries its own spec
     import timm
 
     if timm.is_model(name):
@@ -106,8 +91,6 @@ def create_backbone(
     if image_size is not None and spec.modality == "image":
         spec = BackboneSpec.from_dict({**spec.to_dict(), "preprocess": spec.preprocess.with_size(image_size).to_dict()})
     if spec.source == "local":
-        from ..bundle import build_local_backbone
-
         return build_local_backbone(spec, pretrained)
     if spec.source == "pair":
         return pair_backbone(spec, *(create_backbone(part, pretrained) for part in part_specs(spec)))
@@ -149,6 +132,35 @@ def rebuild_backbone(spec: BackboneSpec, files: dict[str, bytes], weights: Mappi
     if spec.source in REBUILDERS:
         return REBUILDERS[spec.source](spec, files, weights)
     return create_backbone(spec, pretrained=False)
+
+
+def read_backbone_spec(path: str) -> BackboneSpec:
+    """A bundle (or bundle folder) used as a backbone: its trained backbone, under a `local` spec."""
+    config = read_bundle_config(path)
+    base = BackboneSpec.from_dict(config["backbone"])
+    return BackboneSpec(
+        name=os.path.abspath(path), source="local", arch=os.path.abspath(path), modality=base.modality,
+        preprocess=base.preprocess, feature_dim=base.feature_dim, description=f"backbone of {path}",
+        offline=True, options={"base": base.to_dict()},
+    )
+
+
+def build_local_backbone(spec: BackboneSpec, pretrained: bool) -> Backbone:
+    """The backbone of the bundle at `spec.arch`, built from the files it carries (never fetched), with its
+    weights unless `pretrained` is False."""
+    base = BackboneSpec.from_dict(spec.options["base"])
+    _, state, files = read_bundle_files(spec.arch)
+    prefix = "backbone."
+    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        backbone = rebuild_backbone(base, files, weights)
+    except BundleError as err:  # its config refused: name the bundle it came from
+        raise BundleError(f"{spec.arch}: {err}") from None
+    if pretrained:
+        missing, unexpected = backbone.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise BundleError(f"{spec.arch}: backbone weights do not fit {base.name} ({len(missing)} missing)")
+    return backbone
 
 
 def pair_backbone(spec: BackboneSpec, first: Backbone, second: Backbone) -> Backbone:

@@ -21,6 +21,7 @@ from ..errors import BackboneUnavailable
 from .base import Backbone, BackboneSpec, TextPreprocess, files_folder, transformer_grouping
 from .hf_config import model_from_config
 from .packaged import unpacked_model_folder
+from .vision import _require_hub
 
 POOLINGS = ("mean", "cls", "pooler")
 
@@ -89,8 +90,6 @@ def _model_folder(spec: BackboneSpec) -> str:
     if spec.source == "packaged-text":
         return packaged_text_folder(spec)
     from huggingface_hub import snapshot_download
-
-    from .vision import _require_hub
 
     try:  # cached snapshots load with no network at all
         return snapshot_download(spec.arch, local_files_only=True)

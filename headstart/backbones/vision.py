@@ -23,6 +23,7 @@ from .base import (
 )
 from .hf_config import CONFIG_FILE, model_from_config
 from .packaged import missing_wheels, require_wheels
+from .registry import list_backbones
 
 # Stage repeats of EfficientNet-Lite0: the packaged checkpoints number their blocks flat, timm per stage. Lite1 and
 # Lite2 repeat more; their builder reads the repeats from the timm model it loads into.
@@ -109,8 +110,6 @@ def build_packaged_lite(spec: BackboneSpec, pretrained: bool) -> Backbone:
 
 
 def _offline_hint() -> str:
-    from . import list_backbones  # the registry; imported here to avoid a cycle
-
     names = [s.name for s in list_backbones() if s.offline and not missing_wheels(s)]
     return "available offline: " + ", ".join(names) + " (or pretrained=False for random weights)"
 

@@ -183,3 +183,14 @@ def stratified_split(data: LabeledData, val_fraction: float, seed: int) -> tuple
         raise DataError(f"{data.source}: too few examples ({len(data)}) to hold out a validation set")
     train, val = train_test_split(idx, test_size=n_val, random_state=seed, stratify=stratify)
     return sorted(train.tolist()), sorted(val.tolist())
+
+
+def stratified_subsample(n: int, labels: np.ndarray, seed: int, limit: int) -> np.ndarray:
+    """The sorted indices of at most `limit` of `n` rows, keeping class proportions: measurements (the advisor's)
+    and searches (the probe's C) whose cost grows with the rows run on this many."""
+    if n <= limit:
+        return np.arange(n)
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(np.arange(n), train_size=limit, random_state=seed, stratify=labels)
+    return np.sort(keep)
