@@ -9,30 +9,22 @@ Measured on the user's data before any fine-tuning (all from cached features, or
   If the frozen features do no better, transfer is not helping (negative transfer) and we say so;
 - the cost of one training step on this hardware (a timed forward pass, x3 for images, x4 for texts: FINETUNE_COST).
 
-Rules, in order (thresholds are in the code below, each with its reason printed):
+Rules, in order (thresholds are in the code below, each with its reason printed; docs/decisions.md has the
+measurement behind each and the results file it came from):
 0. fewer than 8 labeled images (6 texts) in a class, before any hold-out (`few_shot_advice`): `fewshot`, class
-   prototypes from every label; measured with `headstart fewshot-eval` on Fashion-MNIST (EfficientNet-Lite0, 5-way, 60
-   episodes) prototypes beat logistic regression on the same features at 1, 2, 5 and 10 shots
-   (0.66/0.44, 0.77/0.58, 0.83/0.75, 0.85/0.81; one fine-tuned episode per K scored 0.09, 0.23, 0.33, 0.68), but
-   that logistic regression had a fixed C: the head stage's cross-validated probe (probe.py) overtakes prototypes
-   by 10 per class (see FEWSHOT_PER_CLASS).
+   prototypes from every label.
 0b. texts with 32 to 255 in the smallest class, before any hold-out: `setfit` (encoder tuned on pairs of the
-   labeled texts, then the cross-validated logistic-regression head; SETFIT_PER_CLASS says what was measured).
+   labeled texts, then the cross-validated logistic-regression head).
 1. fewer than 10 examples in a class (after the validation hold-out, so at most 2 per class held out): train the
-   head only. A fine-tune's validation win cannot be told from noise on so few rows (TINY_PER_CLASS has the
-   measurement).
+   head only; a fine-tune's validation win cannot be told from noise on so few rows.
 2. frozen features no better than the raw-input reference: say so; images with >= 200 per class (after the
    hold-out): `truncate` (keep the early, generic layers, retrain the rest); with less, retraining layers from
-   scratch would overfit, so the size rules below decide. Measured (bench/auto_regret.py, Fashion-MNIST @64 px,
-   flagged negative transfer at 80 and 240 per class): `truncate` scored chance at 8 and 24 per class, tied the
-   best at 80 (0.804) and led at 240 (0.866 against 0.848 for `full` and 0.821 for `two-stage`). Texts go on to
-   the size rules (TRUNCATE_TEXT below has the measurement).
+   scratch would overfit, so the size rules below decide. Texts go on to the size rules.
 3. fine-tuning would not fit the time limit: the head only.
 4. frozen features that fit the target well (gain >= 0.6) and fewer than 150 per class: the head only, even where
-   raw inputs do as well (HEAD_ONLY_PER_CLASS has the measurement: Fashion-MNIST, flagged so at 100 per class,
-   where a fine-tune on top of the cross-validated probe gained nothing).
+   raw inputs do as well.
 5. small (< 50 per class), features that fit less well: `two-stage` (it keeps the probe unless fine-tuning wins on
-   validation; bench/auto_regret.py measured it ahead of head-only and top-layer fine-tuning on small subsets).
+   validation).
 6. medium (< 1000 per class): `two-stage` (probe, then fine-tune everything with discriminative rates), unless
    the probe is near its ceiling (gain >= 0.9) and fine-tuning would cost over 5 minutes (under a time limit; without
    one, over 5,400 example passes, so that the plan never depends on the machine's speed): then the head only.
@@ -42,7 +34,7 @@ leave-one-out R^2; one-vs-rest micro-F1) against the same head on the no-transfe
 fine-tune's cost, then fine-tuning from 1,000 examples.
 Every `auto` plan then races the no-transfer model on validation (race.py).
 For texts, a plan that fine-tunes the encoder (`two-stage`, `full`) becomes `full` at the Hugging Face Trainer's
-recipe: one rate for every encoder layer, a fresh head, batches of 8 (TEXT_FINETUNE has the measurement).
+recipe: one rate for every encoder layer, a fresh head, batches of 8 (TEXT_FINETUNE).
 Whatever the rule, a plan that ends with the probe (head only, or a fine-tune that did not beat it on validation)
 has its head refitted on the validation rows too once they have done their work (probe.refit_probe).
 """
@@ -63,60 +55,27 @@ from .probe_heads import cross_validated_micro_f1, fit_ridge
 from .rank import cv_accuracy, logme, probe_accuracy
 from .strategies import SetFit
 
-SMALL_PER_CLASS, LARGE_PER_CLASS, TINY_PER_CLASS, TRUNCATE_PER_CLASS = 50, 1000, 10, 200
-# TINY_PER_CLASS: at 8 per class (Fashion-MNIST 10/class @64 px and tweets 8/class, six training subsets each, seeds
-# 0-5), `two-stage`'s fine-tune beat the probe on validation on 4 of the 12 and changed test accuracy by +3.0, -3.2,
-# -0.2 and -2.8 points: on average the head alone did as well (0.3 points better), in about half the fitting time.
-# Seeds 3-5 were drawn after the rule was proposed on seeds 0-2, and only lost there. (It was 5: memorising.)
-# TRUNCATE_TEXT: `truncate` is for images only. Tweets, 512 per class (409 after the hold-out), MiniLM-L6: the frozen
-# probe (0.595, cross-validated on 1,000 rows) came out below TF-IDF (0.618), which flagged negative transfer, and
-# `truncate` scored 0.648 on the test tweets, against 0.715-0.738 for `two-stage` on the same split.
-SIMILAR_GAIN, CEILING_GAIN = 0.6, 0.9
-# HEAD_ONLY_PER_CLASS (after the hold-out): below it, features that fit the target well (gain >= SIMILAR_GAIN) get
-# the head only, negative transfer flagged or not (it was, on the 100-per-class subsets 0-2: 16x16 raw pixels score
-# as well as Lite0's features on Fashion-MNIST, yet fine-tuning did not help). Fashion-MNIST @64 px, Lite0, 3
-# epochs, 1,000 test images, `features` against `two-stage` on the same subsets (the probe refitted on every label
-# when it is kept): 30 per class (24 after the hold-out), subsets 3-5: 0.762 vs 0.754 mean, the fine-tune kept on 2
-# and lost test accuracy on both (-0.7, -1.7), 3.4 vs 7.4 s; 100 per class (80), subsets 0-5: 0.810 vs 0.810, kept
-# on 2 of 6 (+0.2, -0.2), 5 vs 18.5 s; 300 per class (240), subsets 3-5: 0.827 vs 0.839, kept on all 3, so the
-# fine-tune pays there (9 vs 49 s). 150 lies between 80 and 240.
-HEAD_ONLY_PER_CLASS = 150
-# Below these, before the hold-out: prototypes (few_shot_advice). Images, Fashion-MNIST @64 px on this CPU, three
-# training subsets each: against the head stage's cross-validated logistic regression (probe.py), prototypes won at
-# 5 per class (0.638 vs 0.625) and lost at 10 (0.688 vs 0.701, though the probe holds a fifth out for validation);
-# 8 is between the two. (Against the earlier gradient-trained head they had led at 10: 0.693 vs 0.684.) Texts: the
-# few-shot path tunes the encoder (SetFit-style), and at 8 tweets per class it did not beat the head on frozen
-# features (0.493 vs 0.498, 25x slower; the earlier pair-list tuning).
-FEWSHOT_PER_CLASS = {"image": 8, "text": 6}
-# Texts in this range (smallest class, before any hold-out): `setfit`, the encoder tuned on pairs of the labeled
-# texts (fewshot.contrastive_tune: 4 passes, every pair within batches of 32), then the cross-validated
-# logistic-regression head, all labels used. Tweets (MiniLM-L6, 600 test tweets), test accuracy against the probe on
-# frozen features (`features`): 32 per class 0.596 vs 0.597 (subsets 0-2), 64 per class 0.647 vs 0.634 (subsets
-# 0-7), 128 per class 0.672 vs 0.657 (subsets 0-2, 34 s vs ~10 s). Below 32 the earlier, pair-list tuning won on
-# some subsets and lost on others (24 and 8 per class); from 256 texts fine-tune at the Trainer's recipe instead.
-SETFIT_PER_CLASS = (32, 256)
-# The tuning's time is measured on the user's texts (fewshot.estimate_setfit_seconds: timed steps on batches drawn as
-# the tuning draws them, so their real lengths count: tokens, not texts, set the cost). This per-text figure, from
-# tweets on a 2-core CPU, stands in only where no estimate is given (reviews of 150 words cost 6x as much).
+# The thresholds below: what each rule does and, in docs/decisions.md, the measurement that set it (by rule number).
+SMALL_PER_CLASS, LARGE_PER_CLASS = 50, 1000  # rules 5-7
+TINY_PER_CLASS = 10  # rule 1: below it, a fine-tune's gain on 1-2 validation rows per class is noise
+TRUNCATE_PER_CLASS = 200  # rule 2: under negative transfer, images retrain their upper layers from this size
+# TRUNCATE_TEXT (rule 2): never `truncate` for texts; a fine-tuned encoder still beats a TF-IDF reference
+SIMILAR_GAIN, CEILING_GAIN = 0.6, 0.9  # rules 4, 6, 7: the probe's gain over chance
+HEAD_ONLY_PER_CLASS = 150  # rule 4, after the hold-out: below it, fine-tuning well-fitting features gained nothing
+FEWSHOT_PER_CLASS = {"image": 8, "text": 6}  # rule 0, before the hold-out: prototypes beat the probe below these
+SETFIT_PER_CLASS = (32, 256)  # rule 0b, smallest class, before the hold-out: tuning the encoder on pairs pays here
+# Stands in for the tuning's time only where no estimate is given (fewshot.estimate_setfit_seconds times the
+# user's own texts): tweets on a 2-core CPU; reviews of 150 words cost 6x as much.
 SETFIT_SECONDS_PER_TEXT = 0.02
 # TEXT_FINETUNE: texts fine-tune as the Hugging Face Trainer does: `full`, every encoder layer at one rate (5e-5
-# under the default lr of 1e-3), a fresh head at lr, batches of 8. Tweets, 512 per class, MiniLM-L6, 3 epochs,
-# training subsets 0-2, 600 test tweets: 0.727 / 0.745 / 0.733 (mean 0.735) against 0.738 / 0.687 / 0.725 (0.717) for
-# `two-stage` (the probe, then rates from 1e-4 for the top layer down to 1e-5, batches of 16) and 0.740 / 0.748 / 0.728
-# for the Trainer itself. On subset 1 two-stage's fine-tune rose 6 points on validation but not on test (0.687, the
-# probe alone 0.680) while its training loss fell to 0.27: its top layers overfit. Its rates divided by two did no
-# better there (0.688); `full` with the head at 5e-4 scored 0.722 / 0.743 / 0.733, and in batches of 16 0.732 on
-# subset 1. Batches of 8 cost about 12% more time (34 texts/s against 43 here).
+# under the default lr of 1e-3), a fresh head at lr, batches of 8; two-stage's top layers overfit on tweets.
 TEXT_FINETUNE = {"backbone_lr_scale": 0.05, "finetune_batch_size": 8}
 NEGATIVE_MARGIN = 0.02
-# "Fine-tuning would cost a lot" for rule 6. Under a time limit, in estimated seconds; without one, the plan must not
-# depend on how fast (or how loaded) this machine is, so in examples processed: 300 s of full fine-tuning of
-# EfficientNet-Lite0 at about 18 images/s on a 2-core CPU is 5,400 (epochs x training examples).
+# "Fine-tuning would cost a lot" for rule 6: estimated seconds under a time limit; without one, the plan must not
+# depend on this machine's speed, so example passes (epochs x training examples): 300 s of Lite0 at ~18 images/s.
 EXPENSIVE_SECONDS = 300
 EXPENSIVE_EXAMPLE_PASSES = 5400
-# A training step's cost per example over a timed forward pass's, times every labeled example (the hold-out share
-# included). Texts, tweets512 on this CPU: forward 4.4 ms a tweet, the fine-tune 82 s (3 epochs of 1,229 tweets in
-# batches of 8, the fused optimizer): 4.0, where 3 said 49 s.
+# A training step's cost per example over a timed forward pass's (rule 3), times every labeled example.
 FINETUNE_COST = {"image": 3, "text": 4}
 MAX_MEASURE_ROWS = 1000  # the probe and LogME run on a subsample: their cost grows ~linearly (11 s at 800 rows here)
 
