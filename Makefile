@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# glibc's allocator otherwise maps and unmaps every large tensor (see DESIGN.md): ~3x on CPU.
+# glibc's allocator otherwise maps and unmaps every large tensor (docs/environment.md): ~3x on CPU.
 export MALLOC_MMAP_MAX_ := 0
 export MALLOC_TRIM_THRESHOLD_ := 100000000000
 

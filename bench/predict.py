@@ -128,7 +128,7 @@ def main() -> None:
     if args.threads:  # a shared CPU: fewer threads than cores avoid OpenMP barriers stalling on busy cores
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the server process
         torch.set_num_threads(args.threads)
-    tune_allocator()  # both sides share the process, so both get it (DESIGN.md: CPU speed trap)
+    tune_allocator()  # both sides share the process, so both get it (docs/environment.md: the allocator)
     os.environ.setdefault("HEADSTART_CACHE", tempfile.mkdtemp(prefix="hs-bench-cache-"))
     runtimes = [r for r in args.runtimes.split(",") if r]
     results = []

@@ -2,7 +2,7 @@
 `baseline`, on tasks built from data that ships offline (bench/suite_data.py), at several training sizes per class,
 several training subsets each.
 
-For each (task, per-class size, subset, strategy) one child process (one job per process, DESIGN.md) fits the
+For each (task, per-class size, subset, strategy) one child process (one job per process, docs/environment.md) fits the
 classifier with seed = subset on a fresh, empty feature cache, timing the whole fit (wall seconds, after imports and
 a warm-up forward/backward of the backbone so no fit pays torch's start-up), then predicts the test set (accuracy,
 macro-F1). For `auto` it records the chosen strategy, the strategy shipped (the race may ship the baseline), the

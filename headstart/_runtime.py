@@ -22,7 +22,7 @@ _R = TypeVar("_R")
 def tune_allocator() -> bool:
     """Stop glibc from mapping and unmapping memory for every large tensor.
 
-    Measured here (DESIGN.md): page faults otherwise outweigh compute and CPU throughput swings 2-3x between
+    Measured here (docs/environment.md): page faults otherwise outweigh compute and CPU throughput swings 2-3x between
     runs; with mmap disabled and trimming effectively off, Lite0 inference goes from ~24 to ~81 images/s.
     Only our own process is affected. Returns False where glibc is not the C library.
     """

@@ -374,7 +374,7 @@ def main() -> None:
     """The `headstart` console script ([project.scripts]) and `python -m headstart.cli`."""
     # Tuned here, not at import: the allocator setting is process-wide, and a program that merely imports this
     # module (tests, a notebook, an app embedding `app`) keeps its own. Before any command allocates tensors
-    # (DESIGN.md: ~3x on CPU).
+    # (docs/environment.md: ~3x on CPU).
     tune_allocator()
     try:
         app()
