@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 class ImageGraph(nn.Module):
     """[0, 1] pixels -> normalise -> backbone -> head -> scores: the deployable image pipeline."""
+
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], task: str | None) -> None:
         super().__init__()
         self.model, self.task = model, task
@@ -37,6 +38,7 @@ class ImageGraph(nn.Module):
 
 class TextGraph(nn.Module):
     """Token ids and mask -> encoder -> pooling -> head -> scores: the deployable text pipeline."""
+
     def __init__(self, model: nn.Module, task: str | None) -> None:
         super().__init__()
         self.model, self.task = model, task
