@@ -70,7 +70,7 @@ SETFIT_SECONDS_PER_TEXT = 0.02
 # TEXT_FINETUNE: texts fine-tune as the Hugging Face Trainer does: `full`, every encoder layer at one rate (5e-5
 # under the default lr of 1e-3), a fresh head at lr, batches of 8; two-stage's top layers overfit on tweets.
 TEXT_FINETUNE = {"backbone_lr_scale": 0.05, "finetune_batch_size": 8}
-NEGATIVE_MARGIN = 0.02
+NEGATIVE_MARGIN = 0.02  # rule 2: frozen features must beat the raw-input reference by more than this
 # "Fine-tuning would cost a lot" for rule 6: estimated seconds under a time limit; without one, the plan must not
 # depend on this machine's speed, so example passes (epochs x training examples): 300 s of Lite0 at ~18 images/s.
 EXPENSIVE_SECONDS = 300
