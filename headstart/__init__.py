@@ -10,6 +10,7 @@ from .api import backbone_status
 from .backbones import create_backbone, list_backbones, register_backbone
 from .classical import Embedder
 from .compare import compare
+from .detection import ObjectDetector
 from .episodes import fewshot_eval
 from .errors import BackboneUnavailable, BundleError, DataError, HeadstartError
 from .estimator import ImageClassifier, ImageRegressor, TextClassifier, TextRegressor
@@ -31,6 +32,7 @@ __all__ = [
     "ImageClassifier",
     "ImageRegressor",
     "MultiTaskModel",
+    "ObjectDetector",
     "__version__",
     "backbone_status",
     "compare",

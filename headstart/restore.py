@@ -15,6 +15,7 @@ from .backbones import BackboneSpec, rebuild_backbone
 from .bundle import read_bundle_files, unbuildable
 from .classical import from_tensors, resaved
 from .continual import Memory
+from .detection import ObjectDetector
 from .errors import BackboneUnavailable, BundleError, HeadstartError
 from .estimator import TransferEstimator, estimator_class
 from .export import attach_onnx_runtime
@@ -23,7 +24,7 @@ from .heads import HeadConfig, TransferModel, build_head
 from .multitask import MultiTaskModel
 
 
-def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskModel:
+def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskModel | ObjectDetector:
     """A saved bundle, ready to predict. Reads only JSON and safetensors; refuses newer bundle formats.
 
     runtime="onnx" predicts through onnxruntime on the exported graph (exported once per bundle, then cached).
@@ -34,7 +35,11 @@ def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskMode
     if config["task"] == "pretrain":
         raise HeadstartError(f"{path}: a pre-trained backbone (headstart pretrain), not a model with a head; "
                              f"train one on it with `headstart fit DATA --backbone {path}`")
+    if config["task"] == "detection" and runtime != "torch":  # its ONNX export and parity check are not written yet
+        raise HeadstartError(f"{path}: a detector predicts with runtime 'torch' only, not '{runtime}'")
     try:
+        if config["task"] == "detection":
+            return ObjectDetector._from_bundle(config, state, files)
         if config["task"] == "multitask":
             return MultiTaskModel._from_bundle(config, state, files)
         est = restore_estimator(estimator_class(config["modality"], config["task"]), config, state, files)

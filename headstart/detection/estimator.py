@@ -1,0 +1,286 @@
+"""`ObjectDetector`: the estimator facade for boxes: `fit / predict / evaluate / save`, parameters in `__init__`.
+
+Training reuses the classifier's pieces: the backbone registry, the strategies' plans over named layer groups and
+the one training loop (train.run_stage, on Accelerate), which keeps the weights of the epoch with the lowest
+validation loss. Images are cut into tiles (data.py) for training and evaluation; prediction slides the same tiles
+over each whole image and merges what they found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.ops import batched_nms
+from torchvision.transforms.functional import pil_to_tensor
+
+from .._runtime import keeps_callers_rng, resolve_workers, seed_everything
+from ..backbones import BackboneSpec, backbone_files, create_backbone, rebuild_backbone, resolve_backbone
+from ..bundle import write_bundle
+from ..errors import DataError, HeadstartError
+from ..inference import _device
+from ..plan_runner import open_run_log
+from ..progress import say
+from ..strategies import get_strategy
+from ..train import LoopConfig, run_stage
+from .data import Labelled, image_size, load_image, read_boxes, tile, windows
+from .metrics import box_map
+from .model import DetectionLoss, DetectorModel, choose_levels
+
+# The strategies that carry over to detection: the head here is a pyramid and an FCOS head trained by gradient,
+# so the solved-probe, LoRA, truncate and few-shot plans of classification do not apply.
+STRATEGIES = ("features", "finetune", "full", "two-stage")
+PREDICT_OVERLAP = 0.25  # tiles overlap when predicting, so an object cut by one tile's edge is whole in the next
+MERGE_IOU = 0.5  # boxes of one class from overlapping tiles that overlap more than this are one object
+
+
+class TileDataset(Dataset):
+    """(index, image tensor in [0, 1], target) per tile; training tiles are flipped at random (left-right)."""
+
+    def __init__(self, items: list[Labelled], classes: list[str], flip: bool) -> None:
+        self.items, self.index, self.flip = items, {c: i for i, c in enumerate(classes)}, flip
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        item = self.items[i]
+        image = pil_to_tensor(load_image(item)).float() / 255.0
+        boxes = torch.as_tensor(item.boxes, dtype=torch.float32).reshape(-1, 4)
+        labels = torch.as_tensor([self.index[lab] for lab in item.labels], dtype=torch.long)
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+            boxes = torch.stack([image.shape[-1] - boxes[:, 2], boxes[:, 1], image.shape[-1] - boxes[:, 0],
+                                 boxes[:, 3]], 1)
+        return i, image, {"boxes": boxes, "labels": labels}
+
+
+def collate(rows: list) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """The loop's (index, inputs, targets) batch: the model takes images and boxes together and returns its loss,
+    so the loop's own target is a placeholder that only counts the images."""
+    idx = torch.as_tensor([r[0] for r in rows])
+    return idx, {"images": [r[1] for r in rows], "targets": [r[2] for r in rows]}, torch.zeros(len(rows))
+
+
+class ObjectDetector:
+    """Boxes and labels on images, by transfer from any registered convolutional backbone.
+
+        det = hs.ObjectDetector(backbone="efficientnet_lite0", strategy="finetune").fit("boxes.csv")
+        det.evaluate("test.csv"); det.predict(["a.png"]); det.save("trees.hs"); hs.load("trees.hs")
+    """
+
+    modality = "image"
+    default_backbone = "efficientnet_lite0"
+
+    def __init__(
+        self,
+        backbone: str | None = None,
+        strategy: str = "finetune",
+        *,
+        epochs: int = 10,
+        head_epochs: int | None = None,
+        lr: float = 1e-3,
+        batch_size: int = 4,
+        tile_size: int = 400,
+        tile_overlap: float = 0.0,
+        val_fraction: float = 0.2,
+        patience: int = 3,
+        last_n: int = 2,
+        pretrained: bool = True,
+        fpn_channels: int = 64,
+        score_threshold: float = 0.05,
+        seed: int = 0,
+        num_workers: int | None = None,
+        mixed_precision: str = "auto",
+        out_dir: str | None = None,
+        verbose: bool = True,
+    ) -> None:
+        self.backbone = backbone
+        self.strategy = strategy
+        self.epochs = epochs
+        self.head_epochs = head_epochs  # epochs of a head-only stage (features, two-stage); None: `epochs`
+        self.lr = lr
+        self.batch_size = batch_size
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.last_n = last_n
+        self.pretrained = pretrained
+        self.fpn_channels = fpn_channels
+        self.score_threshold = score_threshold
+        self.seed = seed
+        self.num_workers = num_workers
+        self.mixed_precision = mixed_precision
+        self.out_dir = out_dir
+        self.verbose = verbose
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {n: getattr(self, n) for n in inspect.signature(type(self).__init__).parameters if n != "self"}
+
+    def set_params(self, **params) -> ObjectDetector:
+        for k, v in params.items():
+            if k not in self.get_params():
+                raise ValueError(f"unknown parameter '{k}' for ObjectDetector")
+            setattr(self, k, v)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise HeadstartError("this ObjectDetector is not fitted yet: call fit() or hs.load() first")
+
+    # --- data -------------------------------------------------------------------------------------------
+    def _tiles(self, data: str | list[Labelled]) -> list[Labelled]:
+        items = read_boxes(data) if isinstance(data, (str, os.PathLike)) else data
+        return tile(items, self.tile_size, self.tile_overlap)
+
+    def _loader(self, tiles: list[Labelled], train: bool, batch: int, gen: torch.Generator | None) -> DataLoader:
+        return DataLoader(TileDataset(tiles, self.classes_, flip=train), batch_size=batch, shuffle=train,
+                          generator=gen, collate_fn=collate, num_workers=resolve_workers(self.num_workers))
+
+    def _split(self, tiles: list[Labelled]) -> tuple[list[Labelled], list[Labelled]]:
+        order = np.random.default_rng(self.seed).permutation(len(tiles))
+        n_val = int(round(self.val_fraction * len(tiles))) if len(tiles) > 1 else 0
+        n_val = min(max(n_val, 1 if self.val_fraction > 0 and len(tiles) > 1 else 0), len(tiles) - 1)
+        return [tiles[i] for i in order[n_val:]], [tiles[i] for i in order[:n_val]]
+
+    # --- fit --------------------------------------------------------------------------------------------
+    @keeps_callers_rng
+    def fit(self, data: str | list[Labelled], valid: str | list[Labelled] | None = None) -> ObjectDetector:
+        """Train on boxes (a CSV, COCO .json or VOC folder); hold out `val_fraction` of the tiles unless `valid`."""
+        started = time.perf_counter()
+        if self.strategy == "auto":  # no measured advisor for boxes yet: the plan that suits small box sets
+            say(self.verbose, f"auto: strategy finetune (last {self.last_n} layer groups); detection has no "
+                "measured advisor yet")
+        elif self.strategy not in STRATEGIES:
+            raise HeadstartError(f"strategy '{self.strategy}' does not apply to detection: choose one of "
+                                 f"{', '.join(STRATEGIES)}")
+        generator = seed_everything(self.seed)
+        tiles = self._tiles(data)
+        train, val = (tiles, self._tiles(valid)) if valid is not None else self._split(tiles)
+        if not val:
+            raise DataError(f"{data}: one tile only; give more images, or validation data with `valid`")
+        self.classes_ = sorted({lab for t in tiles for lab in t.labels})
+        if not self.classes_:
+            raise DataError(f"{data}: no boxes to learn from (every image is a negative)")
+        spec = resolve_backbone(self.backbone or self.default_backbone, "image")
+        backbone = create_backbone(spec, pretrained=self.pretrained)
+        levels = choose_levels(backbone)
+        self.model_ = DetectorModel(backbone, len(self.classes_), self.tile_size, levels, self.fpn_channels,
+                                    self.score_threshold)
+        strategy = get_strategy("finetune" if self.strategy == "auto" else self.strategy, last_n=self.last_n)
+        stages = strategy.plan(backbone.group_names(), self.epochs, self.lr, self.head_epochs or self.epochs)
+        say(self.verbose, f"data: {len(train)} training and {len(val)} validation tiles of {self.tile_size} px, "
+            f"{sum(len(t.boxes) for t in train)} training boxes, classes {self.classes_}")
+        say(self.verbose, f"backbone {spec.name}: pyramid over {', '.join(f'{g} (stride {s})' for g, _, s in levels)};"
+            f" strategy {strategy.name}: " + " -> ".join(f"{s.name} x{s.epochs}" for s in stages))
+        loop = LoopConfig(patience=self.patience, mixed_precision=self.mixed_precision,
+                          freeze_bn_stats=self.pretrained, verbose=self.verbose)
+        log = open_run_log(self.out_dir, True)
+        self.history_: list[dict] = []
+        for i, stage in enumerate(stages):
+            loaders = (self._loader(train, True, stage.train_batch(self.batch_size), generator),
+                       self._loader(val, False, self.batch_size, None))
+            self.history_ += run_stage(self.model_, stage, *loaders, DetectionLoss(), "detection",
+                                       dataclasses.replace(loop, keep_start=i > 0), log)
+        self.model_.eval()
+        self.spec_ = backbone.spec
+        self.backbone_trained_ = any(not s.backbone_frozen for s in stages)
+        self.strategy_ = {"name": strategy.name, "stages": [s.to_dict() for s in stages]}
+        self.metrics_ = {"validation": self._score(val),
+                         "fit_seconds": round(time.perf_counter() - started, 2)}
+        if self.out_dir:
+            self.save(os.path.join(self.out_dir, "model.hs"))
+        return self
+
+    # --- predict ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _detect(self, tiles: Sequence[Labelled]) -> list[dict[str, torch.Tensor]]:
+        """Detections on each tile, in the tile's pixels, on the CPU."""
+        self._check_fitted()
+        device = _device()
+        model = self.model_.to(device).eval()
+        found = []
+        for start in range(0, len(tiles), self.batch_size):
+            part = tiles[start:start + self.batch_size]
+            images = [pil_to_tensor(load_image(t)).float().div(255.0).to(device) for t in part]
+            found += [{k: v.cpu() for k, v in d.items()} for d in model.detect(images)]
+        return found
+
+    def predict(self, inputs: str | Sequence[str]) -> list[dict]:
+        """Per image: path, and boxes (x1, y1, x2, y2 in the image's pixels), scores and labels, best first.
+        An image larger than a tile is covered by overlapping tiles; boxes they share are merged (per-class NMS)."""
+        self._check_fitted()
+        paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+        out = []
+        for path in paths:
+            width, height = image_size(str(path))
+            overlap = PREDICT_OVERLAP if max(width, height) > self.tile_size else 0.0
+            wins = windows(width, height, self.tile_size, overlap)
+            found = self._detect([Labelled(str(path), width, height, window=w) for w in wins])
+            boxes = torch.cat([d["boxes"] + torch.tensor([w[0], w[1], w[0], w[1]]) for d, w in zip(found, wins)])
+            scores = torch.cat([d["scores"] for d in found])
+            labels = torch.cat([d["labels"] for d in found])
+            keep = batched_nms(boxes, scores, labels, MERGE_IOU) if len(wins) > 1 else torch.argsort(-scores)
+            out.append({"path": str(path), "boxes": boxes[keep].tolist(), "scores": scores[keep].tolist(),
+                        "labels": [self.classes_[int(k)] for k in labels[keep]]})
+        return out
+
+    def _score(self, tiles: list[Labelled]) -> dict:
+        preds = self._detect(tiles)
+        index = {c: i for i, c in enumerate(self.classes_)}
+        unknown = sorted({lab for t in tiles for lab in t.labels} - set(index))
+        if unknown:
+            raise DataError(f"label '{unknown[0]}' was not among the training classes {self.classes_}")
+        targets = [{"boxes": torch.as_tensor(t.boxes).reshape(-1, 4),
+                    "labels": torch.as_tensor([index[lab] for lab in t.labels], dtype=torch.long)} for t in tiles]
+        return box_map(preds, targets, self.classes_)
+
+    def evaluate(self, data: str | list[Labelled]) -> dict:
+        """mAP@0.5 and mAP@[.5:.95], overall and per class, on labelled data given as for `fit` (cut into the
+        same tiles, so the figures match validation's)."""
+        self._check_fitted()
+        return self._score(self._tiles(data))
+
+    # --- persistence ------------------------------------------------------------------------------------
+    def _config(self) -> dict:
+        return {"modality": "image", "task": "detection", "estimator": "ObjectDetector",
+                "backbone": self.spec_.to_dict(), "backbone_trained": self.backbone_trained_,
+                "head": {"kind": "fcos", "out_dim": len(self.classes_), "channels": self.model_.head.fpn_channels,
+                         "levels": [list(level) for level in self.model_.levels]},
+                "labels": self.classes_, "strategy": self.strategy_, "metrics": self.metrics_,
+                "params": {k: v for k, v in self.get_params().items() if k != "out_dir"}}
+
+    def save(self, path: str) -> str:
+        """Write the bundle (config.json + model.safetensors, atomically); returns the path."""
+        self._check_fitted()
+        return write_bundle(path, self._config(), self.model_.state_dict(), backbone_files(self.model_.backbone))
+
+    @classmethod
+    def _from_bundle(cls, config: dict, state: dict[str, torch.Tensor], files: dict[str, bytes] | None = None
+                     ) -> ObjectDetector:
+        known = inspect.signature(cls.__init__).parameters
+        est = cls(**{k: v for k, v in config["params"].items() if k in known})
+        est.verbose = False
+        spec = BackboneSpec.from_dict(config["backbone"])
+        prefix = "backbone."
+        backbone = rebuild_backbone(spec, files or {}, {k[len(prefix):]: v for k, v in state.items()
+                                                        if k.startswith(prefix)})
+        head = config["head"]
+        if head.get("kind") != "fcos":
+            raise HeadstartError(f"unknown detection head '{head.get('kind')}'")
+        levels = [(str(g), int(c), int(s)) for g, c, s in head["levels"]]
+        est.classes_ = list(config["labels"])
+        est.model_ = DetectorModel(backbone, len(est.classes_), est.tile_size, levels, int(head["channels"]),
+                                   est.score_threshold)
+        est.model_.load_state_dict(state, strict=True)
+        est.model_.eval()
+        est.spec_, est.backbone_trained_ = spec, bool(config["backbone_trained"])
+        est.strategy_, est.metrics_ = config.get("strategy"), config.get("metrics")
+        return est
