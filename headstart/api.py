@@ -5,12 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
 
 from .backbones import BackboneSpec, available_offline, install_command, list_backbones
 from .data.texts import TABLE_SUFFIXES
+from .detection import ObjectDetector
+from .detection.predictions import write_boxes
 from .restore import load
 
-__all__ = ["backbone_status", "backbone_table", "detect_modality", "load", "summary_line"]
+__all__ = ["backbone_status", "backbone_table", "detect_modality", "load", "predict_boxes", "summary_line"]
 
 
 def detect_modality(data: str, input_col: str | None = None) -> str:
@@ -46,9 +51,27 @@ def _table_columns(path: str, suffix: str) -> list[str]:
 
 
 def summary_line(metrics: dict, prefix: str = "") -> str:
-    keys = [k for k in ("accuracy", "macro_f1", "micro_f1", "mae", "rmse", "r2") if k in metrics]
+    keys = [k for k in ("accuracy", "macro_f1", "micro_f1", "mae", "rmse", "r2", "map_50", "map")
+            if isinstance(metrics.get(k), float)]
     body = "  ".join(f"{k} {metrics[k]:.4f}" for k in keys)
-    return f"{prefix}: {body}  (n={metrics.get('n', '?')})".strip()
+    return f"{prefix}: {body}  (n={metrics.get('n', metrics.get('images', '?'))})".strip()
+
+
+def predict_boxes(model: ObjectDetector, inputs: Sequence[str], out: str | None, batch_size: int | None = None,
+                  stream: TextIO | None = None) -> dict:
+    """A detector's boxes on every image under `inputs`: to `out` (.csv or .jsonl), else CSV on `stream`/stdout."""
+    if batch_size:
+        model.batch_size = batch_size
+    if not out:
+        return write_boxes(model, inputs, stream or sys.stdout, "csv")
+    fmt = "jsonl" if out.lower().endswith(".jsonl") else "csv"
+    folder = os.path.dirname(os.path.abspath(out))
+    os.makedirs(folder, exist_ok=True)
+    tmp = out + ".part"  # written whole, then renamed: a crash never leaves a half file under the real name
+    with open(tmp, "w", newline="") as f:
+        done = write_boxes(model, inputs, f, fmt)
+    os.replace(tmp, out)
+    return done
 
 
 def backbone_table() -> list[tuple[BackboneSpec, bool]]:

@@ -52,12 +52,16 @@ def fit(
     time_limit: float | None = typer.Option(None, help="seconds the whole fit may take: auto plans within it, "
                                              "training stops when it runs out"),
     epochs: int = typer.Option(3, help="epochs of stages that train backbone layers"),
-    head_epochs: int = typer.Option(60, help="epochs of gradient-trained head stages (torch-mlp); a linear head "
-                                     "is solved: logistic regression (classes, labels) or ridge (values)"),
+    head_epochs: int | None = typer.Option(None, help="epochs of gradient-trained head stages (torch-mlp; default "
+                                            "60; detection: --epochs); a linear head is solved: logistic "
+                                            "regression (classes, labels) or ridge (values)"),
     lr: float = typer.Option(1e-3, help="head learning rate; backbone groups get less"),
-    batch_size: int = typer.Option(32),
+    batch_size: int | None = typer.Option(None, help="default 32 (detection: 4)"),
+    tile_size: int = typer.Option(400, help="detection: large images are cut into tiles of this many pixels"),
     image_size: int | None = typer.Option(None, help="input size (default: the backbone's own)"),
-    task: str = typer.Option("classification", help="classification | multilabel | regression"),
+    task: str = typer.Option("classification", help="classification | multilabel | regression | detection "
+                             "(DATA: a CSV image_path,xmin,ymin,xmax,ymax,label, a COCO .json or a folder of "
+                             "Pascal VOC .xml)"),
     head: str = typer.Option("linear", help="linear | torch-mlp (trainable), or a scikit-learn model on frozen "
                              "features: logistic | svm | random-forest | knn | mlp"),
     last_n: int = typer.Option(2, help="layer groups `finetune` unfreezes"),
@@ -78,6 +82,15 @@ def fit(
 ) -> None:
     """Train a model on DATA and write the bundle, metrics and report to --out."""
     out = resume or out  # a resumed run finishes in the folder it started in
+    if task == "detection":
+        det = api.ObjectDetector(backbone=backbone, strategy=strategy, epochs=epochs, head_epochs=head_epochs, lr=lr,
+                                 batch_size=batch_size or 4, tile_size=tile_size, last_n=last_n,
+                                 val_fraction=val_fraction, pretrained=not scratch, seed=seed, out_dir=out,
+                                 mixed_precision=mixed_precision, verbose=not quiet)
+        det.fit(data, valid=valid)
+        out_console.print(api.summary_line(det.metrics_["validation"], prefix="validation"))
+        return
+    head_epochs, batch_size = head_epochs or 60, batch_size or 32
     if modality == "auto":
         modality = api.detect_modality(data, input_col)
     est = estimator_class(modality, task)(
@@ -127,6 +140,11 @@ def predict(
         raise HeadstartError("--resume needs --out FILE: the run continues where FILE stops")
     model = api.load(bundle, runtime=runtime)
     model.verbose = False
+    if isinstance(model, api.ObjectDetector):  # boxes: one row per box (CSV) or one object per image (JSONL)
+        done = api.predict_boxes(model, inputs, out, batch_size)
+        if out:
+            console.print(f"wrote {done['boxes']} boxes on {done['images']} images to {out}", highlight=False)
+        return
     done = stream_predict(model, inputs, out, with_probs=probs, resume=resume, batch_size=batch_size,
                           column=column, verbose=not quiet, stream=sys.stdout)
     if out:

@@ -199,3 +199,41 @@ def test_predict_slides_tiles_over_a_large_image_and_merges_their_boxes(fitted, 
 def test_unknown_strategy_is_refused_before_any_work(tmp_path):
     with pytest.raises(hs.HeadstartError, match="does not apply to detection"):
         hs.ObjectDetector(strategy="lora").fit(str(tmp_path / "missing.csv"))
+
+
+def test_cli_fits_evaluates_and_writes_boxes(tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, "-m", "headstart.cli", *args], capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    data = make_box_images(str(tmp_path / "train"), 10, negatives=1)
+    out = str(tmp_path / "run")
+    run("fit", data, "--task", "detection", "--backbone", TINY, "--scratch", "--tile-size", "64", "--epochs", "1",
+        "--strategy", "full", "--out", out, "--quiet")
+    metrics = json.loads(run("evaluate", os.path.join(out, "model.hs"), data, "--json"))
+    assert {"map_50", "map", "per_class"} <= set(metrics) and metrics["images"] == 11
+    run("predict", os.path.join(out, "model.hs"), str(tmp_path / "train"), "--out", str(tmp_path / "boxes.csv"))
+    with open(tmp_path / "boxes.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["image_path", "xmin", "ymin", "xmax", "ymax", "label", "score"]
+    assert {os.path.basename(r["image_path"]) for r in rows} == {f"img{i}.png" for i in range(11)}  # CSV skipped
+    boxes = [r for r in rows if r["xmin"]]
+    assert boxes and all(0 <= float(r["xmin"]) < float(r["xmax"]) <= 64 for r in boxes)
+
+
+def test_predict_boxes_writes_jsonl_one_object_per_image(fitted, tmp_path):
+    from headstart.api import predict_boxes
+
+    det, root, _ = fitted
+    images = [str(root / "test" / f"img{i}.png") for i in range(2)]
+    done = predict_boxes(det, images, str(tmp_path / "boxes.jsonl"))
+    with open(tmp_path / "boxes.jsonl") as f:
+        found = [json.loads(line) for line in f]
+    assert [r["path"] for r in found] == images and done == {"images": 2, "boxes": sum(len(r["boxes"]) for r in found)}
+    assert found[0]["boxes"] == det.predict(images[0])[0]["boxes"]
