@@ -237,3 +237,13 @@ def test_predict_boxes_writes_jsonl_one_object_per_image(fitted, tmp_path):
         found = [json.loads(line) for line in f]
     assert [r["path"] for r in found] == images and done == {"images": 2, "boxes": sum(len(r["boxes"]) for r in found)}
     assert found[0]["boxes"] == det.predict(images[0])[0]["boxes"]
+
+
+def test_fit_refuses_data_without_boxes_and_validation_labels_it_never_saw(tmp_path):
+    negatives = make_box_images(str(tmp_path / "neg"), 0, negatives=3)
+    with pytest.raises(DataError, match="no boxes to learn from"):
+        hs.ObjectDetector(backbone=TINY, pretrained=False, tile_size=64, verbose=False).fit(negatives)
+    train = read_csv(make_box_images(str(tmp_path / "train"), 3))
+    valid = [Labelled(train[0].path, 64, 64, train[0].boxes, ["tree"] * len(train[0].boxes))]
+    with pytest.raises(DataError, match="label 'tree' is not among the training classes"):
+        hs.ObjectDetector(backbone=TINY, pretrained=False, tile_size=64, verbose=False).fit(train, valid=valid)

@@ -61,6 +61,11 @@ class TileDataset(Dataset):
         return i, image, {"boxes": boxes, "labels": labels}
 
 
+def _source(data) -> str:
+    """How an error names the data: its path, or what a list of images amounts to."""
+    return os.fspath(data) if isinstance(data, (str, os.PathLike)) else f"the {len(data)} images given"
+
+
 def collate(rows: list) -> tuple[torch.Tensor, dict, torch.Tensor]:
     """The loop's (index, inputs, targets) batch: the model takes images and boxes together and returns its loss,
     so the loop's own target is a placeholder that only counts the images."""
@@ -165,10 +170,13 @@ class ObjectDetector:
         tiles = self._tiles(data)
         train, val = (tiles, self._tiles(valid)) if valid is not None else self._split(tiles)
         if not val:
-            raise DataError(f"{data}: one tile only; give more images, or validation data with `valid`")
+            raise DataError(f"{_source(data)}: no validation tiles: give more images, val_fraction above 0, or `valid`")
         self.classes_ = sorted({lab for t in tiles for lab in t.labels})
+        unknown = sorted({lab for t in val for lab in t.labels} - set(self.classes_))
+        if unknown:
+            raise DataError(f"{_source(valid)}: label '{unknown[0]}' is not among the training classes {self.classes_}")
         if not self.classes_:
-            raise DataError(f"{data}: no boxes to learn from (every image is a negative)")
+            raise DataError(f"{_source(data)}: no boxes to learn from (every image is a negative)")
         spec = resolve_backbone(self.backbone or self.default_backbone, "image")
         backbone = create_backbone(spec, pretrained=self.pretrained)
         levels = choose_levels(backbone)
