@@ -165,6 +165,9 @@ def test_fit_learns_to_find_squares_and_reports_map(fitted):
     assert det.metrics_["validation"]["map_50"] is not None
     with open(root / "run" / "metrics.jsonl") as f:
         assert len([json.loads(line) for line in f]) == len(det.history_) >= 1
+    # the report's picture: validation tiles with their true boxes (green) and the detector's (red)
+    pixels = np.asarray(Image.open(root / "run" / "report" / "boxes.png").convert("RGB")).reshape(-1, 3)
+    assert (pixels == [0, 255, 0]).all(1).any() and (pixels == [255, 0, 0]).all(1).any()
 
 
 def test_bundle_round_trip_predicts_the_same_boxes(fitted, tmp_path):

@@ -32,6 +32,7 @@ from ..train import LoopConfig, run_stage
 from .data import Labelled, image_size, load_image, read_boxes, tile, windows
 from .metrics import box_map
 from .model import DetectionLoss, DetectorModel, choose_levels
+from .picture import draw_boxes
 
 # The strategies that carry over to detection: the head here is a pyramid and an FCOS head trained by gradient,
 # so the solved-probe, LoRA, truncate and few-shot plans of classification do not apply.
@@ -201,10 +202,12 @@ class ObjectDetector:
         self.spec_ = backbone.spec
         self.backbone_trained_ = any(not s.backbone_frozen for s in stages)
         self.strategy_ = {"name": strategy.name, "stages": [s.to_dict() for s in stages]}
-        self.metrics_ = {"validation": self._score(val),
+        found = self._detect(val)
+        self.metrics_ = {"validation": self._metrics(val, found),
                          "fit_seconds": round(time.perf_counter() - started, 2)}
         if self.out_dir:
             self.save(os.path.join(self.out_dir, "model.hs"))
+            draw_boxes(val, found, os.path.join(self.out_dir, "report", "boxes.png"))
         return self
 
     # --- predict ----------------------------------------------------------------------------------------
@@ -240,8 +243,7 @@ class ObjectDetector:
                         "labels": [self.classes_[int(k)] for k in labels[keep]]})
         return out
 
-    def _score(self, tiles: list[Labelled]) -> dict:
-        preds = self._detect(tiles)
+    def _metrics(self, tiles: list[Labelled], preds: list[dict[str, torch.Tensor]]) -> dict:
         index = {c: i for i, c in enumerate(self.classes_)}
         unknown = sorted({lab for t in tiles for lab in t.labels} - set(index))
         if unknown:
@@ -254,7 +256,8 @@ class ObjectDetector:
         """mAP@0.5 and mAP@[.5:.95], overall and per class, on labelled data given as for `fit` (cut into the
         same tiles, so the figures match validation's)."""
         self._check_fitted()
-        return self._score(self._tiles(data))
+        tiles = self._tiles(data)
+        return self._metrics(tiles, self._detect(tiles))
 
     # --- persistence ------------------------------------------------------------------------------------
     def _config(self) -> dict:
