@@ -7,6 +7,7 @@ give learning rates to the same named layer groups as for classification, and ke
 
 Why FCOS: it is anchor-free and single-stage, one prediction per location (RetinaNet scores 9 anchors per location,
 Faster R-CNN adds a region-proposal stage and per-region heads), and its GroupNorm head trains on batches of two.
+On this CPU a Lite0 training step was 5% faster than RetinaNet's on the same pyramid (docs/methods.md).
 """
 
 from __future__ import annotations
