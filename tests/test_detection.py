@@ -147,6 +147,36 @@ def test_map_counts_iou_half_at_50_but_not_at_higher_thresholds():
     assert box_map(wrong, truth, ["a", "b"])["map_50"] == 0.0
 
 
+def test_map_agrees_with_torchmetrics_own_summary_below_100_boxes():
+    from torchmetrics.detection import MeanAveragePrecision
+
+    g = torch.Generator().manual_seed(0)
+
+    def boxes(n):
+        xy = torch.rand(n, 2, generator=g) * 100
+        return torch.cat([xy, xy + 5 + torch.rand(n, 2, generator=g) * 30], 1)
+
+    truth = [{"boxes": boxes(20), "labels": torch.randint(0, 3, (20,), generator=g)} for _ in range(4)]
+    preds = [{"boxes": torch.cat([t["boxes"][:15] + torch.randn(15, 4, generator=g) * 3, boxes(10)]),
+              "scores": torch.rand(25, generator=g),
+              "labels": torch.cat([t["labels"][:15], torch.randint(0, 3, (10,), generator=g)])} for t in truth]
+    reference = MeanAveragePrecision(class_metrics=True)
+    reference.update(preds, truth)
+    expected = reference.compute()
+    ours = box_map(preds, truth, ["a", "b", "c"])
+    for key in ("map", "map_50", "map_75"):
+        assert ours[key] == pytest.approx(float(expected[key]), abs=1e-4)
+    assert [v["map"] for v in ours["per_class"].values()] == pytest.approx(expected["map_per_class"].tolist(),
+                                                                            abs=1e-4)
+
+
+def test_map_ranks_more_than_coco_s_100_detections_on_a_crowded_image():
+    xy = torch.arange(150, dtype=torch.float32).reshape(-1, 1) * 20
+    truth = [{"boxes": torch.cat([xy, xy, xy + 10, xy + 10], 1), "labels": torch.zeros(150).long()}]
+    found = [{**truth[0], "scores": torch.linspace(1, 0.5, 150)}]
+    assert box_map(found, truth, ["tree"])["map_50"] == 1.0  # capped at 100, recall (and AP) would stop at 2/3
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("det")

@@ -224,6 +224,19 @@ class ObjectDetector:
             found += [{k: v.cpu() for k, v in d.items()} for d in model.detect(images)]
         return found
 
+    def _whole_image(self, path: str) -> dict[str, torch.Tensor]:
+        """Detections on a whole image in its pixels: overlapping tiles when it is larger than one, whose boxes
+        of one class that overlap by more than MERGE_IOU are merged (non-maximum suppression); best first."""
+        width, height = image_size(path)
+        overlap = PREDICT_OVERLAP if max(width, height) > self.tile_size else 0.0
+        wins = windows(width, height, self.tile_size, overlap)
+        found = self._detect([Labelled(path, width, height, window=w) for w in wins])
+        boxes = torch.cat([d["boxes"] + torch.tensor([w[0], w[1], w[0], w[1]]) for d, w in zip(found, wins)])
+        scores = torch.cat([d["scores"] for d in found])
+        labels = torch.cat([d["labels"] for d in found])
+        keep = batched_nms(boxes, scores, labels, MERGE_IOU) if len(wins) > 1 else torch.argsort(-scores)
+        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
     def predict(self, inputs: str | Sequence[str]) -> list[dict]:
         """Per image: path, and boxes (x1, y1, x2, y2 in the image's pixels), scores and labels, best first.
         An image larger than a tile is covered by overlapping tiles; boxes they share are merged (per-class NMS)."""
@@ -231,16 +244,9 @@ class ObjectDetector:
         paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
         out = []
         for path in paths:
-            width, height = image_size(str(path))
-            overlap = PREDICT_OVERLAP if max(width, height) > self.tile_size else 0.0
-            wins = windows(width, height, self.tile_size, overlap)
-            found = self._detect([Labelled(str(path), width, height, window=w) for w in wins])
-            boxes = torch.cat([d["boxes"] + torch.tensor([w[0], w[1], w[0], w[1]]) for d, w in zip(found, wins)])
-            scores = torch.cat([d["scores"] for d in found])
-            labels = torch.cat([d["labels"] for d in found])
-            keep = batched_nms(boxes, scores, labels, MERGE_IOU) if len(wins) > 1 else torch.argsort(-scores)
-            out.append({"path": str(path), "boxes": boxes[keep].tolist(), "scores": scores[keep].tolist(),
-                        "labels": [self.classes_[int(k)] for k in labels[keep]]})
+            found = self._whole_image(str(path))
+            out.append({"path": str(path), "boxes": found["boxes"].tolist(), "scores": found["scores"].tolist(),
+                        "labels": [self.classes_[int(k)] for k in found["labels"]]})
         return out
 
     def _metrics(self, tiles: list[Labelled], preds: list[dict[str, torch.Tensor]]) -> dict:
@@ -253,11 +259,12 @@ class ObjectDetector:
         return box_map(preds, targets, self.classes_)
 
     def evaluate(self, data: str | list[Labelled]) -> dict:
-        """mAP@0.5 and mAP@[.5:.95], overall and per class, on labelled data given as for `fit` (cut into the
-        same tiles, so the figures match validation's)."""
+        """mAP@0.5 and mAP@[.5:.95], overall and per class, on labelled data given as for `fit`: each whole image
+        scored as `predict` finds its boxes (sliding tiles, merged), against all of its boxes. (Validation during
+        `fit` scores held-out tiles instead.)"""
         self._check_fitted()
-        tiles = self._tiles(data)
-        return self._metrics(tiles, self._detect(tiles))
+        items = read_boxes(data) if isinstance(data, (str, os.PathLike)) else data
+        return self._metrics(items, [self._whole_image(item.path) for item in items])
 
     # --- persistence ------------------------------------------------------------------------------------
     def _config(self) -> dict:
