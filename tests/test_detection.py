@@ -82,6 +82,10 @@ def test_tiles_cover_the_image_and_keep_boxes_at_least_half_inside():
     second = cut(item, (40, 0, 80, 40))  # the tile's own pixels: shifted by its origin
     np.testing.assert_allclose(second.boxes, [[0, 0, 10, 10], [0, 20, 16, 30]])
     assert sum(len(t.boxes) for t in tile([item], 200)) == 3  # an image no larger than a tile stays whole
+    # tiles given to fit are cut again: the window stays the one in the file, not the tile's own origin
+    again = tile([second], 40)
+    assert [t.window for t in again] == [(40, 0, 80, 40)] and np.array_equal(again[0].boxes, second.boxes)
+    assert [t.window for t in tile([second], 20)][-1] == (60, 20, 80, 40)
 
 
 @pytest.mark.parametrize("name", [TINY, "torchvision:resnet18"])

@@ -194,8 +194,8 @@ def windows(width: int, height: int, size: int, overlap: float = 0.0) -> list[tu
 
 
 def cut(item: Labelled, window: tuple[int, int, int, int]) -> Labelled:
-    """The part of `item` inside `window`, boxes in the tile's pixels: clipped, and kept when at least MIN_VISIBLE of
-    each box's area remains."""
+    """The part of `item` inside `window` (in the item's own pixels), boxes in the tile's pixels: clipped, and kept
+    when at least MIN_VISIBLE of each box's area remains."""
     x0, y0, x1, y1 = window
     b = item.boxes
     clipped = np.stack([b[:, 0].clip(x0, x1), b[:, 1].clip(y0, y1), b[:, 2].clip(x0, x1), b[:, 3].clip(y0, y1)], 1)
@@ -203,8 +203,9 @@ def cut(item: Labelled, window: tuple[int, int, int, int]) -> Labelled:
     inside = (clipped[:, 2] - clipped[:, 0]).clip(0) * (clipped[:, 3] - clipped[:, 1]).clip(0)
     keep = (inside >= MIN_VISIBLE * area) & (inside > 0)
     boxes = (clipped[keep] - np.array([x0, y0, x0, y0], np.float32)).astype(np.float32)
+    ox, oy = item.window[:2] if item.window is not None else (0, 0)  # a tile cut again: windows in the file's pixels
     return Labelled(item.path, x1 - x0, y1 - y0, boxes, [lab for lab, k in zip(item.labels, keep) if k],
-                    (x0, y0, x1, y1))
+                    (ox + x0, oy + y0, ox + x1, oy + y1))
 
 
 def tile(items: list[Labelled], size: int, overlap: float = 0.0) -> list[Labelled]:

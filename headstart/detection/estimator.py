@@ -264,7 +264,9 @@ class ObjectDetector:
         `fit` scores held-out tiles instead.)"""
         self._check_fitted()
         items = read_boxes(data) if isinstance(data, (str, os.PathLike)) else data
-        return self._metrics(items, [self._whole_image(item.path) for item in items])
+        # tiles given as such (a window in their file) are scored as they are
+        return self._metrics(items, [self._whole_image(x.path) if x.window is None else self._detect([x])[0]
+                                     for x in items])
 
     # --- persistence ------------------------------------------------------------------------------------
     def _config(self) -> dict:
