@@ -51,6 +51,8 @@ import torch
 from torch import nn
 
 from ._runtime import cache_root
+from .detection import ObjectDetector
+from .detection.onnx import OnnxDetector, export_detector
 from .errors import HeadstartError
 from .heads import outputs_to_scores
 from .predict_stream import BatchScorer, default_check_inputs, iter_inputs, score_items
@@ -123,17 +125,26 @@ def _inputs(batch: dict, modality: str) -> tuple[torch.Tensor, ...]:
     return tuple(torch.as_tensor(batch[n]) for n in input_names(modality))
 
 
-def export_model(est: TransferEstimator, path: str, fmt: str = "onnx", check_inputs: Sequence | None = None,
-                 verbose: bool = True, bundle: str | None = None) -> dict:
+def export_model(est: TransferEstimator | ObjectDetector, path: str, fmt: str = "onnx",
+                 check_inputs: Sequence | None = None, verbose: bool = True, bundle: str | None = None) -> dict:
     """Write `est`'s graph to `path` and check it against the torch model on real inputs (`check_inputs`:
     files, folders, tables or texts; the first CHECK_LIMIT are used).
 
     Returns {"path", "format", "max_abs_diff", "tolerance", "n_checked"}; raises HeadstartError where the graph
     decides differently on some input or a score moves by more than float32 rounding explains (see the module
-    docstring; the file is removed then: a graph that predicts differently is not an export).
+    docstring; the file is removed then: a graph that predicts differently is not an export). A detector exports
+    its tile graph with its own parity check (detection/onnx.py).
     """
     if fmt not in FORMATS:
         raise HeadstartError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
+    if isinstance(est, ObjectDetector):  # its own graph (one tile in, boxes out) and parity check: detection/onnx.py
+        if fmt != "onnx":
+            raise HeadstartError(f"{bundle or 'this detector'}: a detector exports to onnx only, not {fmt}")
+        result = export_detector(est, path, check_inputs, bundle_digest(bundle) if bundle else None)
+        say(verbose, f"parity on {result['n_checked']} tiles ({result['detections_checked']} detections): every "
+            f"detection matched, max |difference| = {result['max_abs_diff']:.2e} (boxes within 0.01 px, scores "
+            "within 1e-4)")
+        return result
     if est.spec_.source == "pair":  # two tokenizers feed one graph: the runtime's single text input cannot
         raise HeadstartError(f"{bundle or 'this model'}: a blend of two models ({est.spec_.description}) cannot be "
                              "exported: its inputs come from two tokenizers; refit with --strategy features (or "
@@ -289,7 +300,7 @@ def _exported_from(path: str) -> str | None:
     return {p.key: p.value for p in model.metadata_props}.get("headstart.bundle_digest")
 
 
-def attach_onnx_runtime(est: TransferEstimator, bundle_path: str, verbose: bool = False) -> str:
+def attach_onnx_runtime(est: TransferEstimator | ObjectDetector, bundle_path: str, verbose: bool = False) -> str:
     """Make `est` predict through onnxruntime; returns the graph's path.
 
     Uses `headstart export`'s file beside the bundle (BUNDLE.onnx) when it was exported from this very bundle,
@@ -302,5 +313,5 @@ def attach_onnx_runtime(est: TransferEstimator, bundle_path: str, verbose: bool 
         path = sibling
     elif not os.path.exists(path):
         export_model(est, path, "onnx", verbose=verbose, bundle=bundle_path)
-    est.runtime_ = OnnxScorer(path)
+    est.runtime_ = OnnxDetector(path) if isinstance(est, ObjectDetector) else OnnxScorer(path)
     return path

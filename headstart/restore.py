@@ -35,14 +35,13 @@ def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskMode
     if config["task"] == "pretrain":
         raise HeadstartError(f"{path}: a pre-trained backbone (headstart pretrain), not a model with a head; "
                              f"train one on it with `headstart fit DATA --backbone {path}`")
-    if config["task"] == "detection" and runtime != "torch":  # its ONNX export and parity check are not written yet
-        raise HeadstartError(f"{path}: a detector predicts with runtime 'torch' only, not '{runtime}'")
     try:
         if config["task"] == "detection":
-            return ObjectDetector._from_bundle(config, state, files)
-        if config["task"] == "multitask":
+            est = ObjectDetector._from_bundle(config, state, files)
+        elif config["task"] == "multitask":
             return MultiTaskModel._from_bundle(config, state, files)
-        est = restore_estimator(estimator_class(config["modality"], config["task"]), config, state, files)
+        else:
+            est = restore_estimator(estimator_class(config["modality"], config["task"]), config, state, files)
     except BackboneUnavailable as err:  # an older bundle whose backbone files are nowhere on this machine
         raise BackboneUnavailable(f"{path}: {err}") from None
     except BundleError as err:  # refused while rebuilding (a classical head's types, a backbone config's sizes),

@@ -20,8 +20,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+import torch
 from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
 
+from .detection import ObjectDetector
 from .errors import HeadstartError
 from .predict_stream import BatchScorer, format_row
 from .restore import load
@@ -100,10 +103,11 @@ class BodyLimit:
 log = logging.getLogger("headstart.serve")
 
 
-def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bundle: str = "",
+def create_app(est: "TransferEstimator | ObjectDetector", limits: ServeLimits | None = None, bundle: str = "",
                token: str | None = None) -> TokenAuth | InFlightLimit:
     """An ASGI app serving a fitted estimator (from `hs.load`, on torch or onnxruntime): FastAPI behind the body
-    limit, the in-flight bound and, with `token`, the API token check (`/health` stays open)."""
+    limit, the in-flight bound and, with `token`, the API token check (`/health` stays open). A detector
+    (hs.ObjectDetector) answers with boxes, under the same limits."""
     try:
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError
@@ -116,7 +120,8 @@ def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bund
                              "pip install fastapi uvicorn python-multipart") from None
     est._check_fitted()
     limits = limits or ServeLimits()
-    scorer = BatchScorer(est)
+    detector = isinstance(est, ObjectDetector)
+    scorer = DetectorScorer(est) if detector else BatchScorer(est)
     lock = threading.Lock()
     runtime = "onnx" if getattr(est, "runtime_", None) is not None else "torch"
 
@@ -131,6 +136,18 @@ def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bund
 
     class PredictionsOut(BaseModel):
         predictions: list[Prediction]
+        seconds: float
+
+    class Box(BaseModel):
+        box: list[float] = Field(..., description="xmin, ymin, xmax, ymax in the image's pixels")
+        label: str
+        score: float
+
+    class Detections(BaseModel):
+        boxes: list[Box] = Field(..., description="best first")
+
+    class DetectionsOut(BaseModel):
+        predictions: list[Detections]
         seconds: float
 
     app = FastAPI(title=f"headstart: {est.spec_.name} {est.modality} {est._task}",
@@ -163,7 +180,8 @@ def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bund
     def metadata() -> dict:
         return {"labels": est.classes_, "task": est._task, "modality": est.modality, "backbone": est.spec_.name,
                 "preprocess": est.spec_.preprocess.to_dict(), "metrics": _plain_metrics(est.metrics_),
-                "runtime": runtime, "limits": asdict(limits)}
+                "runtime": runtime, "limits": asdict(limits),
+                **({"tile_size": est.tile_size} if detector else {})}
 
     def predict_items(items: list, prepared: bool = False) -> dict:
         """Scores for texts, or for images already reduced to model inputs (`prepared`, see _open_images)."""
@@ -178,6 +196,8 @@ def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bund
         except Exception:  # the model failed on inputs that passed every check: a bug or a broken runtime
             log.exception("scoring %d input(s) failed", len(items))
             raise RequestProblem(500, INTERNAL_ERROR) from None
+        if detector:
+            return {"predictions": scores, "seconds": round(time.perf_counter() - started, 4)}
         rows = []
         for s, good in zip(scores, ok):
             r = format_row(est, "", s, bool(good), with_probs=True)
@@ -188,12 +208,13 @@ def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bund
         return {"predictions": rows, "seconds": round(time.perf_counter() - started, 4)}
 
     if est.modality == "image":
-        @app.post("/predict", response_model=PredictionsOut,
+        @app.post("/predict", response_model=DetectionsOut if detector else PredictionsOut,
                   openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
                       "type": "object", "properties": {"files": {"type": "array", "items": {
                           "type": "string", "format": "binary"}}}, "required": ["files"]}}}, "required": True}})
         async def predict_images(request: Request) -> dict:
-            """Classify uploaded images: multipart/form-data, one or more `files` parts."""
+            """Classify (or, for a detector, find boxes in) uploaded images: multipart/form-data, one or more
+            `files` parts."""
             if not request.headers.get("content-type", "").startswith("multipart/form-data"):
                 raise RequestProblem(415, "send images as multipart/form-data with one or more 'files' parts")
             try:
@@ -226,6 +247,27 @@ def create_app(est: "TransferEstimator", limits: ServeLimits | None = None, bund
 
     guarded = InFlightLimit(BodyLimit(app, limits.max_request_bytes), limits.max_in_flight)
     return TokenAuth(guarded, token) if token else guarded
+
+
+class DetectorScorer:
+    """The detector's side of BatchScorer: an upload kept at full size (boxes are found on the image's own pixels,
+    tiled as in `predict`), and per image its boxes, labels and scores, best first."""
+
+    def __init__(self, est: ObjectDetector) -> None:
+        self.est = est
+
+    def prepare(self, img: Image.Image) -> torch.Tensor:
+        # uint8, one copy of the decoded pixels: the request's pixel budget bounds what a request holds
+        return pil_to_tensor(img if img.mode == "RGB" else img.convert("RGB"))
+
+    def score_prepared(self, images: list[torch.Tensor]) -> tuple[list[dict], list[bool]]:
+        rows = []
+        for pixels in images:
+            found = self.est.detect_image(pixels)
+            rows.append({"boxes": [{"box": [round(v, 2) for v in box], "label": self.est.classes_[int(k)],
+                                    "score": round(float(s), 5)}
+                                   for box, k, s in zip(found["boxes"].tolist(), found["labels"], found["scores"])]})
+        return rows, [True] * len(rows)
 
 
 INTERNAL_ERROR = "internal error while answering this request; the details are in the server's log"
@@ -281,7 +323,7 @@ def _image_problems(name: str):
 def _plain_metrics(metrics: dict) -> dict:
     """Headline numbers only: per-class tables and confusion matrices belong in the report, not in metadata."""
     validation = metrics.get("validation", {}) if isinstance(metrics, dict) else {}
-    keep = ("accuracy", "macro_f1", "micro_f1", "mae", "rmse", "r2", "n")
+    keep = ("accuracy", "macro_f1", "micro_f1", "mae", "rmse", "r2", "n", "map_50", "map_75", "map")
     return {"validation": {k: validation[k] for k in keep if k in validation},
             **{k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}}
 

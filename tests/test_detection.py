@@ -212,21 +212,27 @@ def test_bundle_round_trip_predicts_the_same_boxes(fitted, tmp_path):
     a, b = det.predict(image)[0], loaded.predict(image)[0]
     assert a["labels"] == b["labels"] and len(a["boxes"]) > 0
     np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-4)
-    with pytest.raises(hs.HeadstartError, match="runtime 'torch' only"):
-        hs.load(str(root / "run" / "model.hs"), runtime="onnx")
 
 
 def test_predict_slides_tiles_over_a_large_image_and_merges_their_boxes(fitted, tmp_path, monkeypatch):
+    from headstart.detection import estimator as estimator_module
+
     det, _, _ = fitted
     Image.new("RGB", (150, 100)).save(tmp_path / "big.png")
     seen = []
+    real_windows = estimator_module.windows
 
-    def fake_detect(tiles):  # one box at each tile's centre region, and one in the top-left corner of the image
-        seen.extend(t.window for t in tiles)
-        return [{"boxes": torch.tensor([[10.0, 10, 30, 30]]) - torch.tensor([t.window[0], t.window[1]] * 2),
-                 "scores": torch.tensor([0.5 + i / 100]), "labels": torch.tensor([0])} for i, t in enumerate(tiles)]
+    def record(*args):
+        seen.extend(real_windows(*args))
+        return seen
 
-    monkeypatch.setattr(det, "_detect", fake_detect)
+    def fake_detect(tiles):  # every tile reports the object at (10, 10, 30, 30) of the image, in its own pixels
+        assert [tuple(t.shape[-2:]) for t in tiles] == [(y1 - y0, x1 - x0) for x0, y0, x1, y1 in seen]
+        return [{"boxes": torch.tensor([[10.0, 10, 30, 30]]) - torch.tensor([w[0], w[1]] * 2),
+                 "scores": torch.tensor([0.5 + i / 100]), "labels": torch.tensor([0])} for i, w in enumerate(seen)]
+
+    monkeypatch.setattr(estimator_module, "windows", record)
+    monkeypatch.setattr(det, "_detect_pixels", fake_detect)
     found = det.predict(str(tmp_path / "big.png"))[0]
     assert len(seen) > 1 and all(x1 <= 150 and y1 <= 100 for _, _, x1, y1 in seen)
     # every tile reported the same object in image pixels: shifted back, the copies merge into one

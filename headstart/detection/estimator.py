@@ -82,6 +82,7 @@ class ObjectDetector:
     """
 
     modality = "image"
+    _task = "detection"  # what the server and its metadata call the model's task, as for the classifiers
     default_backbone = "efficientnet_lite0"
 
     def __init__(
@@ -212,30 +213,42 @@ class ObjectDetector:
 
     # --- predict ----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _detect(self, tiles: Sequence[Labelled]) -> list[dict[str, torch.Tensor]]:
-        """Detections on each tile, in the tile's pixels, on the CPU."""
+    def _detect_pixels(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Detections on each uint8 [3, H, W] tile, in the tile's pixels: on the torch model, or on the ONNX graph
+        when one is attached (`runtime_`, from hs.load(..., runtime="onnx"))."""
         self._check_fitted()
-        device = _device()
+        runtime = getattr(self, "runtime_", None)
+        device = torch.device("cpu") if runtime is not None else _device()
         model = self.model_.to(device).eval()
         found = []
-        for start in range(0, len(tiles), self.batch_size):
-            part = tiles[start:start + self.batch_size]
-            images = [pil_to_tensor(load_image(t)).float().div(255.0).to(device) for t in part]
-            found += [{k: v.cpu() for k, v in d.items()} for d in model.detect(images)]
+        for start in range(0, len(images), self.batch_size):
+            part = [im.float().div(255.0).to(device) for im in images[start:start + self.batch_size]]
+            out = runtime.detect(part) if runtime is not None else model.detect(part)
+            found += [{k: v.cpu() for k, v in d.items()} for d in out]
         return found
 
-    def _whole_image(self, path: str) -> dict[str, torch.Tensor]:
-        """Detections on a whole image in its pixels: overlapping tiles when it is larger than one, whose boxes
-        of one class that overlap by more than MERGE_IOU are merged (non-maximum suppression); best first."""
-        width, height = image_size(path)
+    def _detect(self, tiles: Sequence[Labelled]) -> list[dict[str, torch.Tensor]]:
+        """Detections on each tile, in the tile's pixels."""
+        return self._detect_pixels([pil_to_tensor(load_image(t)) for t in tiles])
+
+    def detect_image(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Detections on a whole uint8 [3, H, W] image in its pixels: overlapping tiles when it is larger than one,
+        whose boxes of one class that overlap by more than MERGE_IOU are merged (non-maximum suppression); best
+        first. (The server's entry point: uploads are decoded in memory, never written to files.)"""
+        height, width = pixels.shape[-2:]
         overlap = PREDICT_OVERLAP if max(width, height) > self.tile_size else 0.0
         wins = windows(width, height, self.tile_size, overlap)
-        found = self._detect([Labelled(path, width, height, window=w) for w in wins])
+        found = self._detect_pixels([pixels[:, y0:y1, x0:x1] for x0, y0, x1, y1 in wins])
         boxes = torch.cat([d["boxes"] + torch.tensor([w[0], w[1], w[0], w[1]]) for d, w in zip(found, wins)])
         scores = torch.cat([d["scores"] for d in found])
         labels = torch.cat([d["labels"] for d in found])
         keep = batched_nms(boxes, scores, labels, MERGE_IOU) if len(wins) > 1 else torch.argsort(-scores)
         return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
+    def _whole_image(self, path: str) -> dict[str, torch.Tensor]:
+        """detect_image on an image file, decoded once (its tiles are views of it)."""
+        width, height = image_size(path)
+        return self.detect_image(pil_to_tensor(load_image(Labelled(path, width, height))))
 
     def predict(self, inputs: str | Sequence[str]) -> list[dict]:
         """Per image: path, and boxes (x1, y1, x2, y2 in the image's pixels), scores and labels, best first.
