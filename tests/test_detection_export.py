@@ -34,7 +34,7 @@ def test_export_writes_a_graph_that_finds_the_model_s_boxes(bundle, tmp_path):
     det = hs.load(path)
     result = hs.export_model(det, str(tmp_path / "det.onnx"), check_inputs=[str(root / "train")], verbose=False,
                              bundle=path)
-    assert result["n_checked"] == 6 and result["detections_checked"] == 600  # 6 tiles, 100 detections each
+    assert result["n_checked"] == 6 and result["detections_checked"] == 600  # 6 tiles, the cap of 100 each
     assert result["max_abs_diff"] < 1e-3  # measured: about 3e-5 (boxes, px), 4e-7 (scores)
     meta = {p.key: p.value for p in onnx.load(result["path"]).metadata_props}
     assert meta["headstart.labels"] == '["bar", "square"]' and meta["headstart.task"] == "detection"
@@ -114,3 +114,19 @@ def test_cli_exports_a_detector_and_refuses_torchscript_in_one_line(bundle, tmp_
     with pytest.raises(hs.HeadstartError, match="a detector exports to onnx only, not torchscript") as err:
         hs.export_model(hs.load(path), str(tmp_path / "x.pt"), "torchscript", verbose=False)
     assert "\n" not in str(err.value)
+
+
+def test_a_detector_that_finds_nothing_is_still_checked_on_detections_and_keeps_its_threshold(bundle, tmp_path):
+    import torch
+
+    path, root = bundle
+    det = hs.load(path)
+    det.model_._fcos[0].score_thresh = 0.999  # a detector sure of nothing on these tiles
+    result = hs.export_model(det, str(tmp_path / "strict.onnx"), check_inputs=[str(root / "big.png")],
+                             verbose=False)
+    # checked on the threshold-0 graph's detections (4 tiles, the cap's 100 each), though the shipped graph finds none
+    assert result["detections_checked"] == 400
+    tile = torch.rand(3, 64, 64)
+    assert len(det.model_.detect([tile])[0]["scores"]) == 0
+    assert len(detection_onnx.OnnxDetector(result["path"]).detect([tile])[0]["scores"]) == 0
+    assert det.model_._fcos[0].score_thresh == 0.999, "the model keeps its threshold after the check"

@@ -17,7 +17,8 @@ The parity check: on every checked tile, each detection of one runtime must have
 same label, every box coordinate within BOX_TOL pixels and the score within SCORE_TOL. Order is not compared (two
 near-equal scores may swap), and a detection within SCORE_TOL of the score threshold, or of the lowest score
 kept when the cap is reached, may be missing from the other side: rounding decides on which side of a cut it
-falls. The tolerances are over 100 times the differences measured above; a graph computing something else
+falls. The check runs on a graph exported with the score threshold at 0 as well (export_detector's docstring).
+The tolerances are over 100 times the differences measured above; a graph computing something else
 (another normalisation, other weights) moves scores by far more.
 """
 
@@ -137,36 +138,49 @@ def _as_numpy(found: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 def export_detector(det: ObjectDetector, path: str, check_inputs: Sequence[str] | None = None,
                     digest: str | None = None) -> dict:
     """Write `det`'s tile graph to `path` (written whole, then renamed) once it passes the parity check on the
-    check tiles; returns {"path", "format", "max_abs_diff", "tolerance", "n_checked"} as export_model does, the
-    difference being the largest over matched boxes' coordinates (pixels) and scores."""
+    check tiles; returns {"path", "format", "max_abs_diff", "tolerance", "n_checked", "detections_checked"} as
+    export_model does, the difference being the largest over matched boxes' coordinates (pixels) and scores.
+
+    A trained detector may find nothing on the check tiles at its score threshold, and a check over no detections
+    proves nothing about the weights. So the same graph is also exported with the threshold at 0 (one constant
+    differs; every tile then gives the cap's 100 detections) and checked the same way, then discarded.
+    """
     model = det.model_.to("cpu").eval()
-    graph = TileGraph(model).eval()
+    fcos = model._fcos[0]
     tiles = [t.float().div(255.0) for t in check_tiles(det, check_inputs)]
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".export-{os.getpid()}-{os.path.basename(path)}.tmp")
+    threshold, worst, checked = fcos.score_thresh, 0.0, 0
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings on torchvision's size arithmetic: sizes stay dynamic
-            torch.onnx.export(graph, (tiles[0],), tmp, input_names=["image"], output_names=list(OUTPUTS),
-                              dynamic_axes={"image": {1: "height", 2: "width"}, **{k: {0: "detections"}
-                                                                                   for k in OUTPUTS}},
-                              opset_version=OPSET, dynamo=False)
+        for cut in ([0.0] if threshold > 0 else []) + [threshold]:  # the graph to ship last: it stays in `tmp`
+            fcos.score_thresh = cut
+            _write_graph(TileGraph(model).eval(), tiles[0], tmp)
+            runtime = OnnxDetector(tmp)
+            with torch.no_grad():
+                want = [_as_numpy(model.detect([t])[0]) for t in tiles]
+            got = [_as_numpy(runtime.detect([t])[0]) for t in tiles]
+            why, diff = _parity(want, got, cut, fcos.detections_per_img)
+            if why:
+                raise HeadstartError(f"{path}: the exported graph is not the model: {why} (score threshold {cut}); "
+                                     "not written")
+            worst, checked = max(worst, diff), checked + int(sum(len(w["scores"]) for w in want))
         _annotate(tmp, det, digest)
-        runtime = OnnxDetector(tmp)
-        with torch.no_grad():
-            want = [_as_numpy(model.detect([t])[0]) for t in tiles]
-        got = [_as_numpy(runtime.detect([t])[0]) for t in tiles]
-        fcos = model._fcos[0]
-        why, diff = _parity(want, got, fcos.score_thresh, fcos.detections_per_img)
-        if why:
-            raise HeadstartError(f"{path}: the exported graph is not the model: {why}; not written")
         os.replace(tmp, path)
     finally:
+        fcos.score_thresh = threshold
         if os.path.exists(tmp):
             os.remove(tmp)
-    return {"path": path, "format": "onnx", "max_abs_diff": diff, "tolerance": max(BOX_TOL, SCORE_TOL),
-            "n_checked": len(tiles), "detections_checked": int(sum(len(w["scores"]) for w in want))}
+    return {"path": path, "format": "onnx", "max_abs_diff": worst, "tolerance": max(BOX_TOL, SCORE_TOL),
+            "n_checked": len(tiles), "detections_checked": checked}
+
+
+def _write_graph(graph: TileGraph, example: torch.Tensor, path: str) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings on torchvision's size arithmetic: sizes stay dynamic
+        torch.onnx.export(graph, (example,), path, input_names=["image"], output_names=list(OUTPUTS),
+                          dynamic_axes={"image": {1: "height", 2: "width"}, **{k: {0: "detections"} for k in OUTPUTS}},
+                          opset_version=OPSET, dynamo=False)
 
 
 def _annotate(path: str, det: ObjectDetector, digest: str | None) -> None:
