@@ -18,8 +18,9 @@ same label, every box coordinate within BOX_TOL pixels and the score within SCOR
 near-equal scores may swap), and a detection within SCORE_TOL of the score threshold, or of the lowest score
 kept when the cap is reached, may be missing from the other side: rounding decides on which side of a cut it
 falls. The check runs on a graph exported with the score threshold at 0 as well (export_detector's docstring).
-The tolerances are over 100 times the differences measured above; a graph computing something else
-(another normalisation, other weights) moves scores by far more.
+The tolerances are over 100 times the differences measured above; a graph computing something else moves
+boxes and scores by far more: with the red channel's mean at 0.5 instead of ImageNet's 0.485 in the graph (Lite0,
+400 px, a deepforest tile), 96 of the model's 100 detections found no match.
 """
 
 from __future__ import annotations
