@@ -170,7 +170,11 @@ def export_bundle(
     model.verbose = False
     path = out or os.path.splitext(bundle)[0] + (".onnx" if fmt == "onnx" else ".pt")
     result = export_model(model, path, fmt, check_inputs=check or None, verbose=not quiet, bundle=bundle)
-    if not quiet:
+    if not quiet and "detections_checked" in result:  # a detector: boxes matched one by one on tiles
+        out_console.print(f"wrote {result['path']} ({fmt}); every one of {result['detections_checked']} detections "
+                          f"on {result['n_checked']} tiles matched, max |box or score difference| "
+                          f"{result['max_abs_diff']:.2e}")
+    elif not quiet:
         out_console.print(f"wrote {result['path']} ({fmt}); the same decisions, max |score difference| "
                           f"{result['max_abs_diff']:.2e} (tolerance {result['tolerance']:.2e}) on "
                           f"{result['n_checked']} inputs")

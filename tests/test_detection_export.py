@@ -111,6 +111,7 @@ def test_cli_exports_a_detector_and_refuses_torchscript_in_one_line(bundle, tmp_
     out = str(tmp_path / "cli.onnx")
     result = CliRunner().invoke(app, ["export", path, "--out", out, "--check", str(root / "big.png")])
     assert result.exit_code == 0 and os.path.isfile(out), result.output
+    assert "every one of 400 detections on 4 tiles matched" in result.output  # big.png: 4 tiles at threshold 0
     with pytest.raises(hs.HeadstartError, match="a detector exports to onnx only, not torchscript") as err:
         hs.export_model(hs.load(path), str(tmp_path / "x.pt"), "torchscript", verbose=False)
     assert "\n" not in str(err.value)
