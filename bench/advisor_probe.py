@@ -16,25 +16,14 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import time
 
 import numpy as np
 import torch
+from time_limit import code_state  # bench/ is on sys.path when a script runs: one definition
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "advisor_probe.json")
-
-
-def code_state() -> dict:
-    import headstart
-
-    folder = os.path.dirname(headstart.__file__)
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "."))}
 
 
 def head_stage_accuracy(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float, str, float]:

@@ -15,23 +15,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import tempfile
 import time
 
+from time_limit import code_state  # bench/ is on sys.path when a script runs: one definition
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "setfit_holdout.json")
-
-
-def code_state() -> dict:
-    """The commit (and dirtiness) of the checkout that `import headstart` resolves to."""
-    import headstart
-
-    folder = os.path.dirname(headstart.__file__)
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", folder, *args], capture_output=True, text=True).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "."))}
 
 
 def estimated_seconds(hs, train: str) -> float | None:

@@ -57,7 +57,7 @@ from .errors import HeadstartError
 from .heads import outputs_to_scores
 from .predict_stream import BatchScorer, default_check_inputs, iter_inputs, score_items
 from .progress import say
-from .scoring import scoring_graph
+from .scoring import onnx_session, scoring_graph, write_onnx_metadata
 
 if TYPE_CHECKING:
     from .estimator import TransferEstimator
@@ -229,36 +229,20 @@ def _annotate(path: str, est, digest: str | None) -> None:
     """Labels, task and preprocessing inside the ONNX file: it is deployable without the bundle."""
     import json
 
-    import onnx
-
-    model = onnx.load(path)
     meta = {"headstart.labels": json.dumps(est.classes_), "headstart.task": est._task,
             "headstart.modality": est.modality, "headstart.backbone": json.dumps(est.spec_.to_dict())}
-    if digest:  # which bundle this graph came from: hs.load(bundle, runtime="onnx") reuses a matching export
-        meta["headstart.bundle_digest"] = digest
     if getattr(est, "target_scaling_", None):
         meta["headstart.target_scaling"] = json.dumps(est.target_scaling_)
     if getattr(est, "thresholds_", None):  # multi-label decisions: label j is on where score_j >= thresholds[j]
         meta["headstart.thresholds"] = json.dumps(est.thresholds_)
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(model, path)
+    write_onnx_metadata(path, meta, digest)
 
 
 class OnnxScorer:
     """An onnxruntime session over an exported graph: numpy batches in, scores out."""
 
     def __init__(self, path: str, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise HeadstartError("onnxruntime is not installed: pip install onnxruntime") from None
-        options = ort.SessionOptions()
-        # The same thread count as torch (OMP_NUM_THREADS / torch.set_num_threads): one knob for both runtimes.
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.log_severity_level = 3  # warnings about unused initialisers are noise for a user
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path, threads)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.path = path
 

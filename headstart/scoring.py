@@ -66,3 +66,29 @@ def scoring_graph(est: TransferEstimator, features_for_classical: bool = False) 
     if est.modality == "text":
         return TextGraph(est.model_, task).eval()
     raise HeadstartError(f"cannot export {est.modality} models; known: image, text")
+
+
+def onnx_session(path: str, threads: int | None = None):
+    """An onnxruntime CPU session on `path`, for classifiers' and detectors' graphs alike."""
+    try:
+        import onnxruntime as ort  # optional: only the ONNX runtime path needs it
+    except ImportError:
+        raise HeadstartError("onnxruntime is not installed: pip install onnxruntime") from None
+    options = ort.SessionOptions()
+    # The same thread count as torch (OMP_NUM_THREADS / torch.set_num_threads): one knob for both runtimes.
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 3  # warnings about unused initialisers are noise for a user
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def write_onnx_metadata(path: str, meta: dict[str, str], digest: str | None) -> None:
+    """`meta` (and the source bundle's digest) into the ONNX file's metadata: it is deployable without the bundle."""
+    import onnx  # optional: only export needs it
+
+    model = onnx.load(path)
+    if digest:  # which bundle this graph came from: hs.load(bundle, runtime="onnx") reuses a matching export
+        meta = {**meta, "headstart.bundle_digest": digest}
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, path)

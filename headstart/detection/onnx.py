@@ -37,6 +37,7 @@ from torch import nn
 from torchvision.transforms.functional import pil_to_tensor
 
 from ..errors import HeadstartError
+from ..scoring import onnx_session, write_onnx_metadata
 from .data import Labelled, image_size, load_image, windows
 from .model import DetectorModel
 from .predictions import image_paths
@@ -186,33 +187,18 @@ def _write_graph(graph: TileGraph, example: torch.Tensor, path: str) -> None:
 
 def _annotate(path: str, det: ObjectDetector, digest: str | None) -> None:
     """Labels, task and tiling inside the ONNX file: it is deployable without the bundle."""
-    import onnx
-
-    model = onnx.load(path)
-    meta = {"headstart.labels": json.dumps(det.classes_), "headstart.task": "detection",
-            "headstart.modality": "image", "headstart.backbone": json.dumps(det.spec_.to_dict()),
-            "headstart.tile_size": str(det.tile_size),
-            "headstart.outputs": "boxes [N,4] x1,y1,x2,y2 in the tile's pixels; scores [N]; labels [N] class indices"}
-    if digest:  # which bundle this graph came from: hs.load(bundle, runtime="onnx") reuses a matching export
-        meta["headstart.bundle_digest"] = digest
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(model, path)
+    write_onnx_metadata(path, {
+        "headstart.labels": json.dumps(det.classes_), "headstart.task": "detection", "headstart.modality": "image",
+        "headstart.backbone": json.dumps(det.spec_.to_dict()), "headstart.tile_size": str(det.tile_size),
+        "headstart.outputs": "boxes [N,4] x1,y1,x2,y2 in the tile's pixels; scores [N]; labels [N] class indices"},
+        digest)
 
 
 class OnnxDetector:
     """An onnxruntime session over an exported detector: what ObjectDetector.runtime_ holds for runtime="onnx"."""
 
     def __init__(self, path: str, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise HeadstartError("onnxruntime is not installed: pip install onnxruntime") from None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()  # one thread knob for both runtimes
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path, threads)
         self.path = path
 
     def detect(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
