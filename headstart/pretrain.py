@@ -185,8 +185,11 @@ def pretrain(unlabeled, backbone: str | None = None, out: str = "runs/pretrained
                             image_size=settings.image_size if modality == "image" else None)
     inputs = MODALITIES[modality].list_inputs([unlabeled] if isinstance(unlabeled, (str, os.PathLike))
                                               else list(unlabeled))
-    if modality == "text":
-        inputs = [t for t in inputs if t.strip()]
+    if modality == "text":  # a .txt file that is not UTF-8 (or not a regular file) reads as "": counted, as fit does
+        usable = [t for t in inputs if t.strip()]
+        if len(usable) < len(inputs):
+            say(verbose, f"skipped {len(inputs) - len(usable)} empty or unreadable (not UTF-8) text(s) in {unlabeled}")
+        inputs = usable
     else:  # as `fit` does: unreadable files (corrupt, truncated, decompression bombs) are skipped and counted
         readable = [p for p, why in zip(inputs, _check_all(inputs)) if why is None]
         if len(readable) < len(inputs):

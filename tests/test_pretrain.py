@@ -76,3 +76,19 @@ def test_masked_lm_adapts_the_packaged_text_encoder(tmp_path):
         a, b = plain(dict(batch)), adapted(dict(batch))
     assert a.shape == b.shape and not torch.allclose(a, b), "the adapted encoder must differ from the plain one"
     assert os.path.isfile(os.path.join(out, "model.safetensors"))
+
+
+def test_text_pretrain_counts_the_files_it_cannot_read(tmp_path, capsys):
+    # a .txt file in Latin-1 (not UTF-8) was dropped without a word: now the run says how many it skipped
+    from headstart.data.tweets import load_tweets
+
+    folder = tmp_path / "unlabeled"
+    folder.mkdir()
+    for i, text in enumerate(load_tweets()[0][:16]):
+        (folder / f"{i:02d}.txt").write_text(text, encoding="utf-8")
+    (folder / "latin1.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e".encode("latin-1"))
+    settings = PretrainSettings(epochs=1, batch_size=16, max_length=16, lr=1e-4)
+    out = pretrain(str(folder), "minilm_l6", str(tmp_path / "dapt"), modality="text", settings=settings)
+    config, _ = read_bundle(out)
+    assert config["pretrain"]["inputs"] == 16
+    assert "skipped 1 empty or unreadable (not UTF-8) text(s)" in capsys.readouterr().err

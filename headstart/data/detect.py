@@ -22,7 +22,7 @@ def detect_modality(data: str, input_col: str | None = None) -> str:
                 return "text" if all(f.endswith(".txt") for f in visible) else "image"
         return "image"
     suffix = os.path.splitext(data)[1].lower()
-    if suffix not in TABLE_SUFFIXES:
+    if suffix not in TABLE_SUFFIXES or not os.path.isfile(data):  # never open a pipe: the loader names it
         return "image"
     header = _table_columns(data, suffix)
     if input_col:
