@@ -1,0 +1,187 @@
+"""The training loop the methods share (multi-task heads, continual heads, SimCLR, masked LM, DANN, SetFit tuning).
+
+A method contributes only what differs: an `nn.Module` objective whose `forward(*batch)` returns the batch's loss
+(or `(loss, {name: value})` to log more), the optimiser's parameter groups, a scheduler, and the batches. The loop
+does the rest, on Accelerate like `train.run_stage`, through the same step (`train.optimizer_step`): device
+placement, mixed precision, DDP under `torchrun` / `accelerate launch`, gradient clipping, the progress bar, a
+deadline every process agrees on, and losses reduced over processes so every process sees one process's numbers.
+
+Batches: every process builds each whole batch as one process would (same shuffle, same augmentation draws, from
+the same seeds) and trains on its share of the rows. Loading is repeated per process; in exchange the data, the
+masks and the augmentations are exactly those of a single-process run, and a share weighs in by its row count, so
+two processes give one's losses up to float order (as long as the model draws no random numbers itself: dropout
+masks are drawn per share).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from .distributed import state
+from .progress import make_progress
+from .train import make_accelerator, optimizer_step, time_is_up
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    name: str  # the progress bar's label
+    epochs: int
+    grad_clip: float | None = None
+    mixed_precision: str = "no"  # "auto": bf16 on a CUDA device that has it (train.resolve_precision)
+    verbose: bool = True
+    deadline: float | None = None  # time.perf_counter() after which no batch starts (agreed by every process)
+
+
+@dataclass
+class LoopResult:
+    step_losses: list[float] = field(default_factory=list)  # every step's loss, as one process would compute it
+    # per epoch: {"epoch", "rows": [each step's rows], "loss": [each step's loss], and each logged value's list}
+    epochs: list[dict] = field(default_factory=list)
+    stopped: bool = False  # the deadline ended it
+
+
+# --- a process's share of a batch ---------------------------------------------------------------------------------
+def _rows(batch) -> int | None:
+    """Rows of the batch: the first dimension of its first tensor (a dict's in key order)."""
+    if isinstance(batch, torch.Tensor):
+        return len(batch)
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for v in values:
+        n = _rows(v)
+        if n is not None:
+            return n
+    return None
+
+
+def _bounds(n: int, parts: int) -> list[int]:
+    """np.array_split's cut points: shares differ by at most one row, the larger first."""
+    base, extra = divmod(n, parts)
+    cuts = [0]
+    for i in range(parts):
+        cuts.append(cuts[-1] + base + (i < extra))
+    return cuts
+
+
+def _share(batch, start: int, stop: int, device: torch.device):
+    """Rows [start, stop) of every tensor in the batch, on `device`; anything else as it is."""
+    if isinstance(batch, torch.Tensor):
+        return batch[start:stop].to(device)
+    if isinstance(batch, Mapping):
+        return {k: _share(v, start, stop, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_share(v, start, stop, device) for v in batch)
+    return batch
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every process's rows of `x`, in process order, with this process's own rows still carrying their gradient:
+    for losses over the whole batch (contrastive pairs). Each process then computes the same whole-batch loss;
+    the loop scales its backward pass by the number of processes, so DDP's average of the per-process gradients
+    is the whole batch's gradient. One process: `x` itself."""
+    shared = state()
+    if shared.num_processes == 1:
+        return x
+    sizes = [int(s) for s in _all_gather(torch.tensor([len(x)], device=x.device))]
+    padded = torch.zeros((max(sizes), *x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded[: len(x)] = x.detach()
+    parts = list(_all_gather(padded).split(max(sizes)))
+    parts = [p[:n] for p, n in zip(parts, sizes)]
+    parts[shared.process_index] = x
+    return torch.cat(parts)
+
+
+def _all_gather(x: torch.Tensor) -> torch.Tensor:
+    out = [torch.empty_like(x) for _ in range(state().num_processes)]
+    torch.distributed.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
+# --- the loop ------------------------------------------------------------------------------------------------------
+def _number(v: torch.Tensor | float) -> float:
+    return float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def _losses_of(output) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+    return output if isinstance(output, tuple) else (output, {})
+
+
+def run_loop(
+    objective: nn.Module,
+    groups: list[dict],
+    batches: Callable[[int], Iterable],
+    settings: LoopSettings,
+    *,
+    optimizer: Callable[[list[dict]], torch.optim.Optimizer],
+    scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
+    steps_per_epoch: int | None = None,
+    whole_batch: bool = False,
+    train_mode: Callable[[], None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> LoopResult:
+    """Train `objective`'s parameters (`groups`) for `settings.epochs` passes over `batches(epoch)` (epoch from 1).
+
+    `whole_batch`: the objective's loss is over the rows of every process (it calls `gather_rows`), not a mean
+    over its own share. `train_mode` sets train/eval modes at each epoch's start (default `objective.train()`).
+    `on_epoch` gets each epoch's record on the first process only. The objective's parameters are left in place,
+    unwrapped, on the device they trained on.
+    """
+    accel = make_accelerator(settings.mixed_precision)
+    opt = optimizer(groups)
+    sched = scheduler(opt) if scheduler is not None else None
+    model, opt = accel.prepare(objective, opt)
+    trainable = [p for g in groups for p in g["params"]]
+    n, rank = accel.num_processes, accel.process_index
+    result = LoopResult()
+    with make_progress(settings.verbose and accel.is_main_process) as bar:
+        total = settings.epochs * steps_per_epoch if steps_per_epoch else None
+        task = bar.add_task(settings.name, total=total, info="")
+        for epoch in range(1, settings.epochs + 1):
+            (train_mode or objective.train)()
+            step_rows, logged = [], {}
+            for batch in batches(epoch):
+                if settings.deadline is not None and time_is_up(accel, settings.deadline):
+                    result.stopped = True
+                    break
+                rows = _rows(batch) or 1
+                split = n > 1 and rows >= n  # fewer rows than processes: each trains on the whole batch
+                cuts = _bounds(rows, n) if split else [0, rows]
+                start, stop = (cuts[rank], cuts[rank + 1]) if split else (0, rows)
+                with accel.autocast():
+                    loss, extra = _losses_of(model(*_share(batch, start, stop, accel.device)))
+                # a share's weight in DDP's gradient average: its rows' part of the batch (a whole-batch loss
+                # is the same everywhere, and each process contributes only its own rows' gradient)
+                weight = n if whole_batch and split else (n * (stop - start) / rows if split else 1)
+                optimizer_step(accel, opt, loss * weight if weight != 1 else loss, trainable, settings.grad_clip)
+                if sched is not None:
+                    sched.step()
+                share = (stop - start) / rows if split and not whole_batch else 1 / n
+                values = {"loss": loss, **extra}
+                for k, v in values.items():
+                    logged.setdefault(k, []).append(_number(v) * share)
+                step_rows.append(rows)
+                bar.update(task, advance=1, info=f"epoch {epoch} loss {_number(loss):.3f}")
+            # one collective per epoch: every process's share of each step's loss and logged values, summed
+            keys = list(logged)
+            table = torch.tensor([logged[k] for k in keys], dtype=torch.float64).reshape(len(keys), -1)
+            if n > 1:
+                table = accel.reduce(table.to(accel.device), "sum").cpu()
+            record = {"epoch": epoch, "rows": step_rows, **{k: table[i].tolist() for i, k in enumerate(keys)}}
+            record.setdefault("loss", [])
+            result.step_losses.extend(record["loss"])
+            result.epochs.append(record)
+            if on_epoch is not None and accel.is_main_process:
+                on_epoch(record)
+            if result.stopped:
+                break
+    unwrap(accel, model)
+    return result
+
+
+def unwrap(accel: Accelerator, model: nn.Module) -> nn.Module:
+    """The objective without DDP's or autocast's wrappers (its parameters are the method's own modules')."""
+    return accel.unwrap_model(model, keep_fp32_wrapper=False)
