@@ -11,8 +11,9 @@ import copy
 
 import pytest
 import torch
+from torch.nn import functional as F
 
-from headstart import loop
+from headstart import continual, loop
 from headstart._runtime import adamw
 from headstart.multitask import MultiTaskHeads, MultiTaskModel
 
@@ -73,3 +74,60 @@ def test_multitask_steps_as_before(captured):
     assert captured[0].step_losses == before and len(before) == 4 * 3
     for k, v in model.heads_.state_dict().items():
         assert torch.equal(v, old_weights[k]), k
+
+
+# --- continual heads (finetune, rehearsal, LwF, EWC) -------------------------------------------------------------
+def _old_continual(head, n_classes, x, y, settings) -> tuple[list[float], torch.nn.Module]:
+    """continual.train_incremental's former loop, rehearsal and the buffer left out (x, y are its rows)."""
+    torch.manual_seed(settings.seed)
+    old_head = copy.deepcopy(head).eval()
+    n_old = continual.output_layer(old_head).out_features
+    new_head = continual.grow_head(head, n_classes)
+    anchor = fisher = None
+    if settings.method == "ewc":
+        fisher = continual.fisher_diagonal(old_head, x)
+        anchor = {k: v.detach().clone() for k, v in old_head.named_parameters()}
+    params = list(new_head.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = adamw(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    gen = torch.Generator().manual_seed(settings.seed)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs * -(-len(x) // settings.batch_size))
+    t, losses = settings.temperature, []
+    for _ in range(settings.epochs):
+        new_head.train()
+        for idx in torch.randperm(len(x), generator=gen).split(settings.batch_size):
+            xb, yb = x[idx], y[idx]
+            logits = new_head(xb)
+            loss = F.cross_entropy(logits, yb)
+            if settings.method == "lwf":
+                with torch.no_grad():
+                    target = (old_head(xb) / t).softmax(-1)
+                distill = F.kl_div((logits[:, :n_old] / t).log_softmax(-1), target, reduction="batchmean")
+                loss = loss + settings.lwf_weight * t * t * distill
+            elif settings.method == "ewc":
+                loss = loss + settings.ewc_weight / 2 * continual._ewc_penalty(new_head, anchor, fisher)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+    return losses, new_head.eval()
+
+
+def continual_problem(seed: int = 0):
+    torch.manual_seed(seed)
+    head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(8, 3))
+    x = torch.randn(40, 8)
+    return head, x, (x[:, :2].sum(1) > 0).long() + 3 * (x[:, 2] > 0.5).long()  # classes 0, 1 old; 3, 4 new
+
+
+@pytest.mark.parametrize("method", ["finetune", "lwf", "ewc"])
+def test_continual_steps_as_before(captured, method):
+    head, x, y = continual_problem()
+    settings = continual.ContinualSettings(method=method, epochs=3, batch_size=16, memory_per_class=0)
+    before, old_new_head = _old_continual(copy.deepcopy(head), 5, x, y, settings)
+    new_head = continual.train_incremental(copy.deepcopy(head), 5, x.numpy(), y.numpy(), settings)
+    assert captured[0].step_losses == before and len(before) == 3 * 3
+    for k, v in new_head.state_dict().items():
+        assert torch.equal(v, old_new_head.state_dict()[k]), k
