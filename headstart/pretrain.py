@@ -32,9 +32,11 @@ from .backbones import Backbone, backbone_files, create_backbone, resolve_backbo
 from .bundle import CONFIG, FILES, FORMAT, FORMAT_VERSION, WEIGHTS
 from .cache import write_atomic
 from .data.images import _check_all
+from .distributed import is_main_process
 from .errors import DataError, HeadstartError
+from .loop import LoopSettings, gather_rows, run_loop
 from .modalities import MODALITIES
-from .progress import make_progress, say
+from .progress import say
 
 
 @dataclass(frozen=True)
@@ -94,37 +96,55 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(sim, partner)
 
 
+class _SimCLRObjective(nn.Module):
+    """The loop's objective: NT-Xent over the views of the whole batch, every process's rows included."""
+
+    def __init__(self, backbone: Backbone, projector: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.backbone, self.projector, self.temperature = backbone, projector, temperature
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        z1, z2 = self.projector(self.backbone(v1)), self.projector(self.backbone(v2))
+        return nt_xent(gather_rows(z1), gather_rows(z2), self.temperature)
+
+
+def _row_weighted(record: dict) -> float:
+    """An epoch's mean loss, each batch weighted by its rows."""
+    total, seen = 0.0, 0
+    for loss, rows in zip(record["loss"], record["rows"]):
+        total, seen = total + loss * rows, seen + rows
+    return total / max(seen, 1)
+
+
 def pretrain_images(backbone: Backbone, paths: list[str], settings: PretrainSettings, verbose: bool) -> list[float]:
     pre = backbone.spec.preprocess
     dim = backbone.feature_dim
     projector = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, settings.projection_dim))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backbone.to(device).train()
-    projector.to(device).train()
     loader = DataLoader(TwoViews(paths, simclr_augment(pre.size, pre.mean, pre.std)), batch_size=settings.batch_size,
                         shuffle=True, drop_last=len(paths) > settings.batch_size, num_workers=settings.num_workers,
                         generator=torch.Generator().manual_seed(settings.seed),
                         persistent_workers=settings.num_workers > 0)
     params = [*backbone.parameters(), *projector.parameters()]
-    opt = adamw(params, lr=settings.lr or 1e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.epochs * len(loader)))
-    losses = []
-    with make_progress(verbose) as bar:
-        task = bar.add_task("SimCLR", total=settings.epochs * len(loader), info="")
-        for epoch in range(settings.epochs):
-            total, seen = 0.0, 0
-            for v1, v2 in loader:
-                z1, z2 = projector(backbone(v1.to(device))), projector(backbone(v2.to(device)))
-                loss = nt_xent(z1, z2, settings.temperature)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total, seen = total + float(loss.detach()) * len(v1), seen + len(v1)
-                bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {total / seen:.3f}")
-            losses.append(total / max(seen, 1))
+    result = run_loop(_SimCLRObjective(backbone, projector, settings.temperature), [{"params": params}],
+                      lambda _epoch: iter(loader), LoopSettings("SimCLR", settings.epochs, verbose=verbose),
+                      optimizer=lambda groups: adamw(groups, lr=settings.lr or 1e-3, weight_decay=1e-4),
+                      scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(
+                          opt, T_max=max(1, settings.epochs * len(loader))),
+                      steps_per_epoch=len(loader), whole_batch=True)
+    losses = [_row_weighted(record) for record in result.epochs]
     backbone.eval().cpu()
     return losses
+
+
+class _MaskedLMObjective(nn.Module):
+    """The loop's objective: the masked-LM loss of a collated batch (token ids, masks, labels)."""
+
+    def __init__(self, mlm: nn.Module) -> None:
+        super().__init__()
+        self.mlm = mlm
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.mlm(**batch).loss
 
 
 # --- texts: masked language modelling --------------------------------------------------------------------------
@@ -145,25 +165,15 @@ def pretrain_texts(backbone: Backbone, texts: list[str], settings: PretrainSetti
     rows = [{"input_ids": ids} for ids in encoded["input_ids"]]
     loader = DataLoader(rows, batch_size=settings.batch_size, shuffle=True, collate_fn=collator,
                         generator=torch.Generator().manual_seed(settings.seed))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    mlm.to(device).train()
-    opt = adamw(mlm.parameters(), lr=settings.lr or 5e-5, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.epochs * len(loader)))
-    losses = []
-    with make_progress(verbose) as bar:
-        task = bar.add_task("masked LM", total=settings.epochs * len(loader), info="")
-        for epoch in range(settings.epochs):
-            total, seen = 0.0, 0
-            for batch in loader:
-                loss = mlm(**{k: v.to(device) for k, v in batch.items()}).loss
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(mlm.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                total, seen = total + float(loss.detach()), seen + 1
-                bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {total / seen:.3f}")
-            losses.append(total / max(seen, 1))
+    params = list(mlm.parameters())
+    result = run_loop(_MaskedLMObjective(mlm), [{"params": params}], lambda _epoch: ((batch,) for batch in loader),
+                      LoopSettings("masked LM", settings.epochs, grad_clip=1.0, verbose=verbose),
+                      optimizer=lambda groups: adamw(groups, lr=settings.lr or 5e-5, weight_decay=0.01),
+                      scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(
+                          opt, T_max=max(1, settings.epochs * len(loader))),
+                      steps_per_epoch=len(loader))
+    # the mean over batches, each counted once (as before: a batch's loss is already a mean over its masked tokens)
+    losses = [sum(r["loss"]) / max(len(r["loss"]), 1) for r in result.epochs]
     encoder.load_state_dict(base.cpu().state_dict(), strict=False)
     return losses
 
@@ -210,8 +220,10 @@ def pretrain(unlabeled, backbone: str | None = None, out: str = "runs/pretrained
                                          "inputs": len(inputs), "losses": losses, "settings": settings.to_dict(),
                                          "seconds": round(time.perf_counter() - started, 1),
                                          "started_from": "pretrained" if pretrained else "random"}}
-    _write_folder(out, config, {f"backbone.{k}": v for k, v in model.state_dict().items()}, backbone_files(model))
-    say(verbose, f"backbone written to {out}: use it with `headstart fit DATA --backbone {out}`")
+    if is_main_process():  # one writer when several processes train together
+        _write_folder(out, config, {f"backbone.{k}": v for k, v in model.state_dict().items()},
+                      backbone_files(model))
+    say(verbose and is_main_process(), f"backbone written to {out}: use it with `headstart fit DATA --backbone {out}`")
     return out
 
 

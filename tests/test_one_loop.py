@@ -8,12 +8,17 @@ process nothing is reordered (the loop calls the same ops in the same order), so
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import TINY, TINY_SIZE
 from torch.nn import functional as F
+from torch.utils.data import DataLoader
 
-from headstart import continual, loop
+import headstart as hs
+from headstart import continual, loop, pretrain
 from headstart._runtime import adamw
 from headstart.multitask import MultiTaskHeads, MultiTaskModel
 
@@ -131,3 +136,84 @@ def test_continual_steps_as_before(captured, method):
     assert captured[0].step_losses == before and len(before) == 3 * 3
     for k, v in new_head.state_dict().items():
         assert torch.equal(v, old_new_head.state_dict()[k]), k
+
+
+# --- pre-training: SimCLR, masked LM ------------------------------------------------------------------------------
+def _old_simclr(backbone, paths, settings) -> list[float]:
+    pre, dim = backbone.spec.preprocess, backbone.feature_dim
+    projector = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.ReLU(),
+                                    torch.nn.Linear(dim, settings.projection_dim))
+    backbone.train()
+    projector.train()
+    loader = DataLoader(pretrain.TwoViews(paths, pretrain.simclr_augment(pre.size, pre.mean, pre.std)),
+                        batch_size=settings.batch_size, shuffle=True, drop_last=len(paths) > settings.batch_size,
+                        generator=torch.Generator().manual_seed(settings.seed))
+    opt = adamw([*backbone.parameters(), *projector.parameters()], lr=settings.lr or 1e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.epochs * len(loader)))
+    losses = []
+    for _ in range(settings.epochs):
+        for v1, v2 in loader:
+            loss = pretrain.nt_xent(projector(backbone(v1)), projector(backbone(v2)), settings.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+    return losses
+
+
+def test_simclr_steps_as_before(captured, colour_folder):
+    paths = sorted(str(p) for p in Path(colour_folder).rglob("*.png"))
+    settings = pretrain.PretrainSettings(epochs=2, batch_size=12, image_size=TINY_SIZE)
+    start = hs.create_backbone(TINY, pretrained=False, image_size=TINY_SIZE)
+    old, new = copy.deepcopy(start), copy.deepcopy(start)
+    torch.manual_seed(3)  # the projector's initial weights and the augmentations draw from the global generator
+    before = _old_simclr(old, paths, settings)
+    torch.manual_seed(3)
+    epoch_means = pretrain.pretrain_images(new, paths, settings, verbose=False)
+    assert captured[0].step_losses == before and len(before) == 2 * 3
+    assert epoch_means == pytest.approx([np.mean(before[:3]), np.mean(before[3:])], rel=1e-12)  # equal batches
+    for k, v in new.state_dict().items():
+        assert torch.equal(v, old.state_dict()[k]), k
+
+
+def _old_masked_lm(mlm, loader, settings) -> list[float]:
+    mlm.train()
+    opt = adamw(mlm.parameters(), lr=settings.lr or 5e-5, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.epochs * len(loader)))
+    losses = []
+    for _ in range(settings.epochs):
+        for batch in loader:
+            loss = mlm(**batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(mlm.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+    return losses
+
+
+def test_masked_lm_steps_as_before(captured):
+    from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
+
+    texts = [f"the {w} sat on the mat number {i}" for i, w in enumerate(["cat", "dog", "bird", "fox"] * 6)]
+    settings = pretrain.PretrainSettings(epochs=2, batch_size=8, max_length=16, lr=1e-4)
+    start = hs.create_backbone("minilm_l6")
+    backbone = copy.deepcopy(start)
+    # the reference: the MLM model pretrain_texts builds, trained by the former loop from the same seed
+    torch.manual_seed(5)
+    mlm = AutoModelForMaskedLM.from_config(start.body.model.config)
+    getattr(mlm, mlm.base_model_prefix).load_state_dict(start.body.model.state_dict(), strict=False)
+    mlm.tie_weights()
+    collator = DataCollatorForLanguageModeling(start.tokenizer, mlm_probability=settings.mask_probability)
+    rows = [{"input_ids": ids} for ids in start.tokenizer(texts, truncation=True, max_length=16)["input_ids"]]
+    before = _old_masked_lm(mlm, DataLoader(rows, batch_size=8, shuffle=True, collate_fn=collator,
+                                            generator=torch.Generator().manual_seed(settings.seed)), settings)
+    torch.manual_seed(5)
+    pretrain.pretrain_texts(backbone, texts, settings, verbose=False)
+    assert captured[0].step_losses == before and len(before) == 2 * 3
+    trained = getattr(mlm, mlm.base_model_prefix).state_dict()
+    for k, v in backbone.body.model.state_dict().items():
+        if k in trained:
+            assert torch.equal(v, trained[k]), k
