@@ -8,6 +8,7 @@ process nothing is reordered (the loop calls the same ops in the same order), so
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,10 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 import headstart as hs
-from headstart import continual, loop, pretrain
+from headstart import adapt, continual, loop, pretrain
 from headstart._runtime import adamw
+from headstart.data.labeled import LabeledData
+from headstart.heads import HeadConfig, Standardize, TransferModel, build_head, loss_for
 from headstart.multitask import MultiTaskHeads, MultiTaskModel
 
 
@@ -217,3 +220,79 @@ def test_masked_lm_steps_as_before(captured):
     for k, v in backbone.body.model.state_dict().items():
         if k in trained:
             assert torch.equal(v, trained[k]), k
+
+
+# --- domain adaptation: DANN --------------------------------------------------------------------------------------
+def _old_dann(model, source, target_items, epochs, lr, batch_size, seed=0) -> tuple[list[float], list[dict]]:
+    backbone, head = model.backbone, model.head
+    norm = head[0] if isinstance(head, torch.nn.Sequential) and isinstance(head[0], Standardize) else None
+    discriminator = torch.nn.Sequential(torch.nn.Linear(backbone.feature_dim, 256), torch.nn.ReLU(),
+                                        torch.nn.Dropout(0.2), torch.nn.Linear(256, 1))
+    generator = torch.Generator().manual_seed(seed)
+    src = adapt._loader(backbone, source.items, source.targets, True, batch_size, generator)
+    tgt = adapt._loader(backbone, target_items, None, True, batch_size, generator)
+    groups = [{"params": list(head.parameters()), "lr": lr * 0.1},
+              {"params": list(backbone.parameters()), "lr": lr * 0.1},
+              {"params": list(discriminator.parameters()), "lr": lr}]
+    for g in groups:
+        for p in g["params"]:
+            p.requires_grad_(True)
+    opt = adamw(groups, weight_decay=1e-4)
+    label_loss, domain_loss = loss_for("classification"), torch.nn.BCEWithLogitsLoss()
+    steps, step, losses, history = epochs * len(src), 0, [], []
+    target_batches = iter(tgt)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        discriminator.train()
+        for m in adapt.batchnorm_layers(backbone):
+            m.eval()
+        totals, seen = np.zeros(3), 0
+        for _, xs, ys in src:
+            try:
+                _, xt, _ = next(target_batches)
+            except StopIteration:
+                target_batches = iter(tgt)
+                _, xt, _ = next(target_batches)
+            strength = 2.0 / (1.0 + math.exp(-10.0 * step / max(steps, 1))) - 1.0
+            fs, ft = backbone(xs), backbone(xt)
+            loss_y = label_loss(head(fs), ys)
+            feats = torch.cat([fs, ft])
+            domains = torch.cat([torch.zeros(len(fs)), torch.ones(len(feats) - len(fs))])
+            logits = discriminator(adapt.reverse_gradient(norm(feats), strength)).squeeze(-1)
+            loss_d = domain_loss(logits, domains)
+            opt.zero_grad(set_to_none=True)
+            (loss_y + loss_d).backward()
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+            opt.step()
+            step += 1
+            losses.append(float((loss_y + loss_d).detach()))
+            domain_acc = float(((logits > 0).float() == domains).float().mean())
+            totals += np.array([float(loss_y.detach()), float(loss_d.detach()), domain_acc]) * len(ys)
+            seen += len(ys)
+        history.append({"stage": "dann", "epoch": epoch, "train_loss": totals[0] / seen,
+                        "domain_loss": totals[1] / seen, "domain_accuracy": totals[2] / seen})
+    return losses, history
+
+
+def dann_problem(folder: str, seed: int = 0):
+    paths = sorted(str(p) for p in Path(folder).rglob("*.png"))
+    classes = sorted({Path(p).parent.name for p in paths})
+    source = LabeledData(paths, np.array([classes.index(Path(p).parent.name) for p in paths]), classes)
+    torch.manual_seed(seed)
+    backbone = hs.create_backbone(TINY, pretrained=False, image_size=TINY_SIZE)
+    return TransferModel(backbone, build_head(HeadConfig(kind="linear"), backbone.feature_dim, len(classes))), source
+
+
+def test_dann_steps_as_before(captured, colour_folder):
+    model, source = dann_problem(colour_folder)
+    old_model = copy.deepcopy(model)
+    targets = source.items[::2]  # 18 target images against 36 source: the target loader is cycled
+    torch.manual_seed(7)  # the discriminator's weights and its dropout draw from the global generator
+    before, old_history = _old_dann(old_model, source, targets, epochs=2, lr=1e-3, batch_size=12)
+    torch.manual_seed(7)
+    history = adapt.dann_train(model, source, targets, epochs=2, lr=1e-3, batch_size=12, verbose=False)
+    assert captured[0].step_losses == before and len(before) == 2 * 3
+    for new, old in zip(history, old_history):
+        assert {k: new[k] for k in old} == old
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, old_model.state_dict()[k]), k
