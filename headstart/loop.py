@@ -40,7 +40,8 @@ class LoopSettings:
 @dataclass
 class LoopResult:
     step_losses: list[float] = field(default_factory=list)  # every step's loss, as one process would compute it
-    # per epoch: {"epoch", "rows": [each step's rows], "loss": [each step's loss], and each logged value's list}
+    # per epoch: {"epoch", "rows": [each step's rows], "loss": [each step's loss], each logged value's list, and
+    # "stopped": True where the deadline ended training in or at the end of that epoch}
     epochs: list[dict] = field(default_factory=list)
     stopped: bool = False  # the deadline ended it
 
@@ -78,19 +79,25 @@ def _share(batch, start: int, stop: int, device: torch.device):
     return batch
 
 
-def gather_rows(x: torch.Tensor) -> torch.Tensor:
-    """Every process's rows of `x`, in process order, with this process's own rows still carrying their gradient:
-    for losses over the whole batch (contrastive pairs). Each process then computes the same whole-batch loss;
-    the loop scales its backward pass by the number of processes, so DDP's average of the per-process gradients
-    is the whole batch's gradient. One process: `x` itself."""
+class WholeBatchObjective(nn.Module):
+    """Base of objectives whose loss is over the whole batch (contrastive views, pairs), not a mean over rows:
+    `forward` passes its embeddings through `self.gather`, which under several processes returns every
+    process's rows, this process's own still carrying their gradient. Each process then computes the same
+    whole-batch loss, and the loop scales its backward pass by the number of processes, so DDP's average of the
+    per-process gradients is the whole batch's gradient."""
+
+    split: bool = False  # set by the loop before each step: this batch is shared out between processes
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        return _gather_rows(x) if self.split else x
+
+
+def _gather_rows(x: torch.Tensor) -> torch.Tensor:
     shared = state()
-    if shared.num_processes == 1:
-        return x
     sizes = [int(s) for s in _all_gather(torch.tensor([len(x)], device=x.device))]
     padded = torch.zeros((max(sizes), *x.shape[1:]), dtype=x.dtype, device=x.device)
     padded[: len(x)] = x.detach()
-    parts = list(_all_gather(padded).split(max(sizes)))
-    parts = [p[:n] for p, n in zip(parts, sizes)]
+    parts = [p[:n] for p, n in zip(_all_gather(padded).split(max(sizes)), sizes)]
     parts[shared.process_index] = x
     return torch.cat(parts)
 
@@ -119,16 +126,15 @@ def run_loop(
     optimizer: Callable[[list[dict]], torch.optim.Optimizer],
     scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
     steps_per_epoch: int | None = None,
-    whole_batch: bool = False,
     train_mode: Callable[[], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> LoopResult:
     """Train `objective`'s parameters (`groups`) for `settings.epochs` passes over `batches(epoch)` (epoch from 1).
 
-    `whole_batch`: the objective's loss is over the rows of every process (it calls `gather_rows`), not a mean
-    over its own share. `train_mode` sets train/eval modes at each epoch's start (default `objective.train()`).
-    `on_epoch` gets each epoch's record on the first process only. The objective's parameters are left in place,
-    unwrapped, on the device they trained on.
+    A `WholeBatchObjective`'s loss is over the rows of every process, not a mean over its own share.
+    `train_mode` sets train/eval modes at each epoch's start (default `objective.train()`). `on_epoch` gets each
+    epoch's record on the first process only. The objective's parameters are left in place, unwrapped, on the
+    device they trained on.
     """
     accel = make_accelerator(settings.mixed_precision)
     opt = optimizer(groups)
@@ -136,6 +142,7 @@ def run_loop(
     model, opt = accel.prepare(objective, opt)
     trainable = [p for g in groups for p in g["params"]]
     n, rank = accel.num_processes, accel.process_index
+    whole_batch = isinstance(objective, WholeBatchObjective)
     result = LoopResult()
     with make_progress(settings.verbose and accel.is_main_process) as bar:
         total = settings.epochs * steps_per_epoch if steps_per_epoch else None
@@ -151,6 +158,8 @@ def run_loop(
                 split = n > 1 and rows >= n  # fewer rows than processes: each trains on the whole batch
                 cuts = _bounds(rows, n) if split else [0, rows]
                 start, stop = (cuts[rank], cuts[rank + 1]) if split else (0, rows)
+                if whole_batch:
+                    objective.split = split
                 with accel.autocast():
                     loss, extra = _losses_of(model(*_share(batch, start, stop, accel.device)))
                 # a share's weight in DDP's gradient average: its rows' part of the batch (a whole-batch loss
@@ -167,11 +176,15 @@ def run_loop(
                 bar.update(task, advance=1, info=f"epoch {epoch} loss {_number(loss):.3f}")
             # one collective per epoch: every process's share of each step's loss and logged values, summed
             keys = list(logged)
-            table = torch.tensor([logged[k] for k in keys], dtype=torch.float64).reshape(len(keys), -1)
-            if n > 1:
+            table = torch.tensor([logged[k] for k in keys], dtype=torch.float64)
+            if n > 1 and keys:  # every process took the same steps (the deadline is agreed)
                 table = accel.reduce(table.to(accel.device), "sum").cpu()
             record = {"epoch": epoch, "rows": step_rows, **{k: table[i].tolist() for i, k in enumerate(keys)}}
             record.setdefault("loss", [])
+            if settings.deadline is not None and not result.stopped and time_is_up(accel, settings.deadline):
+                result.stopped = True  # no epoch starts past the deadline: it would stop before its first step
+            if result.stopped:
+                record["stopped"] = True
             result.step_losses.extend(record["loss"])
             result.epochs.append(record)
             if on_epoch is not None and accel.is_main_process:

@@ -34,7 +34,7 @@ from .cache import write_atomic
 from .data.images import _check_all
 from .distributed import is_main_process
 from .errors import DataError, HeadstartError
-from .loop import LoopSettings, gather_rows, run_loop
+from .loop import LoopSettings, WholeBatchObjective, run_loop
 from .modalities import MODALITIES
 from .progress import say
 
@@ -96,7 +96,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(sim, partner)
 
 
-class _SimCLRObjective(nn.Module):
+class _SimCLRObjective(WholeBatchObjective):
     """The loop's objective: NT-Xent over the views of the whole batch, every process's rows included."""
 
     def __init__(self, backbone: Backbone, projector: nn.Module, temperature: float) -> None:
@@ -105,7 +105,7 @@ class _SimCLRObjective(nn.Module):
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
         z1, z2 = self.projector(self.backbone(v1)), self.projector(self.backbone(v2))
-        return nt_xent(gather_rows(z1), gather_rows(z2), self.temperature)
+        return nt_xent(self.gather(z1), self.gather(z2), self.temperature)
 
 
 def _row_weighted(record: dict) -> float:
@@ -130,7 +130,7 @@ def pretrain_images(backbone: Backbone, paths: list[str], settings: PretrainSett
                       optimizer=lambda groups: adamw(groups, lr=settings.lr or 1e-3, weight_decay=1e-4),
                       scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(
                           opt, T_max=max(1, settings.epochs * len(loader))),
-                      steps_per_epoch=len(loader), whole_batch=True)
+                      steps_per_epoch=len(loader))
     losses = [_row_weighted(record) for record in result.epochs]
     backbone.eval().cpu()
     return losses

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 import headstart as hs
-from headstart import adapt, continual, loop, pretrain
+from headstart import adapt, continual, fewshot, loop, pretrain
 from headstart._runtime import adamw
 from headstart.data.labeled import LabeledData
 from headstart.heads import HeadConfig, Standardize, TransferModel, build_head, loss_for
@@ -296,3 +296,57 @@ def test_dann_steps_as_before(captured, colour_folder):
         assert {k: new[k] for k in old} == old
     for k, v in model.state_dict().items():
         assert torch.equal(v, old_model.state_dict()[k]), k
+
+
+# --- SetFit's contrastive tuning ---------------------------------------------------------------------------------
+def _old_contrastive_tune(backbone, texts, labels, epochs, lr, batch_size, seed=0) -> tuple[list[float], list[dict]]:
+    labels, rng = torch.as_tensor(np.asarray(labels)), np.random.default_rng(seed)
+    backbone.train()
+    for p in backbone.parameters():
+        p.requires_grad_(True)
+    opt = adamw(backbone.parameters(), lr=lr)
+    steps, history = [], []
+    for epoch in range(1, epochs + 1):
+        order, losses = rng.permutation(len(texts)), []
+        for rows in np.array_split(order, -(-len(order) // batch_size)):
+            enc = backbone.tokenizer([texts[r] for r in rows], padding=True, truncation=True,
+                                     max_length=backbone.spec.preprocess.max_length, return_tensors="pt")
+            loss = fewshot.pair_loss(backbone(dict(enc)), labels[rows])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        steps += losses
+        history.append({"stage": "setfit", "epoch": epoch, "train_loss": float(np.mean(losses)), "texts": len(texts)})
+    return steps, history
+
+
+SETFIT_TEXTS = [f"{w} review number {i}: {'great' if i % 2 else 'awful'} stuff" for i, w in
+                enumerate(["short", "long", "odd", "fine", "plain"] * 4)]
+
+
+def test_setfit_tuning_steps_as_before(captured):
+    labels = np.arange(len(SETFIT_TEXTS)) % 2
+    start = hs.create_backbone("minilm_l6")
+    old, new = copy.deepcopy(start), copy.deepcopy(start)
+    torch.manual_seed(11)  # the encoder's dropout draws from the global generator
+    before, old_history = _old_contrastive_tune(old, SETFIT_TEXTS, labels, epochs=2, lr=4e-5, batch_size=8)
+    torch.manual_seed(11)
+    logged = []
+    history = fewshot.contrastive_tune(new, SETFIT_TEXTS, labels, epochs=2, lr=4e-5, batch_size=8, verbose=False,
+                                       log=logged.append)
+    assert captured[0].step_losses == before and len(before) == 2 * 3  # 20 texts: batches of 7, 7 and 6
+    assert history == old_history == logged
+    for k, v in new.state_dict().items():
+        assert torch.equal(v, old.state_dict()[k]), k
+
+
+def test_setfit_tuning_past_its_deadline_stops_as_before():
+    """As before: no batch starts after the deadline, and the pass it ended in says so (and is logged)."""
+    backbone, logged = hs.create_backbone("minilm_l6"), []
+    start = copy.deepcopy(backbone.state_dict())
+    history = fewshot.contrastive_tune(backbone, SETFIT_TEXTS, np.arange(20) % 2, epochs=3, verbose=False,
+                                       deadline=0.0, log=logged.append)
+    assert len(history) == len(logged) == 1 and history[0]["stopped"] == "time limit"
+    assert history[0].keys() == logged[0].keys() and math.isnan(history[0]["train_loss"])  # nan: no step taken
+    assert all(torch.equal(v, start[k]) for k, v in backbone.state_dict().items())
