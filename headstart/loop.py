@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
 from torch import nn
 
 from .distributed import state
@@ -68,14 +69,19 @@ def _bounds(n: int, parts: int) -> list[int]:
     return cuts
 
 
-def _share(batch, start: int, stop: int, device: torch.device):
-    """Rows [start, stop) of every tensor in the batch, on `device`; anything else as it is."""
+def _share(batch, part: int, parts: int, device: torch.device):
+    """This process's share of every tensor in the batch, on `device`: part `part` of `parts` near-equal runs of
+    its rows (each tensor by its own row count: a batch may hold source and target rows of different sizes);
+    anything else as it is."""
     if isinstance(batch, torch.Tensor):
-        return batch[start:stop].to(device)
+        if batch.dim() == 0:
+            return batch.to(device)
+        cuts = _bounds(len(batch), parts)
+        return batch[cuts[part]:cuts[part + 1]].to(device)
     if isinstance(batch, Mapping):
-        return {k: _share(v, start, stop, device) for k, v in batch.items()}
+        return {k: _share(v, part, parts, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_share(v, start, stop, device) for v in batch)
+        return type(batch)(_share(v, part, parts, device) for v in batch)
     return batch
 
 
@@ -136,7 +142,10 @@ def run_loop(
     epoch's record on the first process only. The objective's parameters are left in place, unwrapped, on the
     device they trained on.
     """
-    accel = make_accelerator(settings.mixed_precision)
+    # Some trained modules hold weights a method's loss never reaches (a text encoder's pooler under mean pooling):
+    # one process leaves their gradients empty, and DDP must be told to expect that too.
+    accel = make_accelerator(settings.mixed_precision,
+                             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     opt = optimizer(groups)
     sched = scheduler(opt) if scheduler is not None else None
     model, opt = accel.prepare(objective, opt)
@@ -156,12 +165,12 @@ def run_loop(
                     break
                 rows = _rows(batch) or 1
                 split = n > 1 and rows >= n  # fewer rows than processes: each trains on the whole batch
-                cuts = _bounds(rows, n) if split else [0, rows]
-                start, stop = (cuts[rank], cuts[rank + 1]) if split else (0, rows)
+                part, parts = (rank, n) if split else (0, 1)
+                start, stop = _bounds(rows, parts)[part : part + 2]
                 if whole_batch:
                     objective.split = split
                 with accel.autocast():
-                    loss, extra = _losses_of(model(*_share(batch, start, stop, accel.device)))
+                    loss, extra = _losses_of(model(*_share(batch, part, parts, accel.device)))
                 # a share's weight in DDP's gradient average: its rows' part of the batch (a whole-batch loss
                 # is the same everywhere, and each process contributes only its own rows' gradient)
                 weight = n if whole_batch and split else (n * (stop - start) / rows if split else 1)
