@@ -15,6 +15,7 @@ from .data.detect import detect_modality
 from .demo import run_demo
 from .detection import ObjectDetector
 from .detection.predictions import write_boxes
+from .distributed import is_main_process
 from .episodes import fewshot_eval
 from .estimator import estimator_class
 from .export import export_model
@@ -26,8 +27,9 @@ from .serve import ServeLimits, serve
 from .text_demo import run_text_demo
 
 __all__ = ["ObjectDetector", "PretrainSettings", "ServeLimits", "backbone_status", "backbone_table", "compare",
-           "describe", "detect_modality", "estimator_class", "export_model", "fewshot_eval", "load", "predict_boxes",
-           "pretrain", "rank", "run_demo", "run_text_demo", "serve", "stream_predict", "summary_line"]
+           "describe", "detect_modality", "estimator_class", "export_model", "fewshot_eval", "is_main_process",
+           "load", "predict_boxes", "pretrain", "rank", "run_demo", "run_text_demo", "serve", "stream_predict",
+           "summary_line"]
 
 
 def summary_line(metrics: dict, prefix: str = "") -> str:

@@ -317,7 +317,8 @@ def extend(
     model.verbose = not (quiet or as_json)
     model.extend(data, method=method, valid=valid, old_data=old_data, memory_per_class=memory, epochs=epochs, lr=lr)
     target = out or f"{bundle[:-3] if bundle.endswith('.hs') else bundle}-extended.hs"
-    model.save(target)
+    if _api().is_main_process():  # one writer when several processes train together (torchrun)
+        model.save(target)
     if as_json:
         sys.stdout.write(json.dumps({**model.last_extension_, "bundle": target}) + "\n")
     else:
@@ -340,6 +341,8 @@ def pretrain(
     limit: int | None = typer.Option(None, help="use at most this many unlabeled inputs"),
     scratch: bool = typer.Option(False, "--scratch", help="start from random weights instead of pretrained ones"),
     seed: int = typer.Option(0),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out from its last "
+                                "finished epoch (same inputs and options)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Self-supervised pre-training on unlabeled data: SimCLR for images, masked LM for texts."""
@@ -348,7 +351,8 @@ def pretrain(
             f.endswith(".txt") for f in os.listdir(unlabeled)) else "text"
     settings = _api().PretrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size,
                                        limit=limit, seed=seed)
-    path = _api().pretrain(unlabeled, backbone, out, modality, settings, pretrained=not scratch, verbose=not quiet)
+    path = _api().pretrain(unlabeled, backbone, out, modality, settings, pretrained=not scratch, verbose=not quiet,
+                           resume=resume)
     out_console.print(f"backbone: {path}")
 
 

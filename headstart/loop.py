@@ -15,6 +15,7 @@ masks are drawn per share).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from torch import nn
 
+from .checkpoint import Checkpointer, TrainState, match_layouts, rng_states, set_rng_states
 from .distributed import state
 from .progress import make_progress
 from .train import make_accelerator, optimizer_step, time_is_up
@@ -45,6 +47,17 @@ class LoopResult:
     # "stopped": True where the deadline ended training in or at the end of that epoch}
     epochs: list[dict] = field(default_factory=list)
     stopped: bool = False  # the deadline ended it
+
+
+@dataclass
+class Resumable:
+    """Per-epoch checkpoints of a run_loop, in checkpoint.py's file: the objective's weights (every module it
+    trains, a projection head too), the optimiser and scheduler states, every RNG state and the epochs' records.
+    When `checkpointer` has loaded a state, the loop restores it and goes on after its epoch, to the weights an
+    uninterrupted run ends with."""
+
+    checkpointer: Checkpointer
+    generator: torch.Generator | None = None  # the batches' shuffling generator, saved with the other RNG states
 
 
 # --- a process's share of a batch ---------------------------------------------------------------------------------
@@ -134,13 +147,14 @@ def run_loop(
     steps_per_epoch: int | None = None,
     train_mode: Callable[[], None] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    resumable: Resumable | None = None,
 ) -> LoopResult:
     """Train `objective`'s parameters (`groups`) for `settings.epochs` passes over `batches(epoch)` (epoch from 1).
 
     A `WholeBatchObjective`'s loss is over the rows of every process, not a mean over its own share.
     `train_mode` sets train/eval modes at each epoch's start (default `objective.train()`). `on_epoch` gets each
-    epoch's record on the first process only. The objective's parameters are left in place, unwrapped, on the
-    device they trained on.
+    epoch's record on the first process only. With `resumable`, a checkpoint is written after every epoch (and a
+    loaded one resumed). The objective's parameters are left in place, unwrapped, on the device they trained on.
     """
     # Some trained modules hold weights a method's loss never reaches (a text encoder's pooler under mean pooling):
     # one process leaves their gradients empty, and DDP must be told to expect that too.
@@ -153,10 +167,22 @@ def run_loop(
     n, rank = accel.num_processes, accel.process_index
     whole_batch = isinstance(objective, WholeBatchObjective)
     result = LoopResult()
+    saved = resumable.checkpointer.resume_for(0) if resumable is not None else None
+    if saved is not None:
+        objective.load_state_dict(saved.model)
+        opt.load_state_dict(saved.optimizer)
+        match_layouts(opt)
+        if sched is not None:
+            sched.load_state_dict(saved.scheduler)
+        set_rng_states(saved.rng, resumable.generator)
+        result.epochs = list(saved.stage_history)
+        result.step_losses = [loss for record in result.epochs for loss in record["loss"]]
     with make_progress(settings.verbose and accel.is_main_process) as bar:
         total = settings.epochs * steps_per_epoch if steps_per_epoch else None
         task = bar.add_task(settings.name, total=total, info="")
-        for epoch in range(1, settings.epochs + 1):
+        if saved is not None and steps_per_epoch:
+            bar.update(task, completed=saved.epoch * steps_per_epoch)
+        for epoch in range(saved.epoch + 1 if saved is not None else 1, settings.epochs + 1):
             (train_mode or objective.train)()
             step_rows, logged = [], {}
             for batch in batches(epoch):
@@ -196,6 +222,12 @@ def run_loop(
                 record["stopped"] = True
             result.step_losses.extend(record["loss"])
             result.epochs.append(record)
+            if resumable is not None:
+                resumable.checkpointer.save(TrainState(
+                    stage=0, epoch=epoch, step=len(result.step_losses), model=objective.state_dict(),
+                    optimizer=opt.state_dict(), scheduler=sched.state_dict() if sched is not None else {},
+                    rng=rng_states(resumable.generator), best_loss=math.nan, best_state=None, stale=0,
+                    stage_history=result.epochs))
             if on_epoch is not None and accel.is_main_process:
                 on_epoch(record)
             if result.stopped:

@@ -14,6 +14,7 @@ The result is a bundle folder (`config.json` + `model.safetensors`, backbone wei
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -31,10 +32,11 @@ from ._version import __version__
 from .backbones import Backbone, backbone_files, create_backbone, resolve_backbone
 from .bundle import CONFIG, FILES, FORMAT, FORMAT_VERSION, WEIGHTS
 from .cache import write_atomic
+from .checkpoint import Checkpointer
 from .data.images import _check_all
 from .distributed import is_main_process
 from .errors import DataError, HeadstartError
-from .loop import LoopSettings, WholeBatchObjective, run_loop
+from .loop import LoopSettings, Resumable, WholeBatchObjective, run_loop
 from .modalities import MODALITIES
 from .progress import say
 
@@ -108,6 +110,10 @@ class _SimCLRObjective(WholeBatchObjective):
         return nt_xent(self.gather(z1), self.gather(z2), self.temperature)
 
 
+def _resumable(checkpointer: Checkpointer | None, loader: DataLoader) -> Resumable | None:
+    return None if checkpointer is None else Resumable(checkpointer, loader.generator)
+
+
 def _row_weighted(record: dict) -> float:
     """An epoch's mean loss, each batch weighted by its rows."""
     total, seen = 0.0, 0
@@ -116,7 +122,8 @@ def _row_weighted(record: dict) -> float:
     return total / max(seen, 1)
 
 
-def pretrain_images(backbone: Backbone, paths: list[str], settings: PretrainSettings, verbose: bool) -> list[float]:
+def pretrain_images(backbone: Backbone, paths: list[str], settings: PretrainSettings, verbose: bool,
+                    checkpointer: Checkpointer | None = None) -> list[float]:
     pre = backbone.spec.preprocess
     dim = backbone.feature_dim
     projector = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, settings.projection_dim))
@@ -130,7 +137,7 @@ def pretrain_images(backbone: Backbone, paths: list[str], settings: PretrainSett
                       optimizer=lambda groups: adamw(groups, lr=settings.lr or 1e-3, weight_decay=1e-4),
                       scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(
                           opt, T_max=max(1, settings.epochs * len(loader))),
-                      steps_per_epoch=len(loader))
+                      steps_per_epoch=len(loader), resumable=_resumable(checkpointer, loader))
     losses = [_row_weighted(record) for record in result.epochs]
     backbone.eval().cpu()
     return losses
@@ -148,7 +155,8 @@ class _MaskedLMObjective(nn.Module):
 
 
 # --- texts: masked language modelling --------------------------------------------------------------------------
-def pretrain_texts(backbone: Backbone, texts: list[str], settings: PretrainSettings, verbose: bool) -> list[float]:
+def pretrain_texts(backbone: Backbone, texts: list[str], settings: PretrainSettings, verbose: bool,
+                   checkpointer: Checkpointer | None = None) -> list[float]:
     from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
     encoder = backbone.body.model
@@ -171,7 +179,7 @@ def pretrain_texts(backbone: Backbone, texts: list[str], settings: PretrainSetti
                       optimizer=lambda groups: adamw(groups, lr=settings.lr or 5e-5, weight_decay=0.01),
                       scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(
                           opt, T_max=max(1, settings.epochs * len(loader))),
-                      steps_per_epoch=len(loader))
+                      steps_per_epoch=len(loader), resumable=_resumable(checkpointer, loader))
     # the mean over batches, each counted once (as before: a batch's loss is already a mean over its masked tokens)
     losses = [sum(r["loss"]) / max(len(r["loss"]), 1) for r in result.epochs]
     encoder.load_state_dict(base.cpu().state_dict(), strict=False)
@@ -181,9 +189,13 @@ def pretrain_texts(backbone: Backbone, texts: list[str], settings: PretrainSetti
 # --- the entry point -------------------------------------------------------------------------------------------
 @keeps_callers_rng  # seeds the global generators; the caller's own random draws must not notice
 def pretrain(unlabeled, backbone: str | None = None, out: str = "runs/pretrained", modality: str = "image",
-             settings: PretrainSettings | None = None, pretrained: bool = True, verbose: bool = True) -> str:
+             settings: PretrainSettings | None = None, pretrained: bool = True, verbose: bool = True,
+             resume: bool = False) -> str:
     """Continue training `backbone` on unlabeled inputs (image folder; text file, table or folder of .txt files);
-    write it as a bundle folder at `out` and return that path, for `fit --backbone out`."""
+    write it as a bundle folder at `out` and return that path, for `fit --backbone out`.
+
+    A checkpoint is written under `out/checkpoint/` after every epoch (and removed once the bundle is written);
+    `resume=True` continues an interrupted run from it, with the same options and inputs, to the same weights."""
     settings = settings or PretrainSettings()
     seed_everything(settings.seed)
     if modality not in ("image", "text"):
@@ -213,7 +225,12 @@ def pretrain(unlabeled, backbone: str | None = None, out: str = "runs/pretrained
         f"({'SimCLR' if modality == 'image' else 'masked LM'}, {settings.epochs} epochs)")
     started = time.perf_counter()
     run = pretrain_images if modality == "image" else pretrain_texts
-    losses = run(model, inputs, settings, verbose)
+    checkpointer = Checkpointer(out, {"pretrain": settings.to_dict(), "backbone": spec.name, "modality": modality,
+                                      "pretrained": pretrained, "inputs": _digest(inputs)}, write=is_main_process())
+    if resume:
+        saved = checkpointer.load()
+        say(verbose, f"resuming after epoch {saved.epoch} of {settings.epochs}")
+    losses = run(model, inputs, settings, verbose, checkpointer)
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "headstart_version": __version__,
               "modality": modality, "task": "pretrain", "backbone": model.spec.to_dict(), "head": {"kind": "none"},
               "labels": [], "pretrain": {"objective": "simclr" if modality == "image" else "masked-lm",
@@ -223,8 +240,17 @@ def pretrain(unlabeled, backbone: str | None = None, out: str = "runs/pretrained
     if is_main_process():  # one writer when several processes train together
         _write_folder(out, config, {f"backbone.{k}": v for k, v in model.state_dict().items()},
                       backbone_files(model))
+    checkpointer.remove()
     say(verbose and is_main_process(), f"backbone written to {out}: use it with `headstart fit DATA --backbone {out}`")
     return out
+
+
+def _digest(inputs: list[str]) -> str:
+    """The inputs (paths or texts) in order: a checkpoint written for other inputs is not resumed."""
+    h = hashlib.blake2b(digest_size=16)
+    for item in inputs:
+        h.update(str(item).encode() + b"\n")
+    return h.hexdigest()
 
 
 def _write_folder(out: str, config: dict, state: dict[str, torch.Tensor], files: dict[str, bytes]) -> None:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from ._runtime import adamw
 from .adapters import lora_parameters
-from .checkpoint import Checkpointer, TrainState, rng_states, set_rng_states
+from .checkpoint import Checkpointer, TrainState, match_layouts, rng_states, set_rng_states
 from .distributed import loader_config
 from .heads import TransferModel
 from .progress import make_progress, say
@@ -248,6 +248,7 @@ def run_stage(
     if saved is not None:
         accel.unwrap_model(model).load_state_dict(saved.model)
         opt.load_state_dict(saved.optimizer)
+        match_layouts(opt)  # channels-last weights: their moments must come back laid out as they are
         sched.scheduler.load_state_dict(saved.scheduler)
         best_loss, best_state, stale, history = saved.best_loss, saved.best_state, saved.stale, saved.stage_history
         set_rng_states(saved.rng, shuffle_rng)

@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader
 import headstart as hs
 from headstart import adapt, continual, fewshot, loop, pretrain
 from headstart._runtime import adamw
+from headstart.bundle import read_bundle
+from headstart.checkpoint import Checkpointer
 from headstart.data.labeled import LabeledData
 from headstart.heads import HeadConfig, Standardize, TransferModel, build_head, loss_for
 from headstart.multitask import MultiTaskHeads, MultiTaskModel
@@ -350,3 +352,33 @@ def test_setfit_tuning_past_its_deadline_stops_as_before():
     assert len(history) == len(logged) == 1 and history[0]["stopped"] == "time limit"
     assert history[0].keys() == logged[0].keys() and math.isnan(history[0]["train_loss"])  # nan: no step taken
     assert all(torch.equal(v, start[k]) for k, v in backbone.state_dict().items())
+
+
+# --- checkpoints: pre-training resumes after its last finished epoch --------------------------------------------
+def test_an_interrupted_pretrain_resumes_to_the_weights_of_an_uninterrupted_one(colour_folder, tmp_path, monkeypatch):
+    settings = pretrain.PretrainSettings(epochs=3, batch_size=12, image_size=TINY_SIZE)
+    whole = pretrain.pretrain(colour_folder, TINY, str(tmp_path / "whole"), settings=settings, pretrained=False,
+                              verbose=False)
+    assert not (tmp_path / "whole" / "checkpoint").exists()  # removed once the bundle is written
+
+    saves, save = [], Checkpointer.save
+
+    def crash_after_the_first_epoch(self, state):
+        save(self, state)
+        saves.append(state.epoch)
+        raise KeyboardInterrupt  # as if the run were killed there
+
+    monkeypatch.setattr(Checkpointer, "save", crash_after_the_first_epoch)
+    out = str(tmp_path / "cut")
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.pretrain(colour_folder, TINY, out, settings=settings, pretrained=False, verbose=False)
+    monkeypatch.setattr(Checkpointer, "save", save)
+    assert saves == [1] and (tmp_path / "cut" / "checkpoint").exists()
+    with pytest.raises(hs.HeadstartError, match="different run"):  # other options: refused, not mixed
+        pretrain.pretrain(colour_folder, TINY, out, settings=pretrain.PretrainSettings(epochs=4, batch_size=12,
+                          image_size=TINY_SIZE), pretrained=False, verbose=False, resume=True)
+    pretrain.pretrain(colour_folder, TINY, out, settings=settings, pretrained=False, verbose=False, resume=True)
+    (config_whole, state_whole), (config_cut, state_cut) = read_bundle(whole), read_bundle(out)
+    assert config_cut["pretrain"]["losses"] == config_whole["pretrain"]["losses"]
+    for k, v in state_whole.items():
+        assert torch.equal(state_cut[k], v), k
