@@ -228,6 +228,9 @@ def pretrain(unlabeled, backbone: str | None = None, out: str = "runs/pretrained
     checkpointer = Checkpointer(out, {"pretrain": settings.to_dict(), "backbone": spec.name, "modality": modality,
                                       "pretrained": pretrained, "inputs": _digest(inputs)}, write=is_main_process())
     if resume:
+        if not os.path.isfile(checkpointer.path):  # (Checkpointer.load's own message speaks of `fit`)
+            raise HeadstartError(f"{checkpointer.path}: no checkpoint to resume from; run `headstart pretrain` with "
+                                 "this --out first (a checkpoint is written at the end of each epoch)")
         saved = checkpointer.load()
         say(verbose, f"resuming after epoch {saved.epoch} of {settings.epochs}")
     losses = run(model, inputs, settings, verbose, checkpointer)

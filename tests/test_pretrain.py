@@ -96,3 +96,12 @@ def test_text_pretrain_counts_the_files_it_cannot_read(tmp_path, monkeypatch):
     config, _ = read_bundle(out)
     assert config["pretrain"]["inputs"] == 16
     assert "skipped 1 empty or unreadable (not UTF-8) text(s)" in said.getvalue()
+
+
+def test_pretrain_resume_without_a_checkpoint_says_so(colour_folder, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "headstart.cli", "pretrain", colour_folder, "--backbone", TINY,
+                           "--image-size", str(TINY_SIZE), "--scratch", "--epochs", "1", "--batch-size", "12",
+                           "--out", str(tmp_path / "none"), "--resume", "--quiet"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and "no checkpoint to resume from" in proc.stderr, proc.stderr[-2000:]
+    assert "headstart pretrain" in proc.stderr  # what to run first
