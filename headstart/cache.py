@@ -4,6 +4,9 @@ Layout: `<root>/features/<model key>/shard-<id>.npy` (float32 rows, memory-mappe
 `shard-<id>.json` (the content hash of each row). A shard counts only once both files are complete: each is
 written to a temporary name and renamed, the JSON last, so a crash leaves at worst an orphan `.npy` that is
 ignored; a shard whose array does not match its JSON is treated as missing and recomputed.
+
+`ShardRows` reads chosen rows of the shards back a batch at a time, for head stages on more rows than memory
+holds (stream.py): the whole matrix is never in one array.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -79,6 +84,20 @@ class FeatureCache:
         self._index = index
         return index
 
+    def locate(self, digests: list[str]) -> tuple[ShardRows, np.ndarray]:
+        """Where the digests' rows are, as a ShardRows in the digests' order (those found), and a mask of which
+        were found. Nothing is read: the rows stay on disk."""
+        index = self._load_index()
+        found = np.array([d in index for d in digests], dtype=bool)
+        paths: list[str] = []
+        rows: list[int] = []
+        for d in (d for d, f in zip(digests, found) if f):
+            shard, r = index[d]
+            paths.append(shard.filename)
+            rows.append(r)
+        dim = next(iter(index.values()))[0].shape[1] if index else 0
+        return ShardRows.of_rows(paths, rows, dim), found
+
     def get(self, digests: list[str]) -> tuple[np.ndarray | None, np.ndarray]:
         """Features for the digests found (zeros elsewhere) and a boolean mask of which were found."""
         index = self._load_index()
@@ -102,3 +121,99 @@ class FeatureCache:
         write_atomic(base + ".npy", lambda f: np.save(f, arr))
         write_atomic(base + ".json", lambda f: f.write(json.dumps({"digests": list(digests)}).encode()))
         self._index = None
+
+
+# Rows per read: a batch of at most this many bytes (64 MiB: 13,107 rows of 1,280 Lite0 features), so memory per
+# batch is the same whatever the feature width, and large enough that a read costs far more than its Python.
+BATCH_BYTES = 64 << 20
+
+
+@dataclass
+class ShardRows:
+    """Feature rows on disk, read a batch at a time and never all at once: `parts` holds (shard `.npy` path, a
+    range of its rows); a row's position is its place in the parts' concatenation.
+
+    Each read maps the shard, copies its batch out and unmaps it again: pages of a mapping kept open count in the
+    process's resident memory until the kernel needs them back, so a pass over a 40 GB cache would show 40 GB.
+    """
+
+    parts: list[tuple[str, range]]
+    dim: int
+    most_rows_read: int = field(default=0, compare=False)  # the largest batch read so far (tests check it)
+
+    @classmethod
+    def of_shards(cls, paths: list[str]) -> ShardRows:
+        """Every row of each shard, in order."""
+        parts, dim = [], 0
+        for path in paths:
+            shape = np.load(path, mmap_mode="r").shape
+            parts.append((path, range(shape[0])))
+            dim = shape[1]
+        return cls(parts, dim)
+
+    @classmethod
+    def of_rows(cls, paths: list[str], rows: list[int], dim: int) -> ShardRows:
+        """One part per run of consecutive rows from the same shard (a cache written in order is a few parts)."""
+        parts: list[tuple[str, range]] = []
+        start = 0
+        for i in range(1, len(paths) + 1):
+            if i == len(paths) or paths[i] != paths[start] or rows[i] != rows[i - 1] + 1:
+                parts.append((paths[start], range(rows[start], rows[i - 1] + 1)))
+                start = i
+        return cls(parts, dim)
+
+    def __len__(self) -> int:
+        return sum(len(r) for _, r in self.parts)
+
+    def batch_rows(self) -> int:
+        return max(256, BATCH_BYTES // (4 * max(1, self.dim)))
+
+    def _read(self, path: str, rows: range | np.ndarray) -> np.ndarray:
+        """Rows of one shard (a range, or sorted indices)."""
+        shard = np.load(path, mmap_mode="r")
+        if isinstance(rows, range):
+            out = np.array(shard[rows.start:rows.stop], dtype=np.float32)
+        else:
+            out = np.array(shard[rows], dtype=np.float32)
+        del shard  # unmapped here, not whenever the collector gets to it
+        self.most_rows_read = max(self.most_rows_read, len(out))
+        return out
+
+    def batches(self, batch_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(position of the batch's first row, rows [k, dim] float32), in order, k <= batch_rows."""
+        size = batch_rows or self.batch_rows()
+        position = 0
+        for path, rows in self.parts:
+            for i in range(0, len(rows), size):
+                chunk = rows[i:i + size]
+                yield position, self._read(path, chunk)
+                position += len(chunk)
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """The rows at `positions` (a subsample: the caller keeps it small), in the order given."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.zeros((len(positions), self.dim), dtype=np.float32)
+        offset = 0
+        for path, rows in self.parts:
+            mine = np.flatnonzero((positions >= offset) & (positions < offset + len(rows)))
+            if len(mine):
+                local = rows.start + positions[mine] - offset
+                order = np.argsort(local, kind="stable")  # a mapping reads fastest front to back
+                for i in range(0, len(order), self.batch_rows()):  # no read larger than a batch, here either
+                    some = order[i:i + self.batch_rows()]
+                    out[mine[some]] = self._read(path, local[some])
+            offset += len(rows)
+        return out
+
+    def split(self, rank: int, world: int) -> ShardRows:
+        """This process's contiguous share of the positions (sizes differ by one row at most)."""
+        n = len(self)
+        start, stop = rank * n // world, (rank + 1) * n // world
+        parts: list[tuple[str, range]] = []
+        offset = 0
+        for path, rows in self.parts:
+            lo, hi = max(start - offset, 0), min(stop - offset, len(rows))
+            if lo < hi:
+                parts.append((path, rows[lo:hi]))
+            offset += len(rows)
+        return ShardRows(parts, self.dim)

@@ -4,6 +4,10 @@ Training runs under DDP through `Accelerator.prepare`; validation metrics are ga
 same early-stopping decision; feature extraction splits the inputs between processes and gathers the rows; only
 the main process writes files (bundle, report, metrics, checkpoints, cache shards). A single process behaves as
 if none of this existed.
+
+A streamed head stage (stream.py, for more rows than memory holds) is the exception to the gather: each process
+extracts, caches and keeps only its own share (`my_share`), and the processes exchange sums (`all_reduce_sum`:
+a loss, a gradient, feature statistics) and small things a decision needs (`gather_small`: a subsample, counts).
 """
 
 from __future__ import annotations
@@ -36,6 +40,33 @@ def device() -> torch.device:
     if num_processes() > 1:
         return state().device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def rank() -> int:
+    return state().process_index
+
+
+def my_share(n: int) -> range:
+    """This process's contiguous share of `n` items (sizes differ by one at most), as ShardRows.split cuts rows."""
+    world, me = num_processes(), rank()
+    return range(me * n // world, (me + 1) * n // world)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """`t` summed over the processes, in place (a CPU tensor: gloo, or copied through this process's device)."""
+    if num_processes() == 1:
+        return t
+    on_device = t.to(state().device)
+    torch.distributed.all_reduce(on_device, op=torch.distributed.ReduceOp.SUM)
+    t.copy_(on_device.cpu())
+    return t
+
+
+def gather_small(obj: object) -> list:
+    """Every process's `obj`, in rank order, on every process: for what a decision needs, never for all rows."""
+    if num_processes() == 1:
+        return [obj]
+    return gather_object([obj])
 
 
 def loader_config(loader: DataLoader) -> DataLoaderConfiguration:

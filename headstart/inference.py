@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 
 from ._runtime import cache_root, resolve_workers
 from .backbones import Backbone
-from .cache import FeatureCache, model_key
-from .distributed import device, found_everywhere, is_main_process, run_sharded
+from .cache import FeatureCache, ShardRows, model_key
+from .distributed import device, found_everywhere, is_main_process, my_share, run_sharded
 from .modalities import modality_of
 from .progress import make_progress
 
@@ -82,10 +82,14 @@ def embed(
     use_cache: bool = True,
     cache_dir: str | None = None,
     verbose: bool = True,
+    local: bool = False,
+    digests: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features of a frozen backbone for each input, computed once and then read from the cache.
 
-    Returns (features, ok): rows of unreadable inputs are zeros with ok=False.
+    Returns (features, ok): rows of unreadable inputs are zeros with ok=False. `local`: this process alone
+    computes and caches every missing row (cached_rows gives each process its own share of the inputs), with no
+    collective and no gather. `digests`: the inputs' content hashes, when the caller already has them.
     """
     items = list(items)
     if backbone.spec.source == "pair":  # features end to end (backbones/pair.py): each part from its own cache
@@ -96,29 +100,53 @@ def embed(
     if not use_cache or not backbone.cache_features:
         return run_over(backbone, items, batch_size, num_workers, verbose)
     cache = feature_cache_for(backbone, cache_dir)
-    digests = modality_of(backbone).digests(items)
+    digests = digests if digests is not None else modality_of(backbone).digests(items)
     feats, found = cache.get(digests)
 
-    found = found_everywhere(found)  # processes must agree on what to compute (their caches may differ)
+    if not local:
+        found = found_everywhere(found)  # processes must agree on what to compute (their caches may differ)
     missing = [i for i in range(len(items)) if not found[i]]
     if feats is None:
         feats = np.zeros((len(items), backbone.feature_dim), dtype=np.float32)
     ok = found.copy()
     if missing:
-        # several processes (accelerate launch / torchrun) each compute a share and gather the rest
-        new, new_ok = run_sharded(lambda part: run_over(backbone, part, batch_size, num_workers, verbose),
-                                  [items[i] for i in missing])
+        def run(part: list) -> tuple[np.ndarray, np.ndarray]:
+            return run_over(backbone, part, batch_size, num_workers, verbose)
+
+        # several processes (accelerate launch / torchrun) each compute a share and gather the rest, unless local
+        todo = [items[i] for i in missing]
+        new, new_ok = run(todo) if local else run_sharded(run, todo)
         good = [j for j in range(len(missing)) if new_ok[j]]
         # Identical inputs share one digest: store each digest once.
         unique: dict[str, int] = {}
         for j in good:
             unique.setdefault(digests[missing[j]], j)
-        if is_main_process():  # one writer per cache
+        if local or is_main_process():  # one writer per cache; per shard, when each process caches its own rows
             cache.put(list(unique), new[list(unique.values())])
         for j in good:
             feats[missing[j]] = new[j]
             ok[missing[j]] = True
     return feats, ok
+
+
+# Inputs embedded (and their shard written) per call of cached_rows: its memory holds one chunk's features, and a
+# crash loses at most one chunk's work.
+STREAM_CHUNK = 50_000
+
+
+def cached_rows(backbone: Backbone, items: Sequence, batch_size: int = 32, num_workers: int | None = None,
+                cache_dir: str | None = None, verbose: bool = True) -> tuple[ShardRows, np.ndarray]:
+    """This process's share of `items` (all of them in a single process) embedded into the cache a chunk at a
+    time, never gathered: (where their rows are on disk, the positions in `items` of the rows found, in the
+    rows' order). Under several processes each extracts, caches and keeps only its own share."""
+    share = my_share(len(items))
+    mine = [items[i] for i in share]
+    digests = modality_of(backbone).digests(mine)
+    for start in range(0, len(mine), STREAM_CHUNK):
+        embed(backbone, mine[start:start + STREAM_CHUNK], batch_size, num_workers, True, cache_dir, verbose,
+              local=True, digests=digests[start:start + STREAM_CHUNK])
+    source, found = feature_cache_for(backbone, cache_dir).locate(digests)
+    return source, np.asarray(share)[found]
 
 
 embed_images = embed  # the name the image benchmarks and older callers use

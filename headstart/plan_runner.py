@@ -18,16 +18,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from . import stream
 from ._runtime import resolve_workers, seed_everything
 from .adapters import LoraSettings, inject_lora, merge_lora
 from .backbones import Backbone
+from .cache import ShardRows
 from .checkpoint import Checkpointer
 from .data.labeled import LabeledData
 from .heads import TransferModel, loss_for
-from .inference import embed
+from .inference import cached_rows, embed
 from .probe_heads import SOLVERS, refit_head, solved_stage
 from .progress import say
 from .strategies import Stage
+from .stream import concat_rows, refit_streamed, streamed_probe_stage
 from .train import LoopConfig, run_stage
 
 
@@ -47,7 +50,10 @@ def run_plan(est, model: TransferModel, stages: list[Stage], train: LabeledData,
             ckpt.earlier_history = list(est.history_)
         generator = seed_everything(est.seed + i)  # each stage repeatable whatever the cache held
         stage_loop = dataclasses.replace(loop, keep_start=i > 0)
-        if stage.backbone_frozen and not backbone_trained:
+        if stage.backbone_frozen and not backbone_trained and solved and streams(est, backbone, train):
+            records = streamed_probe_stage(head, stage.name, streamed_rows(est, backbone, train),
+                                           streamed_rows(est, backbone, val), len(est.classes_), est.seed, log)
+        elif stage.backbone_frozen and not backbone_trained:
             loaders = feature_loaders(est, backbone, train, val, generator)
             if solved:  # logistic or ridge regression, its penalty by cross-validation
                 records = solved_stage(est._task, head, stage.name, *loaders, len(est.classes_), est.seed, log)
@@ -77,6 +83,20 @@ def describe_plan(stages: list[Stage], solved: bool, batch_size: int, task: str 
         return f"{stage.name} x{stage.epochs}{batch}"
 
     return " -> ".join(one(i, s) for i, s in enumerate(stages))
+
+
+def streams(est, backbone: Backbone, train: LabeledData) -> bool:
+    """Whether the head stage streams its rows from the cache (stream.py) instead of holding them: a
+    classification probe on at least STREAM_MIN_ROWS cached rows (read at call time, so a test can lower it)."""
+    return (est._task == "classification" and len(train) >= stream.STREAM_MIN_ROWS and est.use_cache
+            and backbone.cache_features and backbone.spec.source != "pair")
+
+
+def streamed_rows(est, backbone: Backbone, part: LabeledData) -> tuple[ShardRows, np.ndarray]:
+    """This process's share of `part`'s feature rows, cached and left on disk, and their targets."""
+    source, positions = cached_rows(backbone, part.items, est.batch_size, est.num_workers, est.cache_dir,
+                                    est.verbose)
+    return source, est._target_tensor(part.targets[positions]).numpy()
 
 
 def feature_loaders(est, backbone: Backbone, train: LabeledData, val: LabeledData,
@@ -118,8 +138,13 @@ def refit_final_probe(est, backbone: Backbone, train: LabeledData, val: LabeledD
     chosen = next((r["probe"] for r in reversed(est.history_) if "probe" in r), None)
     if chosen is None or not len(val):
         return
-    parts = [loader.dataset.tensors[1:] for loader in feature_loaders(est, backbone, train, val, None)]
-    refit = est.metrics_["refit"] = refit_head(est._task, est.model_.head, parts, len(est.classes_), chosen)
+    if streams(est, backbone, train):
+        sources, targets = zip(streamed_rows(est, backbone, train), streamed_rows(est, backbone, val))
+        refit = est.metrics_["refit"] = refit_streamed(est.model_.head, concat_rows(list(sources)),
+                                                       np.concatenate(targets), len(est.classes_), chosen)
+    else:
+        parts = [loader.dataset.tensors[1:] for loader in feature_loaders(est, backbone, train, val, None)]
+        refit = est.metrics_["refit"] = refit_head(est._task, est.model_.head, parts, len(est.classes_), chosen)
     penalty = (f"alpha={refit['alpha']:g} (chosen again on them by leave-one-out)" if est._task == "regression"
                else f"C={refit['C']}")
     if est._task == "multilabel":  # thresholds chosen on every row out of fold replace the validation rows' choice
