@@ -136,3 +136,51 @@ def test_a_time_limit_stops_every_process_together(fashion, tmp_path):
     records = _epoch_records(out)
     assert len(records) == 1 and records[0]["stopped"] == "time limit, after 0 of this epoch's examples"
     assert os.path.exists(os.path.join(out, "model.hs"))
+
+
+STREAMED_FIT = textwrap.dedent("""
+    import json, sys
+    import headstart as hs
+    from headstart import stream
+    from headstart.distributed import num_processes, rank
+
+    stream.STREAM_MIN_ROWS = 10  # stream these 160 rows as if they were 10 million
+    data, cache, out, backbone, size = sys.argv[1:6]
+    clf = hs.ImageClassifier(backbone=backbone, pretrained=False, image_size=int(size), strategy="features",
+                             verbose=False, cache_dir=cache).fit(data)
+    head = clf.model_.head
+    with open(f"{out}-{rank()}.json", "w") as f:
+        json.dump({"processes": num_processes(), "history": clf.history_, "refit": clf.metrics_["refit"],
+                   "weight": head[2].weight.tolist(), "bias": head[2].bias.tolist()}, f)
+""")
+
+
+def test_a_streamed_head_on_two_processes_keeps_each_share_and_matches_one(fashion, tmp_path):
+    """Above stream.STREAM_MIN_ROWS, each process embeds and caches only its own share of the rows (no gather of
+    features: every shard in the cache holds one process's share) and the head is solved on both shares by
+    all-reduced losses and gradients: both processes end with the same head, which is the one process's."""
+    train, _ = fashion
+    script = tmp_path / "streamed_fit.py"
+    script.write_text(STREAMED_FIT)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    results = {}
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    for name, processes in (("one", 1), ("two", 2)):
+        launch = [sys.executable] if processes == 1 else [torchrun, "--standalone", "--nproc_per_node", "2"]
+        cache = str(tmp_path / f"cache-{name}")
+        proc = subprocess.run([*launch, str(script), train, cache, str(tmp_path / name), TINY, str(TINY_SIZE)],
+                              capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
+        results[name] = [json.loads((tmp_path / f"{name}-{r}.json").read_text()) for r in range(processes)]
+        (folder,) = (tmp_path / f"cache-{name}" / "features").iterdir()
+        results[name + " shards"] = sorted(len(json.loads(f.read_text())["digests"]) for f in folder.glob("*.json"))
+    (one,), (first, second) = results["one"], results["two"]
+    assert first["processes"] == 2 and one["processes"] == 1
+    assert first["history"][0]["solver"] == "logistic regression (streamed L-BFGS)"
+    # 160 training and 40 validation photos: one process wrote one shard of each, two processes one of each half
+    assert results["one shards"] == [40, 160] and results["two shards"] == [20, 20, 80, 80]
+    assert first["weight"] == second["weight"] and first["bias"] == second["bias"], "one step, taken by both"
+    assert first["refit"]["rows"] == one["refit"]["rows"] == 200
+    for key in ("train_loss", "val_loss"):
+        assert first["history"][0][key] == pytest.approx(one["history"][0][key], rel=LOSS_RTOL), key
+    np.testing.assert_allclose(np.array(first["weight"]), np.array(one["weight"]), rtol=0, atol=2e-3)
