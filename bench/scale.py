@@ -124,6 +124,7 @@ def run(rows: int, processes: int, folder: str, args: argparse.Namespace) -> dic
         torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
         cmd = [torchrun, "--standalone", "--nproc_per_node", str(processes), *script]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
@@ -132,7 +133,9 @@ def run(rows: int, processes: int, folder: str, args: argparse.Namespace) -> dic
     with open(result) as f:
         out = json.load(f)
     seconds = max(p["seconds"] for p in out["processes"])  # from the data's first read to the last score
+    # the machine's 1-minute load average before and after: times mean little when other jobs share the cores
     return {"rows": rows, "processes_asked": processes, "wall_seconds": round(wall, 2),
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "startup_seconds": round(wall - seconds, 2), "seconds_per_million_rows": round(seconds / (rows / 1e6), 2),
             "peak_rss_mib_max": max(p["peak_rss_mib"] for p in out["processes"]), **out}
 

@@ -19,7 +19,7 @@ from .distributed import is_main_process
 from .episodes import fewshot_eval
 from .estimator import estimator_class
 from .export import export_model
-from .predict_stream import stream_predict
+from .predict_shards import sharded_predict
 from .pretrain import PretrainSettings, pretrain
 from .rank import rank
 from .restore import load
@@ -28,7 +28,7 @@ from .text_demo import run_text_demo
 
 __all__ = ["ObjectDetector", "PretrainSettings", "ServeLimits", "backbone_status", "backbone_table", "compare",
            "describe", "detect_modality", "estimator_class", "export_model", "fewshot_eval", "is_main_process",
-           "load", "predict_boxes", "pretrain", "rank", "run_demo", "run_text_demo", "serve", "stream_predict",
+           "load", "predict_boxes", "pretrain", "rank", "run_demo", "run_text_demo", "serve", "sharded_predict",
            "summary_line"]
 
 

@@ -123,9 +123,11 @@ class FeatureCache:
         self._index = None
 
 
-# Rows per read: a batch of at most this many bytes (64 MiB: 13,107 rows of 1,280 Lite0 features), so memory per
-# batch is the same whatever the feature width, and large enough that a read costs far more than its Python.
-BATCH_BYTES = 64 << 20
+# Rows per read: a batch of at most this many bytes (32 MiB: 6,553 rows of 1,280 Lite0 features), so memory per
+# batch is the same whatever the feature width, and large enough that a read costs far more than its Python. A
+# pass holds a few copies of its batch (float64 statistics, logits, gradients): 64 MiB put the peak RSS at 10^7
+# rows over 2 GB (bench/scale.py).
+BATCH_BYTES = 32 << 20
 
 
 @dataclass

@@ -139,8 +139,9 @@ def predict(
         if out:
             console.print(f"wrote {done['boxes']} boxes on {done['images']} images to {out}", highlight=False)
         return
-    done = _api().stream_predict(model, inputs, out, with_probs=probs, resume=resume, batch_size=batch_size,
-                          column=column, verbose=not quiet, stream=sys.stdout)
+    # under torchrun / accelerate launch each process predicts its part, merged into --out in input order
+    done = _api().sharded_predict(model, inputs, out, with_probs=probs, resume=resume, batch_size=batch_size,
+                                  column=column, verbose=not quiet, stream=sys.stdout)
     if out:
         console.print(f"wrote {done['rows']} predictions to {out}"
                       + (f" (resumed after {done['resumed_from']})" if done["resumed_from"] else "")

@@ -8,6 +8,7 @@ prepare one input (decode + resize, or validate a text), collate a batch, run it
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import queue
@@ -320,16 +321,18 @@ def score_items(est: TransferEstimator, items: Sequence, verbose: bool = False) 
 
 def stream_predict(est: TransferEstimator, inputs: Sequence[str], out: str | None = None, *, with_probs: bool = False,
                    resume: bool = False, batch_size: int | None = None, column: str | None = None,
-                   verbose: bool = True, stream: TextIO | None = None) -> dict:
+                   verbose: bool = True, stream: TextIO | None = None, share: tuple[int, int] | None = None,
+                   device: str | None = None) -> dict:
     """Predict every input and write rows as each batch finishes: to `out` (.csv or .jsonl) or to `stream`.
 
     A side file `OUT.progress.json` records rows and bytes written after each batch; `resume=True` truncates any
     partial batch and skips the inputs already written. Returns {"rows", "resumed_from", "unreadable", "done"}.
+    `share=(r, n)`: only inputs r, r + n, r + 2n, ... (one process's part, predict_shards.py).
     """
     fmt = "jsonl" if out and out.endswith(".jsonl") else "csv"
     fields = row_fields(est, with_probs)
     job = {"inputs": [os.path.abspath(i) if os.path.exists(i) else i for i in inputs], "fields": fields,
-           "format": fmt}
+           "format": fmt, **({"share": list(share)} if share else {})}
     checkpoint = PredictCheckpoint(out, job) if out else None
     skip = checkpoint.resume_point() if (checkpoint and resume) else 0
     if checkpoint and checkpoint.finished:
@@ -349,9 +352,11 @@ def stream_predict(est: TransferEstimator, inputs: Sequence[str], out: str | Non
     if handle is not None and fmt == "csv":
         handle.write(render_rows([], fields, fmt, header=True))
     items = iter_inputs(est.modality, inputs, column)
+    if share is not None:
+        items = itertools.islice(items, share[0], None, share[1])
     for _ in range(skip):
         next(items, None)
-    scorer = BatchScorer(est)
+    scorer = BatchScorer(est, device)
     rows, bad = skip, 0
     try:
         with make_progress(verbose) as bar:

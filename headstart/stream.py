@@ -34,6 +34,10 @@ STREAM_MIN_ROWS = 250_000
 # solution at the chosen C, so it has less to travel than the in-memory solve's 100 from zero. Measured on
 # bench/scale.py's synthetic problem (10 Gaussian classes, 64 features; see bench/results/scale.json).
 STREAM_MAX_ITER = 30
+# The selection subsample is drawn stratified from this many rows drawn uniformly first: scikit-learn's stratified
+# split sorts and permutes every row it is given, about 0.5 GB of transient index arrays at 10^7 rows (measured:
+# peak RSS 2.1 GB at 10^7 rows before, see bench/scale.py). At or below it, the subsample is the in-memory solver's.
+PRESAMPLE_ROWS = 200_000
 
 
 def feature_statistics(source: ShardRows) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -43,7 +47,7 @@ def feature_statistics(source: ShardRows) -> tuple[torch.Tensor, torch.Tensor, i
     for _, x in source.batches():
         xb = torch.from_numpy(x).double()
         total[: source.dim] += xb.sum(0)
-        total[source.dim: -1] += (xb * xb).sum(0)
+        total[source.dim: -1] += xb.square_().sum(0)  # in place: one float64 copy of the batch at a time
         total[-1] += len(x)
     all_reduce_sum(total)
     n = int(total[-1])
@@ -73,7 +77,8 @@ def solve_streamed(source: ShardRows, targets: np.ndarray, n_classes: int, c_val
         opt.zero_grad()
         data_loss = 0.0
         for position, x in source.batches():
-            logits = ((torch.from_numpy(x) - mean) / std) @ weight.T + bias
+            # scaled in place: the batch is this pass's own copy, and two temporaries fewer bound the peak
+            logits = torch.from_numpy(x).sub_(mean).div_(std) @ weight.T + bias
             loss = nn.functional.cross_entropy(logits, y_all[position:position + len(x)], reduction="sum") / n_total
             loss.backward()
             data_loss += float(loss.detach())
@@ -98,7 +103,10 @@ def solve_streamed(source: ShardRows, targets: np.ndarray, n_classes: int, c_val
 def _subsample(source: ShardRows, targets: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A stratified subsample of every process's rows, in memory on every process (each draws its share)."""
     share = max(1, MAX_SELECT_ROWS // num_processes())
-    picked = np.sort(stratified_subsample(len(targets), targets, seed, share)) if len(targets) else np.zeros(0, int)
+    pool = np.arange(len(targets))
+    if len(targets) > PRESAMPLE_ROWS:  # see PRESAMPLE_ROWS
+        pool = np.sort(np.random.default_rng(seed).choice(len(targets), PRESAMPLE_ROWS, replace=False))
+    picked = pool[stratified_subsample(len(pool), targets[pool], seed, share)] if len(pool) else pool
     parts = gather_small((source.take(picked), targets[picked]))
     x = torch.as_tensor(np.concatenate([p[0] for p in parts]))
     y = torch.as_tensor(np.concatenate([p[1] for p in parts])).long()

@@ -184,3 +184,28 @@ def test_a_streamed_head_on_two_processes_keeps_each_share_and_matches_one(fashi
     for key in ("train_loss", "val_loss"):
         assert first["history"][0][key] == pytest.approx(one["history"][0][key], rel=LOSS_RTOL), key
     np.testing.assert_allclose(np.array(first["weight"]), np.array(one["weight"]), rtol=0, atol=2e-3)
+
+
+def test_prediction_on_two_processes_writes_one_file_in_input_order(fashion, tmp_path):
+    """`headstart predict` under torchrun: each process scores every second input into a part of its own, then
+    the first interleaves the parts into one file in input order, the one a single process writes."""
+    train, test = fashion
+    bundle = hs.ImageClassifier(TINY, pretrained=False, image_size=TINY_SIZE, strategy="features", verbose=False,
+                                use_cache=False).fit(train).save(str(tmp_path / "model.hs"))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    outputs = {}
+    for name, launch in (("one", [sys.executable]), ("two", [torchrun, "--standalone", "--nproc_per_node", "2"])):
+        out = str(tmp_path / f"{name}.csv")
+        proc = subprocess.run([*launch, "-m", "headstart.cli", "predict", bundle, test, "--out", out, "--probs",
+                               "--quiet"], capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
+        outputs[name] = _lines(out)
+    assert len(outputs["one"]) == 301  # the header and 300 test photos
+    one, two = ([line.split(",") for line in outputs[k]] for k in ("one", "two"))
+    assert two[0] == one[0]
+    # path, prediction and error column, row by row; the score and every probability to float rounding
+    assert [row[:2] + row[3:4] for row in two] == [row[:2] + row[3:4] for row in one]
+    numbers = [np.array([r[2:3] + r[4:] for r in rows[1:]], float) for rows in (one, two)]
+    np.testing.assert_allclose(numbers[1], numbers[0], atol=1e-4)
+    assert not [name for name in os.listdir(tmp_path) if ".part-" in name or name.startswith("two.csv.")]
