@@ -11,7 +11,7 @@ width changes the time per row, not the memory.
 Each run is a fresh process (or two, under `torchrun --standalone --nproc_per_node 2`): the whole head stage of
 stream.py (statistics pass, C search on the 2,000-row subsample, streamed L-BFGS, a scoring pass), each process on
 its own contiguous share of the rows (ShardRows.split), exchanging only sums and the subsample. Each reports its
-peak RSS (getrusage ru_maxrss: anonymous and mapped file pages alike; `import headstart` alone is ~0.8 GB, so
+peak RSS (VmHWM: anonymous and mapped file pages alike; `import headstart` alone is ~0.8 GB, so
 its RSS after the imports is reported too) and its time from the first read to the last score (per million rows;
 the ~15-20 s of imports and process start are `startup_seconds`). Target: peak RSS flat in the rows and under
 2 GB per process at 10^7. On a 2-core machine two processes each run one thread, one process one thread.
@@ -74,6 +74,17 @@ def write_rows(folder: str, rows: int, means: np.ndarray, seed: int) -> None:
         json.dump({"rows": rows}, f)
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory since its exec (VmHWM). Not getrusage's ru_maxrss: Linux carries that
+    over exec from the forked parent (measured here: a child of this script, which had just written 10^7 rows,
+    reported 1,946 MiB right after imports that take 817)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(args: argparse.Namespace) -> None:
     """One process of a run: the streamed head stage on its share of the rows; rank 0 writes every process's
     numbers to --result."""
@@ -86,7 +97,7 @@ def child(args: argparse.Namespace) -> None:
     from headstart.stream import fit_streamed_probe, streamed_scores
 
     tune_allocator()
-    state_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # torch, headstart and its imports
+    state_rss = peak_rss_mib()  # torch, headstart and its imports
     started = time.perf_counter()
     shards = sorted(os.path.join(args.folder, f) for f in os.listdir(args.folder) if f.endswith(".npy")
                     and f.startswith("shard-"))
@@ -103,7 +114,7 @@ def child(args: argparse.Namespace) -> None:
     with torch.no_grad():
         test_accuracy = float((head(torch.as_tensor(x_test)).argmax(-1).numpy() == y_test).mean())
     bayes = float((bayes_predict(x_test, means) == y_test).mean())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     mine = {"rank": rank(), "rows": len(source), "peak_rss_mib": round(peak, 1),
             "rss_after_imports_mib": round(state_rss, 1), "seconds": round(time.perf_counter() - started, 2),
             "fit_seconds": round(fitted, 2), "most_rows_read": source.most_rows_read}
