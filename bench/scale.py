@@ -11,7 +11,7 @@ width changes the time per row, not the memory.
 Each run is a fresh process (or two, under `torchrun --standalone --nproc_per_node 2`): the whole head stage of
 stream.py (statistics pass, C search on the 2,000-row subsample, streamed L-BFGS, a scoring pass), each process on
 its own contiguous share of the rows (ShardRows.split), exchanging only sums and the subsample. Each reports its
-peak RSS (VmHWM: anonymous and mapped file pages alike; `import headstart` alone is ~0.8 GB, so
+peak RSS over the head stage (VmHWM: anonymous and mapped file pages alike; `import headstart` alone is ~0.8 GB, so
 its RSS after the imports is reported too) and its time from the first read to the last score (per million rows;
 the ~15-20 s of imports and process start are `startup_seconds`). Target: peak RSS flat in the rows and under
 2 GB per process at 10^7. On a 2-core machine two processes each run one thread, one process one thread.
@@ -109,12 +109,12 @@ def child(args: argparse.Namespace) -> None:
     chosen = fit_streamed_probe(head, source, targets, args.classes, seed=0)
     fitted = time.perf_counter() - started
     train = streamed_scores(head, source, targets)
+    peak = peak_rss_mib()  # the head stage's: before this script draws its own 200,000 test rows
     means = class_means(args.classes, source.dim)
     x_test, y_test = draw(TEST_ROWS, means, np.random.default_rng(777))
     with torch.no_grad():
         test_accuracy = float((head(torch.as_tensor(x_test)).argmax(-1).numpy() == y_test).mean())
     bayes = float((bayes_predict(x_test, means) == y_test).mean())
-    peak = peak_rss_mib()
     mine = {"rank": rank(), "rows": len(source), "peak_rss_mib": round(peak, 1),
             "rss_after_imports_mib": round(state_rss, 1), "seconds": round(time.perf_counter() - started, 2),
             "fit_seconds": round(fitted, 2), "most_rows_read": source.most_rows_read}
