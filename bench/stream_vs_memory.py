@@ -65,6 +65,16 @@ def one(task: str, subset: int, cache: str) -> dict:
     return out
 
 
+def write(args: argparse.Namespace, rows: list[dict]) -> None:
+    result = {"benchmark": "stream_vs_memory", "code": code_state(), "args": vars(args),
+              "machine": {"cpu_count": os.cpu_count(), "system": platform.platform()},
+              "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(args.json + ".tmp", args.json)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", default="fashion,fashion-coarse,tweets,election")
@@ -81,13 +91,7 @@ def main() -> int:
                 print(f"{task} subset {subset}: memory {r['memory']['test_accuracy']} streamed "
                       f"{r['streamed']['test_accuracy']} ({r['predictions_differing']} of {r['test_rows']} "
                       "predictions differ)", flush=True)
-    result = {"benchmark": "stream_vs_memory", "code": code_state(), "args": vars(args),
-              "machine": {"cpu_count": os.cpu_count(), "system": platform.platform()},
-              "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows}
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(args.json + ".tmp", args.json)
+                write(args, rows)  # after every fit: a run stopped part-way keeps what it measured
     return 0
 
 
