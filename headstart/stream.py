@@ -26,9 +26,10 @@ from .distributed import all_reduce_sum, gather_small, num_processes
 from .probe import DEFAULT_C, MAX_SELECT_ROWS, _cv_search, _smallest_class, _solve
 
 # Below this many training rows the head stage keeps probe.py's in-memory solver (so every result measured so far
-# is unchanged). Its peak is about four float32 copies of the matrix (the features, their float and scaled
-# copies, the autograd product); at 1,280 Lite0 features 250,000 rows are 1.3 GB a copy, some 5 GB in all, the
-# most a 16 GB machine can spare beside the backbone and the loader. The streamed solver holds one batch.
+# is unchanged). By reading the code (not measured), that path holds about four float32 copies of the matrix at
+# once (embed's array, the kept rows, the scaled copies of the search and the final solve); at 1,280 Lite0
+# features 250,000 rows are 1.3 GB a copy, some 5 GB in all, the most a 16 GB machine can spare beside the
+# backbone and the loader. The streamed solver holds a few copies of one batch (cache.BATCH_BYTES).
 STREAM_MIN_ROWS = 250_000
 # L-BFGS iterations of the streamed solve, a cap rather than convergence: each iteration is one or two passes over
 # every row. It starts from the subsample's solution at the chosen C. Measured: bench/scale.py's 64-feature problem
