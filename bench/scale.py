@@ -142,7 +142,7 @@ def real_child(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - started
     peak = peak_rss_mib()
     head = clf.history_[0]
-    out = {"rows": len(clf.history_) and clf.metrics_["refit"]["rows"], "peak_rss_mib": round(peak, 1),
+    out = {"rows": clf.metrics_["refit"]["rows"], "peak_rss_mib": round(peak, 1),
            "fit_seconds": round(seconds, 1), "head_seconds": head["seconds"], "solver": head["solver"],
            "probe": head["probe"], "refit": clf.metrics_.get("refit"),
            "test_accuracy": round(clf.evaluate(args.test)["accuracy"], 4)}

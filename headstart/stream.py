@@ -23,7 +23,7 @@ from torch import nn
 from .cache import ShardRows
 from .data.labeled import stratified_subsample
 from .distributed import all_reduce_sum, gather_small, num_processes
-from .probe import DEFAULT_C, MAX_SELECT_ROWS, _cv_search, _smallest_class, _solve
+from .probe import DEFAULT_C, MAX_ITER, MAX_SELECT_ROWS, _cv_search, _smallest_class, _solve
 
 # Below this many training rows the head stage keeps probe.py's in-memory solver (so every result measured so far
 # is unchanged). By reading the code (not measured), that path holds about four float32 copies of the matrix at
@@ -31,12 +31,12 @@ from .probe import DEFAULT_C, MAX_SELECT_ROWS, _cv_search, _smallest_class, _sol
 # features 250,000 rows are 1.3 GB a copy, some 5 GB in all, the most a 16 GB machine can spare beside the
 # backbone and the loader. The streamed solver holds a few copies of one batch (cache.BATCH_BYTES).
 STREAM_MIN_ROWS = 250_000
-# L-BFGS iterations of the streamed solve, a cap rather than convergence: each iteration is one or two passes over
-# every row. It starts from the subsample's solution at the chosen C. Measured: bench/scale.py's 64-feature problem
-# converged in 21-22 iterations (25-33 passes) at 10^5-10^7 rows; on 1,280 Lite0 features of 1,000 Fashion-MNIST
-# images (bench/stream_vs_memory.py) the refit stopped at the cap, 2-4 of 1,000 test predictions away from the
-# in-memory solver's 100 iterations, test accuracy within 0.002 of it.
-STREAM_MAX_ITER = 30
+# L-BFGS iterations of the streamed solve, as many as the in-memory solver's final solve (probe.MAX_ITER), each one
+# or two passes over every row; it starts from the subsample's solution at the chosen C. Measured: bench/scale.py's
+# 64-feature problem converged in 21-22 iterations (25-33 passes) at 10^5-10^7 rows; on 1,280 Lite0 features a cap
+# of 30 was too few: 60,000 Fashion-MNIST photos (bench/scale.py --fashion) scored 0.860 streamed at 30 against
+# 0.869 in memory, and on 1,000 (bench/stream_vs_memory.py) 2-4 of 1,000 test predictions differed.
+STREAM_MAX_ITER = MAX_ITER
 # The selection subsample is drawn stratified from this many rows drawn uniformly first: scikit-learn's stratified
 # split sorts and permutes every row it is given, about 0.5 GB of transient index arrays at 10^7 rows (measured:
 # peak RSS 2.1 GB at 10^7 rows before, see bench/scale.py). At or below it, the subsample is the in-memory solver's.
