@@ -130,6 +130,13 @@ def choose_backbone(est, train: LabeledData, n_all: int, started: float) -> Choi
     per_item = [time_forward(b, modality, train.items, seed=est.seed) for b in built]  # a few batches each
     costs = [relative_cost(b) for b in built]
     rows = stratified_subsample(len(train), train.targets, est.seed, subsample_size(len(train), n_all, costs))
+    if est.time_limit is not None:  # scoring a slow candidate must not eat the time limit itself
+        cheapest, allowed = int(np.argmin(costs)), RANK_SHARE * est.time_limit
+        keep = [i for i in range(len(built)) if i == cheapest or per_item[i] * len(rows) <= allowed]
+        lines += [f"backbone {installed[i].name}: not scored: {1000 * per_item[i]:.1f} ms per input here, so "
+                  f"{per_item[i] * len(rows):.0f} s for {len(rows)} rows, over {RANK_SHARE:.0%} of the time limit"
+                  for i in range(len(built)) if i not in keep]
+        installed, built, per_item, costs = ([x[i] for i in keep] for x in (installed, built, per_item, costs))
     items, labels = [train.items[i] for i in rows], train.targets[rows]
     feats = [embed(b, items, batch_size=est.batch_size, num_workers=est.num_workers, use_cache=est.use_cache,
                    cache_dir=est.cache_dir, verbose=False) for b in built]
@@ -177,6 +184,12 @@ def choose_for_fit(est, full: LabeledData, valid, started: float) -> Choice | No
     for line in choice.reasons:
         say(est.verbose, f"auto: {line}")
     return choice
+
+
+def backbone_name(est) -> str:
+    """The backbone `est` fits: the user's, else the one `auto` chose here, else the estimator's default."""
+    choice = getattr(est, "backbone_choice_", None)
+    return est.backbone or (choice.name if choice is not None else est.default_backbone)
 
 
 def with_choice(advice: Advice | None, choice: Choice | None, strategy: str = "features") -> Advice | None:

@@ -19,7 +19,7 @@ from torch import nn
 from ._runtime import keeps_callers_rng, seed_everything
 from .adapt import adapt_to_target
 from .advisor import advise
-from .backbone_choice import choose_for_fit, with_choice
+from .backbone_choice import backbone_name, choose_for_fit, with_choice
 from .backbones import Backbone, backbone_files, create_backbone, resolve_backbone, scratch_spec
 from .bundle import write_bundle
 from .checkpoint import run_checkpointer
@@ -130,11 +130,6 @@ class TransferEstimator:
     def _task(self) -> str:
         return self.task or self.default_task
 
-    def _backbone_name(self) -> str:
-        """The backbone to fit: the user's, else the one `auto` chose (backbone_choice.py), else the default."""
-        choice = getattr(self, "backbone_choice_", None)
-        return self.backbone or (choice.name if choice is not None else self.default_backbone)
-
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise HeadstartError(f"this {type(self).__name__} is not fitted yet: call fit() or hs.load() first")
@@ -205,7 +200,7 @@ class TransferEstimator:
         if self.strategy == "baseline":  # no transfer: raw inputs (backbones/scratch.py), fitted on training rows
             backbone = create_backbone(scratch_spec(self.modality, train.items), pretrained=False)
         else:
-            spec = resolve_backbone(self._backbone_name(), self.modality)
+            spec = resolve_backbone(backbone_name(self), self.modality)
             if spec.modality != self.modality:
                 raise HeadstartError(f"backbone '{spec.name}' is for {spec.modality}s, but {type(self).__name__} "
                                      f"works on {self.modality}s; see `headstart models`")

@@ -129,3 +129,20 @@ def test_texts_choose_between_minilm_and_mpnet(tmp_path, counted):
     assert mpnet["relative_cost"] > 2  # 110M parameters against 22M
     if not clf.backbone_trained_:  # a frozen encoder: each text through it once, the ranking's from the cache
         assert counted[choice["chosen"]] == len(rows)
+
+
+@pytest.mark.models
+def test_under_a_time_limit_a_candidate_too_slow_to_score_is_left_out(tmp_path, monkeypatch):
+    real = bc.time_forward
+
+    def timed(backbone, *args, **kwargs):  # Lite2 as if this machine ran it at a second an image
+        return 1.0 if backbone.spec.name == "efficientnet_lite2" else real(backbone, *args, **kwargs)
+
+    monkeypatch.setattr(bc, "time_forward", timed)
+    data = make_class_images(str(tmp_path / "train"), COLOURS, per_class=10)
+    clf = hs.ImageClassifier(image_size=IMAGE_SIZE, epochs=1, time_limit=120, verbose=False).fit(data)
+    said = "backbone efficientnet_lite2: not scored: 1000.0 ms per input"
+    assert any(r.startswith(said) for r in clf.advice_.reasons)
+    choice = clf.advice_.measurements["backbone_choice"]
+    assert [c["name"] for c in choice["candidates"]] == ["efficientnet_lite0", "efficientnet_lite1"]
+    assert clf.spec_.name in ("efficientnet_lite0", "efficientnet_lite1")
