@@ -59,7 +59,8 @@ def child(task: str, per_class: int, seed: int, epochs: int, backbone: str | Non
     choice = est.advice_.measurements.get("backbone_choice", {}) if est.advice_ else {}
     ranking = choice.get("ranking_seconds", 0.0)
     return {"task": task, "per_class": per_class, "seed": seed, "backbone_given": backbone,
-            "backbone": est.spec_.name, "fit_s": round(fit_s, 2), "ranking_s": ranking,
+            "backbone": choice.get("chosen", backbone), "shipped_backbone": est.spec_.name,
+            "fit_s": round(fit_s, 2), "ranking_s": ranking,
             "ranking_share": round(ranking / fit_s, 3), "subsample_rows": choice.get("rows"),
             "candidates": choice.get("candidates"), "strategy": est.advice_.strategy if est.advice_ else None,
             "shipped": est.strategy_["name"], "test_accuracy": round(est.evaluate(test)["accuracy"], 4),
@@ -124,7 +125,8 @@ def say(row: dict, spec: str) -> None:
         print(f"{spec}: ERROR {row['error'][-400:]}", flush=True)
         return
     given = f" (given {row['backbone_given']})" if row["backbone_given"] else ""
-    print(f"{row['task']} {row['per_class']}/class{given}: {row['backbone']}, {row['shipped']}, test accuracy "
+    print(f"{row['task']} {row['per_class']}/class{given}: chose {row['backbone']}, shipped {row['shipped']} on "
+          f"{row['shipped_backbone']}, test accuracy "
           f"{row['test_accuracy']:.3f}; fit {row['fit_s']:.1f} s, ranking {row['ranking_s']:.1f} s "
           f"({100 * row['ranking_share']:.1f}%) on {row['subsample_rows']} rows", flush=True)
     for c in row["candidates"] or []:

@@ -127,6 +127,7 @@ def choose_backbone(est, train: LabeledData, n_all: int, started: float) -> Choi
     modality = est._modality
     size = est.image_size if est.modality == "image" else None
     built = [create_backbone(s, pretrained=est.pretrained, image_size=size) for s in installed]
+    time_forward(built[0], modality, train.items[:8], seed=est.seed)  # untimed: the process's first passes are slow
     per_item = [time_forward(b, modality, train.items, seed=est.seed) for b in built]  # a few batches each
     costs = [relative_cost(b) for b in built]
     rows = stratified_subsample(len(train), train.targets, est.seed, subsample_size(len(train), n_all, costs))
