@@ -14,7 +14,8 @@ choice made for accuracy within the time budget.
   the same folds for every candidate) and LogME, on the same subsample. Features go through the feature cache, so
   the chosen backbone's subsample is not computed again by the fit.
 - Rule: under a time limit, candidates whose estimated fit exceeds what is left of it are out (if none fits, the
-  one with the shortest estimate is taken, and the reasons say so). Among the rest, the best probe accuracy
+  one with the shortest estimate is taken, and the reasons say so), and a candidate whose scoring alone would take
+  over RANK_SHARE of the limit is not scored (the cheapest always is). Among the rest, the best probe accuracy
   leads; the cheapest candidate that it does not beat by more than CHOICE_MARGIN_SE standard errors of their
   paired per-row differences (verdicts.py) is chosen. So a cheaper model is preferred only where the
   measurements cannot tell the two apart.
@@ -38,11 +39,11 @@ from .progress import say
 from .rank import logme, probe_rows
 from .verdicts import challenger_wins, interval, paired
 
-# The subsample scored: at least CHOICE_MIN_ROWS (below ~100 rows the paired standard error of a difference in
-# accuracy is 4-5 points, more than the candidates usually differ by), at most CHOICE_MAX_ROWS (its cost grows
-# linearly; at 400 the error is ~2 points, finer than any difference worth a slower model). Between the two, as
-# many as keep the candidates that are not chosen within RANK_SHARE of the cheapest candidate's frozen-feature
-# fit: the least a fit with any of them costs, so the ranking stays a bounded share of the whole fit.
+# The subsample scored: at least CHOICE_MIN_ROWS (at 100 rows the paired standard error of a difference in
+# accuracy is already 4-5 points, about what the Lites differed by on Fashion-MNIST), at most CHOICE_MAX_ROWS
+# (its cost grows linearly; at 400 the error is ~2 points, finer than any difference worth a slower model).
+# Between the two, as many as keep the candidates that are not chosen within RANK_SHARE of the cheapest
+# candidate's frozen-feature fit: the least a fit with any of them costs, so the ranking stays a bounded share.
 CHOICE_MIN_ROWS, CHOICE_MAX_ROWS = 100, 400
 RANK_SHARE = 0.15
 # Not fitted yet (as verdicts.VALIDATION_MARGIN_SE): a cheaper candidate is kept unless the best leads it by more
