@@ -146,3 +146,32 @@ def test_under_a_time_limit_a_candidate_too_slow_to_score_is_left_out(tmp_path, 
     choice = clf.advice_.measurements["backbone_choice"]
     assert [c["name"] for c in choice["candidates"]] == ["efficientnet_lite0", "efficientnet_lite1"]
     assert clf.spec_.name in ("efficientnet_lite0", "efficientnet_lite1")
+
+
+def test_probe_rows_are_the_probe_accuracy_row_by_row():
+    from headstart.rank import probe_accuracy, probe_rows
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 30)  # 3 folds of 30 rows each: the fold means average to the row mean
+    features = rng.normal(size=(90, 8)) + labels[:, None] * 0.8
+    rows = probe_rows(features, labels, seed=1)
+    assert set(np.unique(rows)) <= {0.0, 1.0}
+    assert np.isclose(rows.mean(), probe_accuracy(features, labels, seed=1))
+
+
+@pytest.mark.models
+def test_without_a_time_limit_the_choice_ignores_the_machines_speed(tmp_path, monkeypatch):
+    import time
+
+    data = make_class_images(str(tmp_path / "train"), COLOURS, per_class=6)
+
+    def choice() -> tuple:
+        clf = hs.ImageClassifier(image_size=IMAGE_SIZE, epochs=1, verbose=False, use_cache=False).fit(data)
+        measured = clf.advice_.measurements["backbone_choice"]
+        return measured["chosen"], measured["rows"], [(c["name"], c["accuracy"]) for c in measured["candidates"]]
+
+    normal = choice()
+    real = time.perf_counter
+    start = real()
+    monkeypatch.setattr(time, "perf_counter", lambda: start + 10 * (real() - start))  # every timing reads 10x
+    assert choice() == normal
