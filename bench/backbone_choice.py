@@ -81,32 +81,35 @@ def main() -> int:
         print("RESULT " + json.dumps(child(task, int(per_class), args.seed, args.epochs, given[0] if given else None)))
         return 0
     runs = list(args.runs or DEFAULT_RUNS)
+    stamp = {"code": code_state(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+             "args": {"runs": runs, "seed": args.seed, "epochs": args.epochs, "image_size": IMAGE_SIZE,
+                      "test_size": TEST_SIZE, "explicit": args.explicit}}
     rows = []
     for spec in runs:
         task, per_class = spec.split(":")
-        row = run_child(task, per_class, args)
-        rows.append(row)
-        say(row, spec)
-        if args.explicit and "error" not in row:
-            for c in row["candidates"] or []:
-                rows.append(run_child(task, per_class, args, c["name"]))
-                say(rows[-1], spec)
-    out = {"rows": []}
-    if os.path.exists(args.json):
-        with open(args.json) as f:
-            out = json.load(f)
-    out["rows"] += [{**r, "code": code_state(), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                     "args": {"runs": runs, "seed": args.seed, "epochs": args.epochs, "image_size": IMAGE_SIZE,
-                              "test_size": TEST_SIZE, "explicit": args.explicit},
-                     "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")} for r in rows]
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json + ".tmp", "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(args.json + ".tmp", args.json)
+        todo = [None]  # the choice first, then (--explicit) each candidate it scored, given
+        while todo:
+            rows.append(run_child(task, per_class, args, todo.pop(0)))
+            say(rows[-1], spec)
+            append(args.json, {**rows[-1], **stamp, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")})  # a stopped run
+            if args.explicit and rows[-1]["backbone_given"] is None and "error" not in rows[-1]:  # keeps its rows
+                todo += [c["name"] for c in rows[-1]["candidates"] or []]
     chosen = [r for r in rows if "error" not in r and r["backbone_given"] is None]
     print(f"ranking share of the fit: worst {max((r['ranking_share'] for r in chosen), default=float('nan')):.3f} "
           f"over {len(chosen)} run(s) (target < 0.20)")
     return 0
+
+
+def append(path: str, row: dict) -> None:
+    out = {"rows": []}
+    if os.path.exists(path):
+        with open(path) as f:
+            out = json.load(f)
+    out["rows"].append(row)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(out, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def run_child(task: str, per_class: str, args: argparse.Namespace, backbone: str | None = None) -> dict:
