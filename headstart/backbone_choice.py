@@ -194,11 +194,21 @@ def backbone_name(est) -> str:
     return est.backbone or (choice.name if choice is not None else est.default_backbone)
 
 
+def take_backbone(choice: Choice | None) -> Backbone | None:
+    """The chosen backbone as the ranking built it (its subsample's features are cached), handed over once: the
+    fitted estimator keeps no second reference to it (the race may ship another model)."""
+    if choice is None:
+        return None
+    backbone, choice.backbone = choice.backbone, None
+    return backbone
+
+
 def with_choice(advice: Advice | None, choice: Choice | None, strategy: str = "features") -> Advice | None:
     """`advice` with the backbone choice's reasons first and its measurements under `backbone_choice`; a new
     Advice (for `strategy`) where there was none (a scikit-learn head is not advised on)."""
     if choice is None:
         return advice
+    choice.backbone = None  # what the fit needed of it is taken (take_backbone) or rebuilt (fewshot.py)
     advice = advice if advice is not None else Advice(strategy)
     advice.reasons[:0] = choice.reasons
     advice.measurements["backbone_choice"] = choice.measurements

@@ -19,7 +19,7 @@ from torch import nn
 from ._runtime import keeps_callers_rng, seed_everything
 from .adapt import adapt_to_target
 from .advisor import advise
-from .backbone_choice import backbone_name, choose_for_fit, with_choice
+from .backbone_choice import backbone_name, choose_for_fit, take_backbone, with_choice
 from .backbones import Backbone, backbone_files, create_backbone, resolve_backbone, scratch_spec
 from .bundle import write_bundle
 from .checkpoint import run_checkpointer
@@ -204,9 +204,10 @@ class TransferEstimator:
             if spec.modality != self.modality:
                 raise HeadstartError(f"backbone '{spec.name}' is for {spec.modality}s, but {type(self).__name__} "
                                      f"works on {self.modality}s; see `headstart models`")
-            chosen = self.backbone_choice_.backbone if self.backbone_choice_ is not None else None
-            backbone = chosen or create_backbone(spec, pretrained=self.pretrained,
-                                                 image_size=self.image_size if self.modality == "image" else None)
+            backbone = take_backbone(self.backbone_choice_)  # built by the ranking, else built here
+            if backbone is None:
+                backbone = create_backbone(spec, pretrained=self.pretrained,
+                                           image_size=self.image_size if self.modality == "image" else None)
         classical = self.head in CLASSICAL_HEADS
         if classical:  # a scikit-learn model on frozen features: no torch head, no stages
             head, (strategy, self.advice_) = nn.Identity(), self._classical_fit(backbone, train)
