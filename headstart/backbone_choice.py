@@ -96,7 +96,7 @@ def pick(candidates: list[dict], seconds_left: float | None) -> tuple[int, str]:
         return quickest, (f"{candidates[quickest]['name']}: none fits the {seconds_left:.0f} s left of the time "
                           "limit, and its fit is estimated the shortest")
     best = max(fits, key=lambda i: (candidates[i]["accuracy"], -fits.index(i)))  # a tie goes to the cheaper
-    within = "" if seconds_left is None else f" among those that fit the {seconds_left:.0f} s left"
+    within = "" if seconds_left is None else f", among those that fit the {seconds_left:.0f} s left"
     for i in fits:  # cheapest first: the first the best does not clearly beat
         if i == best:
             return best, f"{candidates[best]['name']}: the best probe accuracy{within}"
