@@ -44,9 +44,11 @@ browser:
 demo: install data
 	$(BIN)/headstart demo
 
+# Two pytest-xdist workers: many tests wait on a subprocess, a file or an import rather than compute, so two
+# overlap on two cores; tests/conftest.py shares the cores' threads out between them.
 test: dev data browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 bench: install data
 	$(BIN)/python bench/features.py

@@ -28,6 +28,7 @@ from .data.labeled import LabeledData
 from .errors import DataError, HeadstartError
 from .heads import Standardize, loss_for
 from .inference import _device, _to, embed, run_over
+from .loop import LoopSettings, run_loop
 from .modalities import modality_of
 from .progress import make_progress, say
 from .strategies import HEAD, Stage
@@ -119,17 +120,34 @@ def reverse_gradient(x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
     return _ReverseGradient.apply(x, strength)
 
 
+class _DannObjective(nn.Module):
+    """The loop's objective: the label loss on source rows plus the domain classifier's loss on source and target
+    features, reached through the gradient-reversal layer."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, norm: nn.Module, discriminator: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head, self.norm, self.discriminator = backbone, head, norm, discriminator
+        self.label_loss, self.domain_loss = loss_for("classification"), nn.BCEWithLogitsLoss()
+
+    def forward(self, xs, ys: torch.Tensor, xt, strength: float) -> tuple[torch.Tensor, dict]:
+        fs, ft = self.backbone(xs), self.backbone(xt) if xt is not None else None
+        loss_y = self.label_loss(self.head(fs), ys)
+        feats = fs if ft is None else torch.cat([fs, ft])
+        domains = torch.cat([torch.zeros(len(fs)), torch.ones(len(feats) - len(fs))]).to(fs.device)
+        logits = self.discriminator(reverse_gradient(self.norm(feats), strength)).squeeze(-1)
+        loss_d = self.domain_loss(logits, domains)
+        accuracy = ((logits > 0).float() == domains).float().mean()
+        return loss_y + loss_d, {"label": loss_y, "domain": loss_d, "domain_accuracy": accuracy}
+
+
 def dann_train(model: nn.Module, source: LabeledData, target_items: Sequence, *, epochs: int, lr: float,
-               batch_size: int, seed: int = 0, verbose: bool = True) -> list[dict]:
+               batch_size: int, seed: int = 0, verbose: bool = True, mixed_precision: str = "no") -> list[dict]:
     """Train backbone and head on the source labels while a domain classifier, behind a gradient-reversal layer,
     tries to tell source from target features. The reversal strength ramps 0 -> 1 (Ganin's schedule) so the
     label loss shapes the features before the domain loss does. Pretrained BatchNorm statistics stay fixed."""
-    device = _device()
     backbone, head = model.backbone, model.head
     norm = head[0] if isinstance(head, nn.Sequential) and isinstance(head[0], Standardize) else nn.Identity()
     discriminator = nn.Sequential(nn.Linear(backbone.feature_dim, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 1))
-    model.to(device)
-    discriminator.to(device)
     generator = torch.Generator().manual_seed(seed)
     src = _loader(backbone, source.items, source.targets, True, batch_size, generator)
     tgt = _loader(backbone, target_items, None, True, batch_size, generator)
@@ -139,49 +157,49 @@ def dann_train(model: nn.Module, source: LabeledData, target_items: Sequence, *,
     for g in groups:
         for p in g["params"]:
             p.requires_grad_(True)
-    opt = adamw(groups, weight_decay=1e-4)
-    label_loss, domain_loss = loss_for("classification"), nn.BCEWithLogitsLoss()
-    steps, step, history = epochs * len(src), 0, []
-    target_batches = iter(tgt)
-    with make_progress(verbose) as bar:
-        task = bar.add_task("dann", total=steps, info="")
-        for epoch in range(1, epochs + 1):
-            model.train()
-            discriminator.train()
-            for m in batchnorm_layers(backbone):
-                m.eval()
-            totals, seen = np.zeros(3), 0
-            for _, xs, ys in src:
-                if xs is None:
-                    continue
-                try:
-                    _, xt, _ = next(target_batches)
-                except StopIteration:  # the target set is cycled as often as the source needs
-                    target_batches = iter(tgt)
-                    _, xt, _ = next(target_batches)
-                strength = 2.0 / (1.0 + math.exp(-10.0 * step / max(steps, 1))) - 1.0
-                fs, ft = backbone(_to(xs, device)), backbone(_to(xt, device)) if xt is not None else None
-                loss_y = label_loss(head(fs), ys.to(device))
-                feats = fs if ft is None else torch.cat([fs, ft])
-                domains = torch.cat([torch.zeros(len(fs)), torch.ones(len(feats) - len(fs))]).to(device)
-                logits = discriminator(reverse_gradient(norm(feats), strength)).squeeze(-1)
-                loss_d = domain_loss(logits, domains)
-                opt.zero_grad(set_to_none=True)
-                (loss_y + loss_d).backward()
-                nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-                opt.step()
-                step += 1
-                domain_acc = float(((logits > 0).float() == domains).float().mean())
-                totals += np.array([float(loss_y.detach()), float(loss_d.detach()), domain_acc]) * len(ys)
-                seen += len(ys)
-                bar.update(task, advance=1, info=f"label {totals[0] / seen:.3f} domain acc {totals[2] / seen:.2f}")
-            history.append({"stage": "dann", "epoch": epoch, "train_loss": totals[0] / max(seen, 1),
-                            "val_loss": float("nan"),  # no early stopping: the source validation set is not the goal
-                            "domain_loss": totals[1] / max(seen, 1), "domain_accuracy": totals[2] / max(seen, 1)})
+    steps = epochs * len(src)
+    cursor = {"target": iter(tgt), "step": 0}  # one shuffling generator for both: this order keeps its draws
+
+    def batches(_epoch: int):
+        for _, xs, ys in src:
+            if xs is None:
+                continue
+            try:
+                _, xt, _ = next(cursor["target"])
+            except StopIteration:  # the target set is cycled as often as the source needs
+                cursor["target"] = iter(tgt)
+                _, xt, _ = next(cursor["target"])
+            strength = 2.0 / (1.0 + math.exp(-10.0 * cursor["step"] / max(steps, 1))) - 1.0
+            cursor["step"] += 1
+            yield xs, ys, xt, strength
+
+    def train_mode() -> None:
+        model.train()
+        discriminator.train()
+        for m in batchnorm_layers(backbone):
+            m.eval()
+
+    result = run_loop(_DannObjective(backbone, head, norm, discriminator), groups, batches,
+                      LoopSettings("dann", epochs, grad_clip=1.0, mixed_precision=mixed_precision, verbose=verbose),
+                      optimizer=lambda g: adamw(g, weight_decay=1e-4), steps_per_epoch=len(src),
+                      train_mode=train_mode)
+    history = []
+    for r in result.epochs:
+        means = {k: _row_weighted(r[k], r["rows"]) for k in ("label", "domain", "domain_accuracy")}
+        history.append({"stage": "dann", "epoch": r["epoch"], "train_loss": means["label"],
+                        "val_loss": float("nan"),  # no early stopping: the source validation set is not the goal
+                        "domain_loss": means["domain"], "domain_accuracy": means["domain_accuracy"]})
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
     return history
+
+
+def _row_weighted(values: list[float], rows: list[int]) -> float:
+    total, seen = 0.0, 0
+    for v, n in zip(values, rows):
+        total, seen = total + v * n, seen + n
+    return total / max(seen, 1)
 
 
 def _features(est, backbone, items: Sequence, trained: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -256,7 +274,7 @@ def adapt_to_target(est, model: nn.Module, train: LabeledData, val: LabeledData,
         est.history_.extend(records)
         return backbone_trained
     records = dann_train(model, train, items, epochs=max(1, est.epochs), lr=est.lr, batch_size=est.batch_size,
-                         seed=est.seed, verbose=est.verbose)
+                         seed=est.seed, verbose=est.verbose, mixed_precision=est.mixed_precision)
     stages.append(Stage("dann", max(1, est.epochs), {HEAD: est.lr * 0.1}))
     est.history_.extend(records)
     if log is not None:

@@ -1,53 +1,35 @@
-"""Helpers shared by the CLI and scripts: the things a command does beyond calling one estimator method."""
+"""What the CLI calls: the functions behind its commands, and the helpers a command needs beyond one estimator
+method (also handy in scripts). `cli.py` imports this module only when a command runs."""
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import TextIO
 
 from .backbones import BackboneSpec, available_offline, install_command, list_backbones
-from .data.texts import TABLE_SUFFIXES
+from .compare import compare
+from .continual import describe
+from .data.detect import detect_modality
+from .demo import run_demo
 from .detection import ObjectDetector
 from .detection.predictions import write_boxes
+from .distributed import is_main_process
+from .episodes import fewshot_eval
+from .estimator import estimator_class
+from .export import export_model
+from .predict_stream import stream_predict
+from .pretrain import PretrainSettings, pretrain
+from .rank import rank
 from .restore import load
+from .serve import ServeLimits, serve
+from .text_demo import run_text_demo
 
-__all__ = ["backbone_status", "backbone_table", "detect_modality", "load", "predict_boxes", "summary_line"]
-
-
-def detect_modality(data: str, input_col: str | None = None) -> str:
-    """'text' or 'image', from what the data holds: .txt files per class, or a table's text/path column."""
-    if os.path.isdir(data):
-        for _, _, files in os.walk(data):
-            visible = [f for f in files if not f.startswith(".")]
-            if visible:
-                return "text" if all(f.endswith(".txt") for f in visible) else "image"
-        return "image"
-    suffix = os.path.splitext(data)[1].lower()
-    if suffix not in TABLE_SUFFIXES:
-        return "image"
-    header = _table_columns(data, suffix)
-    if input_col:
-        return "image" if input_col == "path" else "text"
-    return "text" if "text" in header and "path" not in header else "image"
-
-
-def _table_columns(path: str, suffix: str) -> list[str]:
-    try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return list(pq.read_schema(path).names)
-        with open(path, "rb") as f:
-            first = f.readline().decode("utf-8", errors="replace")
-        if suffix == ".jsonl":
-            return list(json.loads(first)) if first.strip() else []
-        return next(csv.reader([first.lstrip("\ufeff")]), [])
-    except (OSError, ValueError):
-        return []  # unreadable: the loader will name the problem
+__all__ = ["ObjectDetector", "PretrainSettings", "ServeLimits", "backbone_status", "backbone_table", "compare",
+           "describe", "detect_modality", "estimator_class", "export_model", "fewshot_eval", "is_main_process",
+           "load", "predict_boxes", "pretrain", "rank", "run_demo", "run_text_demo", "serve", "stream_predict",
+           "summary_line"]
 
 
 def summary_line(metrics: dict, prefix: str = "") -> str:

@@ -13,7 +13,9 @@ their Pipeline (`skops.io.dumps`, a zip of JSON and .npy arrays: no pickle) in a
 loaded as saved: no refit, no training data in the bundle. skops itself rebuilds only the types it trusts (scikit-
 learn's public estimators, numpy, builtin containers: rebuilt from their state, no code run); the private types
 these heads also hold (a calibrator, a tree, a neighbours tree, an optimiser) are accepted only from
-`SKOPS_ALLOWED[head]`, anything else is refused by name before a byte is rebuilt (`skops.io.get_untrusted_types`),
+`SKOPS_ALLOWED[head]`, anything else is refused by name before a byte is rebuilt (`skops.io.get_untrusted_types`);
+skops' trust in every public estimator is narrowed too: the file's schema may name no scikit-learn type outside
+`SKOPS_HELD[head]` (a crafted svm file cannot nest, say, a Pipeline of other estimators inside its calibrator),
 and the loaded object must be the head's own Pipeline. The skops zip gets the bundle's size and ratio checks too. A
 head saved under another scikit-learn version loads with one warning: skops reads it, but the private structures
 may behave differently there.
@@ -32,8 +34,11 @@ them. All the other checks pass (tests/test_classical.py).
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import warnings
+import zipfile
 from collections.abc import Callable
 
 import numpy as np
@@ -92,6 +97,34 @@ SKOPS_ALLOWED: dict[str, frozenset[str]] = {
                       "sklearn.metrics._dist_metrics.EuclideanDistance64"}),
     "mlp": frozenset({"sklearn.neural_network._stochastic_optimizers.AdamOptimizer"}),
 }
+# Every scikit-learn type each fitted head holds, public ones included (read from the dumped heads' schema.json,
+# scikit-learn 1.9): a file naming another is refused, however much skops itself trusts it.
+_PIPE, _SCALER = "sklearn.pipeline.Pipeline", "sklearn.preprocessing._data.StandardScaler"
+SKOPS_HELD: dict[str, frozenset[str]] = {
+    "svm": SKOPS_ALLOWED["svm"] | {_PIPE, _SCALER, "sklearn.calibration.CalibratedClassifierCV",
+                                   "sklearn.svm._classes.SVC"},
+    "random-forest": SKOPS_ALLOWED["random-forest"] | {_PIPE, "sklearn.ensemble._forest.RandomForestClassifier",
+                                                       "sklearn.tree._classes.DecisionTreeClassifier"},
+    "knn": SKOPS_ALLOWED["knn"] | {_PIPE, _SCALER, "sklearn.neighbors._classification.KNeighborsClassifier"},
+    "mlp": SKOPS_ALLOWED["mlp"] | {_PIPE, _SCALER, "sklearn.neural_network._multilayer_perceptron.MLPClassifier",
+                                   "sklearn.preprocessing._label.LabelBinarizer"},
+}
+
+
+def _schema_types(data: bytes) -> set[str]:
+    """Every `module.Class` a skops file's schema names (its zip was checked before)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        schema = json.loads(zf.read("schema.json"))
+    found, stack = set(), [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("__class__"), str):
+                found.add(f"{node.get('__module__')}.{node['__class__']}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
 
 
 def _check_data(features, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -227,7 +260,8 @@ def _from_skops(config: dict, tensors: dict[str, torch.Tensor]) -> Pipeline:
     check_nested_zip(PREFIX + SKOPS, data)  # before skops inflates a member
     try:
         untrusted = skops.io.get_untrusted_types(data=data)
-        refused = sorted(set(untrusted) - SKOPS_ALLOWED[name])
+        held = {t for t in _schema_types(data) if t.startswith("sklearn.")}
+        refused = sorted((set(untrusted) - SKOPS_ALLOWED[name]) | (held - SKOPS_HELD[name]))
         if refused:
             raise BundleError(f"classical head {name!r} holds types headstart does not load: {', '.join(refused)}; "
                               "refusing to rebuild it: the bundle is damaged or crafted, re-save the model")

@@ -10,29 +10,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import api
-from ._runtime import tune_allocator
-from .compare import compare
-from .continual import describe
-from .demo import run_demo
-from .episodes import fewshot_eval as run_episodes
+from ._allocator import tune_allocator
 from .errors import HeadstartError
-from .estimator import estimator_class
-from .export import export_model
-from .predict_stream import stream_predict
-from .pretrain import PretrainSettings
-from .pretrain import pretrain as run_pretrain
 from .progress import console
-from .rank import rank
-from .serve import ServeLimits
-from .serve import serve as run_server
-from .text_demo import run_text_demo
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="headstart: transfer learning from a pretrained backbone to your data.")
 out_console = Console()  # stdout, for tables and results
 if not out_console.is_terminal:
     out_console = Console(width=200)  # piped output: never cut backbone names to fit 80 columns
+
+
+def _api():
+    """The Python API, imported when a command runs: `--help` and a mistyped option then answer in well under a
+    second, where importing torch, timm, transformers and scikit-learn takes ~10 s."""
+    from . import api
+
+    return api
 
 
 @app.command()
@@ -84,17 +78,17 @@ def fit(
     """Train a model on DATA and write the bundle, metrics and report to --out."""
     out = resume or out  # a resumed run finishes in the folder it started in
     if task == "detection":
-        det = api.ObjectDetector(backbone=backbone, strategy=strategy, epochs=epochs, head_epochs=head_epochs, lr=lr,
+        det = _api().ObjectDetector(backbone=backbone, strategy=strategy, epochs=epochs, head_epochs=head_epochs, lr=lr,
                                  batch_size=batch_size or 4, tile_size=tile_size, last_n=last_n,
                                  val_fraction=val_fraction, pretrained=not scratch, seed=seed, out_dir=out,
                                  mixed_precision=mixed_precision, verbose=not quiet)
         det.fit(data, valid=valid)
-        out_console.print(api.summary_line(det.metrics_["validation"], prefix="validation"))
+        out_console.print(_api().summary_line(det.metrics_["validation"], prefix="validation"))
         return
     head_epochs, batch_size = head_epochs or 60, batch_size or 32
     if modality == "auto":
-        modality = api.detect_modality(data, input_col)
-    est = estimator_class(modality, task)(
+        modality = _api().detect_modality(data, input_col)
+    est = _api().estimator_class(modality, task)(
         backbone=backbone, strategy=strategy, input_col=input_col, label_col=label_col, task=task, epochs=epochs,
         head_epochs=head_epochs, lr=lr, time_limit=time_limit,
         batch_size=batch_size, image_size=image_size, head=head, last_n=last_n, val_fraction=val_fraction,
@@ -102,7 +96,7 @@ def fit(
         mixed_precision=mixed_precision, memory=memory, adapt=adapt, augment=augment,
     )
     est.fit(data, valid=valid, resume=resume, unlabeled=unlabeled)
-    out_console.print(api.summary_line(est.metrics_["validation"], prefix="validation"))
+    out_console.print(_api().summary_line(est.metrics_["validation"], prefix="validation"))
 
 
 @app.command()
@@ -113,13 +107,13 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Score a bundle on labeled data."""
-    model = api.load(bundle)
+    model = _api().load(bundle)
     model.verbose = not (quiet or as_json)
     metrics = model.evaluate(data)
     if as_json:
         sys.stdout.write(json.dumps(metrics) + "\n")
     else:
-        out_console.print(api.summary_line(metrics, prefix="test"))
+        out_console.print(_api().summary_line(metrics, prefix="test"))
 
 
 @app.command()
@@ -139,14 +133,14 @@ def predict(
     """Predict labels (or values) for any number of inputs: folders, tables (CSV/JSONL/Parquet), files, texts."""
     if resume and not out:
         raise HeadstartError("--resume needs --out FILE: the run continues where FILE stops")
-    model = api.load(bundle, runtime=runtime)
+    model = _api().load(bundle, runtime=runtime)
     model.verbose = False
-    if isinstance(model, api.ObjectDetector):  # boxes: one row per box (CSV) or one object per image (JSONL)
-        done = api.predict_boxes(model, inputs, out, batch_size)
+    if isinstance(model, _api().ObjectDetector):  # boxes: one row per box (CSV) or one object per image (JSONL)
+        done = _api().predict_boxes(model, inputs, out, batch_size)
         if out:
             console.print(f"wrote {done['boxes']} boxes on {done['images']} images to {out}", highlight=False)
         return
-    done = stream_predict(model, inputs, out, with_probs=probs, resume=resume, batch_size=batch_size,
+    done = _api().stream_predict(model, inputs, out, with_probs=probs, resume=resume, batch_size=batch_size,
                           column=column, verbose=not quiet, stream=sys.stdout)
     if out:
         console.print(f"wrote {done['rows']} predictions to {out}"
@@ -165,12 +159,10 @@ def export_bundle(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Export the whole pipeline that fits in a graph (normalisation, backbone, head) and check its parity."""
-    import os
-
-    model = api.load(bundle)
+    model = _api().load(bundle)
     model.verbose = False
     path = out or os.path.splitext(bundle)[0] + (".onnx" if fmt == "onnx" else ".pt")
-    result = export_model(model, path, fmt, check_inputs=check or None, verbose=not quiet, bundle=bundle)
+    result = _api().export_model(model, path, fmt, check_inputs=check or None, verbose=not quiet, bundle=bundle)
     if not quiet and "detections_checked" in result:  # a detector: boxes matched one by one on tiles
         out_console.print(f"wrote {result['path']} ({fmt}); every one of {result['detections_checked']} detections "
                           f"on {result['n_checked']} tiles matched, max |box or score difference| "
@@ -198,11 +190,11 @@ def serve(
                                      "variable, which other users cannot read from the process list"),
 ) -> None:
     """Serve BUNDLE over HTTP: POST /predict, GET /health, GET /metadata, OpenAPI at /docs."""
-    limits = ServeLimits(max_request_bytes=int(max_request_mb * (1 << 20)), max_batch=max_batch,
+    limits = _api().ServeLimits(max_request_bytes=int(max_request_mb * (1 << 20)), max_batch=max_batch,
                          max_pixels=max_pixels, max_text_chars=max_text_chars,
                          max_request_pixels=max_request_pixels, max_in_flight=max_in_flight)
     console.print(f"serving {bundle} on http://{host}:{port} (docs at /docs)")
-    run_server(bundle, host, port, runtime, limits, token)
+    _api().serve(bundle, host, port, runtime, limits, token)
 
 
 @app.command("rank")
@@ -217,10 +209,10 @@ def rank_backbones(
 ) -> None:
     """Score candidate backbones on DATA from frozen features (LogME, LEEP, linear probe), best first."""
     if modality == "auto":
-        modality = api.detect_modality(data)
+        modality = _api().detect_modality(data)
     names = [b.strip() for b in backbones.split(",") if b.strip()] or [
-        spec.name for spec, ok in api.backbone_table() if ok and spec.modality == modality]
-    results = rank(data, names, modality=modality, image_size=image_size, verbose=not (quiet or as_json))
+        spec.name for spec, ok in _api().backbone_table() if ok and spec.modality == modality]
+    results = _api().rank(data, names, modality=modality, image_size=image_size, verbose=not (quiet or as_json))
     if as_json:
         sys.stdout.write(json.dumps(results) + "\n")
         return
@@ -248,7 +240,7 @@ def compare_methods(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Transfer vs the same architecture from scratch, at several training sizes: accuracy, time, plots."""
-    rows = compare(data, [s for s in strategies.split(",") if s], [int(s) for s in sizes.split(",") if s],
+    rows = _api().compare(data, [s for s in strategies.split(",") if s], [int(s) for s in sizes.split(",") if s],
                    test=test, backbone=backbone, epochs=epochs, scratch_epochs=scratch_epochs,
                    image_size=image_size, augment=augment, out_dir=out, verbose=not quiet)
     table = Table(title=f"transfer vs from scratch on {data}")
@@ -264,7 +256,7 @@ def compare_methods(
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="one JSON list on stdout")) -> None:
     """The backbone registry: which backbones work offline right now, and the pip command that adds the others."""
-    rows = api.backbone_status()
+    rows = _api().backbone_status()
     if as_json:
         sys.stdout.write(json.dumps(rows) + "\n")
         return
@@ -297,11 +289,11 @@ def demo(
 ) -> None:
     """The embedded default, offline: Fashion-MNIST with packaged EfficientNet-Lite0 weights (or --text)."""
     if text:
-        run_text_demo(out if out != "runs/demo" else "runs/demo-text", per_class=per_class or 300,
+        _api().run_text_demo(out if out != "runs/demo" else "runs/demo-text", per_class=per_class or 300,
                       test_size=test_size or 1500, seed=seed, verbose=not quiet)
         return
 
-    run_demo(out, per_class=per_class or 100, test_per_class=(test_size or 1000) // 10, seed=seed,
+    _api().run_demo(out, per_class=per_class or 100, test_per_class=(test_size or 1000) // 10, seed=seed,
              verbose=not quiet)
 
 
@@ -322,15 +314,16 @@ def extend(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Teach a fitted classifier the new classes in DATA without forgetting the old ones."""
-    model = api.load(bundle)
+    model = _api().load(bundle)
     model.verbose = not (quiet or as_json)
     model.extend(data, method=method, valid=valid, old_data=old_data, memory_per_class=memory, epochs=epochs, lr=lr)
     target = out or f"{bundle[:-3] if bundle.endswith('.hs') else bundle}-extended.hs"
-    model.save(target)
+    if _api().is_main_process():  # one writer when several processes train together (torchrun)
+        model.save(target)
     if as_json:
         sys.stdout.write(json.dumps({**model.last_extension_, "bundle": target}) + "\n")
     else:
-        out_console.print(describe(model.last_extension_) + f"\nbundle: {target}", highlight=False)
+        out_console.print(_api().describe(model.last_extension_) + f"\nbundle: {target}", highlight=False)
 
 
 @app.command()
@@ -349,15 +342,18 @@ def pretrain(
     limit: int | None = typer.Option(None, help="use at most this many unlabeled inputs"),
     scratch: bool = typer.Option(False, "--scratch", help="start from random weights instead of pretrained ones"),
     seed: int = typer.Option(0),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out from its last "
+                                "finished epoch (same inputs and options)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Self-supervised pre-training on unlabeled data: SimCLR for images, masked LM for texts."""
     if modality == "auto":
         modality = "image" if os.path.isdir(unlabeled) and not any(
             f.endswith(".txt") for f in os.listdir(unlabeled)) else "text"
-    settings = PretrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, limit=limit,
-                                seed=seed)
-    path = run_pretrain(unlabeled, backbone, out, modality, settings, pretrained=not scratch, verbose=not quiet)
+    settings = _api().PretrainSettings(epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size,
+                                       limit=limit, seed=seed)
+    path = _api().pretrain(unlabeled, backbone, out, modality, settings, pretrained=not scratch, verbose=not quiet,
+                           resume=resume)
     out_console.print(f"backbone: {path}")
 
 
@@ -377,7 +373,7 @@ def fewshot_eval(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """N-way K-shot episodes: prototypes vs logistic regression vs fine-tuning, mean accuracy and 95% interval."""
-    result = run_episodes(data, ways=ways, shots=[int(k) for k in shots.split(",") if k], episodes=episodes,
+    result = _api().fewshot_eval(data, ways=ways, shots=[int(k) for k in shots.split(",") if k], episodes=episodes,
                           queries=queries, finetune_episodes=finetune_episodes, backbone=backbone, modality=modality,
                           image_size=image_size, seed=seed, verbose=not (quiet or as_json))
     if as_json:

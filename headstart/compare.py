@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .api import detect_modality
+from .data.detect import detect_modality
 from .data.labeled import LabeledData, stratified_split
 from .estimator import estimator_class
 from .modalities import MODALITIES

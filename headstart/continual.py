@@ -27,7 +27,8 @@ from ._runtime import adamw, keeps_callers_rng
 from .data.labeled import stratified_split
 from .errors import HeadstartError
 from .inference import embed
-from .progress import make_progress, say
+from .loop import LoopSettings, run_loop
+from .progress import say
 
 METHODS = ("finetune", "rehearsal", "lwf", "ewc")
 
@@ -172,6 +173,33 @@ def _ewc_penalty(head: nn.Module, anchor: dict[str, torch.Tensor], fisher: dict[
     return total
 
 
+class _ContinualObjective(nn.Module):
+    """The loop's objective: cross-entropy of the grown head, plus LwF's distillation from the old head's outputs
+    or EWC's pull towards the old weights."""
+
+    def __init__(self, head: nn.Module, old_head: nn.Module, n_old: int, settings: ContinualSettings,
+                 anchor: dict[str, torch.Tensor] | None, fisher: dict[str, torch.Tensor] | None) -> None:
+        super().__init__()
+        self.head, self.old_head = head, old_head  # the old head's weights do not train (requires_grad False)
+        self.n_old, self.settings, self.anchor, self.fisher = n_old, settings, anchor, fisher
+
+    def forward(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        settings, t = self.settings, self.settings.temperature
+        logits = self.head(xb)
+        loss = F.cross_entropy(logits, yb)
+        if settings.method == "lwf":
+            with torch.no_grad():
+                target = (self.old_head(xb) / t).softmax(-1)
+            distill = F.kl_div((logits[:, : self.n_old] / t).log_softmax(-1), target, reduction="batchmean")
+            loss = loss + settings.lwf_weight * t * t * distill
+        elif settings.method == "ewc":
+            device = logits.device
+            anchor = {k: v.to(device) for k, v in self.anchor.items()}
+            fisher = {k: v.to(device) for k, v in self.fisher.items()}
+            loss = loss + settings.ewc_weight / 2 * _ewc_penalty(self.head, anchor, fisher)
+        return loss
+
+
 @keeps_callers_rng  # reseeds torch (and extend() calls it): the caller's own draws must not notice
 def train_incremental(
     head: nn.Module,
@@ -185,6 +213,8 @@ def train_incremental(
     """Grow `head` to `n_classes` outputs and train it on new features/labels with the chosen method."""
     torch.manual_seed(settings.seed)
     old_head = copy.deepcopy(head).eval()
+    for p in old_head.parameters():  # the distillation target and EWC's anchor: never trained
+        p.requires_grad_(False)
     n_old = output_layer(old_head).out_features
     new_head = grow_head(head, n_classes)
     x, y = torch.as_tensor(features, dtype=torch.float32), torch.as_tensor(labels, dtype=torch.long)
@@ -202,34 +232,23 @@ def train_incremental(
     params = [p for p in new_head.parameters()]
     for p in params:
         p.requires_grad_(True)
-    opt = adamw(params, lr=settings.lr, weight_decay=settings.weight_decay)
     gen = torch.Generator().manual_seed(settings.seed)
     steps_per_epoch = -(-len(x) // settings.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.epochs * steps_per_epoch)
-    t = settings.temperature
-    with make_progress(verbose) as bar:
-        task = bar.add_task(f"extend ({settings.method})", total=settings.epochs, info="")
-        for _ in range(settings.epochs):
-            new_head.train()
-            for idx in torch.randperm(len(x), generator=gen).split(settings.batch_size):
-                xb, yb = x[idx], y[idx]
-                logits = new_head(xb)
-                loss = F.cross_entropy(logits, yb)
-                if settings.method == "lwf":
-                    with torch.no_grad():
-                        target = (old_head(xb) / t).softmax(-1)
-                    distill = F.kl_div((logits[:, :n_old] / t).log_softmax(-1), target, reduction="batchmean")
-                    loss = loss + settings.lwf_weight * t * t * distill
-                elif settings.method == "ewc":
-                    loss = loss + settings.ewc_weight / 2 * _ewc_penalty(new_head, anchor, fisher)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-            bar.update(task, advance=1, info=f"loss {float(loss.detach()):.3f}")
+
+    def batches(_epoch: int):
+        for idx in torch.randperm(len(x), generator=gen).split(settings.batch_size):
+            yield x[idx], y[idx]
+
+    objective = _ContinualObjective(new_head, old_head, n_old, settings, anchor, fisher)
+    run_loop(objective, [{"params": params}], batches,
+             LoopSettings(f"extend ({settings.method})", settings.epochs, verbose=verbose),
+             optimizer=lambda groups: adamw(groups, lr=settings.lr, weight_decay=settings.weight_decay),
+             scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(
+                 opt, T_max=settings.epochs * steps_per_epoch),
+             steps_per_epoch=steps_per_epoch, train_mode=new_head.train)
     for p in params:
         p.requires_grad_(False)
-    return new_head.eval()
+    return new_head.cpu().eval()
 
 
 @torch.no_grad()

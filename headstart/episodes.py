@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from . import api
 from .backbones import create_backbone, resolve_backbone
 from .classical import fit_classical
+from .data.detect import detect_modality
 from .data.labeled import LabeledData
 from .errors import DataError
 from .estimator import estimator_class
@@ -62,7 +62,7 @@ def fewshot_eval(data, *, ways: int = 5, shots: Sequence[int] = (1, 5, 10), epis
     support set itself, there being nothing else) and, for text, tune it SetFit-style: costly, hence fewer.
     """
     if modality == "auto":
-        modality = api.detect_modality(str(data)) if not isinstance(data, LabeledData) else "image"
+        modality = detect_modality(str(data)) if not isinstance(data, LabeledData) else "image"
     columns = {"text": "text", "label": "label"} if modality == "text" else {"path": "path", "label": "label"}
     labeled = MODALITIES[modality].load(data, "classification", False, columns)
     counts = np.bincount(labeled.targets, minlength=len(labeled.classes))

@@ -31,10 +31,11 @@ from .distributed import is_main_process
 from .errors import DataError, HeadstartError
 from .heads import HeadConfig, TransferModel, build_head
 from .inference import _device, _to, embed, run_over
+from .loop import LoopSettings, WholeBatchObjective, run_loop
 from .metrics import task_metrics
 from .plan_runner import open_run_log, refit_final_probe
 from .probe import cross_validated_proba, fit_probe, refit_probe
-from .progress import make_progress, say
+from .progress import say
 from .race import race_baseline, race_frozen_probe
 from .strategies import SetFit, get_strategy
 from .train import LoopConfig
@@ -106,10 +107,21 @@ def pair_loss(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.mse_loss(cosine, (labels[rows] == labels[cols]).to(cosine.dtype))
 
 
+class _PairObjective(WholeBatchObjective):
+    """The loop's objective: `pair_loss` over every pair of the whole batch, every process's texts included."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, encoded: dict, labels: torch.Tensor) -> torch.Tensor:
+        return pair_loss(self.gather(self.backbone(encoded)), self.gather(labels))
+
+
 def contrastive_tune(backbone: nn.Module, texts: Sequence[str], labels: np.ndarray, *, epochs: int = SetFit.epochs,
                      lr: float = SETFIT_LR, batch_size: int = SETFIT_BATCH, seed: int = 0,
                      verbose: bool = True, deadline: float | None = None,
-                     log: Callable[[dict], None] | None = None) -> list[dict]:
+                     log: Callable[[dict], None] | None = None, mixed_precision: str = "no") -> list[dict]:
     """Fine-tune a text backbone so that same-class texts embed close (cosine -> 1), others apart (-> 0): `epochs`
     passes over the texts in shuffled batches, `pair_loss` on each. Returns one record per pass (mean loss), each
     also given to `log` as its pass ends (metrics.jsonl). No batch starts after `deadline` (a time.perf_counter()
@@ -117,42 +129,34 @@ def contrastive_tune(backbone: nn.Module, texts: Sequence[str], labels: np.ndarr
     if getattr(backbone, "tokenizer", None) is None:
         raise HeadstartError(f"contrastive tuning needs a text backbone; '{backbone.spec.name}' has no tokenizer")
 
-    device, labels = _device(), torch.as_tensor(np.asarray(labels))
+    labels = torch.as_tensor(np.asarray(labels))
     rng = np.random.default_rng(seed)
-    backbone.to(device).train()
     for p in backbone.parameters():
         p.requires_grad_(True)
-    opt = adamw(backbone.parameters(), lr=lr)
     max_length = backbone.spec.preprocess.max_length
-    history = []
-    with make_progress(verbose) as bar:
-        task = bar.add_task("setfit", total=epochs * len(texts), info="")
-        for epoch in range(1, epochs + 1):
-            order, losses = rng.permutation(len(texts)), []
-            # batches of at most batch_size, of near-equal sizes: never a last batch of one text, which has no pair
-            for rows in np.array_split(order, -(-len(order) // batch_size)):
-                if deadline is not None and time.perf_counter() > deadline:
-                    break
-                enc = backbone.tokenizer([texts[r] for r in rows], padding=True, truncation=True,
-                                         max_length=max_length, return_tensors="pt")
-                loss = pair_loss(backbone(_to(dict(enc), device)), labels[rows].to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
-                bar.update(task, advance=len(rows), info=f"pass {epoch}/{epochs} loss {np.mean(losses):.3f}")
-            history.append({"stage": "setfit", "epoch": epoch, "train_loss": float(np.mean(losses or [np.nan])),
-                            "texts": len(texts)})
-            if deadline is not None and time.perf_counter() > deadline:
-                history[-1]["stopped"] = "time limit"
-            if log is not None:
-                log(history[-1])
-            if "stopped" in history[-1]:
-                break
+
+    def batches(_epoch: int):
+        order = rng.permutation(len(texts))
+        # batches of at most batch_size, of near-equal sizes: never a last batch of one text, which has no pair
+        for rows in np.array_split(order, -(-len(order) // batch_size)):
+            enc = backbone.tokenizer([texts[r] for r in rows], padding=True, truncation=True, max_length=max_length,
+                                     return_tensors="pt")
+            yield dict(enc), labels[rows]
+
+    def record(r: dict) -> dict:
+        done = {"stage": "setfit", "epoch": r["epoch"], "train_loss": float(np.mean(r["loss"] or [np.nan])),
+                "texts": len(texts)}
+        return {**done, "stopped": "time limit"} if r.get("stopped") else done
+
+    result = run_loop(_PairObjective(backbone), [{"params": list(backbone.parameters())}], batches,
+                      LoopSettings("setfit", epochs, mixed_precision=mixed_precision, verbose=verbose,
+                                   deadline=deadline),
+                      optimizer=lambda groups: adamw(groups, lr=lr), steps_per_epoch=-(-len(texts) // batch_size),
+                      on_epoch=None if log is None else lambda r: log(record(r)))
     for p in backbone.parameters():
         p.requires_grad_(False)
     backbone.eval()
-    return history
+    return [record(r) for r in result.epochs]
 
 
 # --- fit(strategy="fewshot") -------------------------------------------------------------------------------------
@@ -251,6 +255,7 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     if tuned:  # SetFit: the labels reshape the embedding itself before the head is fitted on it
         est.history_ = contrastive_tune(backbone, [full.items[i] for i in tune_rows], full.targets[tune_rows],
                                         epochs=passes, seed=est.seed, verbose=est.verbose, log=log,
+                                        mixed_precision=est.mixed_precision,
                                         deadline=None if est.time_limit is None else started + 0.85 * est.time_limit)
         feats, ok = run_over(backbone, full.items, est.batch_size, est.num_workers, est.verbose)
     else:

@@ -25,9 +25,10 @@ from .data.labeled import LabeledData, stratified_split
 from .errors import DataError, HeadstartError
 from .heads import Standardize
 from .inference import embed
+from .loop import LoopSettings, run_loop
 from .metrics import task_metrics
 from .modalities import MODALITIES
-from .progress import make_progress, say
+from .progress import say
 
 TASK_KINDS = ("classification", "regression")
 
@@ -44,6 +45,17 @@ class MultiTaskHeads(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         shared = self.trunk(x)
         return {name: head(shared) for name, head in self.heads.items()}
+
+
+class _MultiTaskObjective(nn.Module):
+    """The loop's objective: the weighted sum of the task losses on a batch of features."""
+
+    def __init__(self, heads: MultiTaskHeads, loss) -> None:
+        super().__init__()
+        self.heads, self.loss = heads, loss
+
+    def forward(self, x: torch.Tensor, y: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss(self.heads(x), y)
 
 
 class MultiTaskModel:
@@ -148,21 +160,19 @@ class MultiTaskModel:
         return total
 
     def _train(self, x: torch.Tensor, y: dict[str, torch.Tensor], rows: torch.Tensor, gen: torch.Generator) -> None:
-        opt = adamw(self.heads_.parameters(), lr=self.lr, weight_decay=1e-4)
-        steps = self.epochs * -(-len(rows) // self.batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=max(steps, 1))
-        with make_progress(self.verbose) as bar:
-            task = bar.add_task("multi-task heads", total=self.epochs, info="")
-            for _ in range(self.epochs):
-                self.heads_.train()
-                for idx in rows[torch.randperm(len(rows), generator=gen)].split(self.batch_size):
-                    loss = self._loss(self.heads_(x[idx]), {n: t[idx] for n, t in y.items()})
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                bar.update(task, advance=1, info=f"loss {float(loss.detach()):.3f}")
-        self.heads_.eval()
+        steps_per_epoch = -(-len(rows) // self.batch_size)
+
+        def batches(_epoch: int):
+            for idx in rows[torch.randperm(len(rows), generator=gen)].split(self.batch_size):
+                yield x[idx], {n: t[idx] for n, t in y.items()}
+
+        run_loop(_MultiTaskObjective(self.heads_, self._loss), [{"params": list(self.heads_.parameters())}], batches,
+                 LoopSettings("multi-task heads", self.epochs, verbose=self.verbose),
+                 optimizer=lambda groups: adamw(groups, lr=self.lr, weight_decay=1e-4),
+                 scheduler=lambda opt: torch.optim.lr_scheduler.OneCycleLR(
+                     opt, max_lr=self.lr, total_steps=max(self.epochs * steps_per_epoch, 1)),
+                 steps_per_epoch=steps_per_epoch)
+        self.heads_.cpu().eval()
 
     # --- predict and score ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -14,6 +14,7 @@ The result is a bundle folder (`config.json` + `model.safetensors`, backbone wei
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -31,10 +32,13 @@ from ._version import __version__
 from .backbones import Backbone, backbone_files, create_backbone, resolve_backbone
 from .bundle import CONFIG, FILES, FORMAT, FORMAT_VERSION, WEIGHTS
 from .cache import write_atomic
+from .checkpoint import Checkpointer
 from .data.images import _check_all
+from .distributed import is_main_process
 from .errors import DataError, HeadstartError
+from .loop import LoopSettings, Resumable, WholeBatchObjective, run_loop
 from .modalities import MODALITIES
-from .progress import make_progress, say
+from .progress import say
 
 
 @dataclass(frozen=True)
@@ -94,41 +98,65 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(sim, partner)
 
 
-def pretrain_images(backbone: Backbone, paths: list[str], settings: PretrainSettings, verbose: bool) -> list[float]:
+class _SimCLRObjective(WholeBatchObjective):
+    """The loop's objective: NT-Xent over the views of the whole batch, every process's rows included."""
+
+    def __init__(self, backbone: Backbone, projector: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.backbone, self.projector, self.temperature = backbone, projector, temperature
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        z1, z2 = self.projector(self.backbone(v1)), self.projector(self.backbone(v2))
+        return nt_xent(self.gather(z1), self.gather(z2), self.temperature)
+
+
+def _resumable(checkpointer: Checkpointer | None, loader: DataLoader) -> Resumable | None:
+    return None if checkpointer is None else Resumable(checkpointer, loader.generator)
+
+
+def _row_weighted(record: dict) -> float:
+    """An epoch's mean loss, each batch weighted by its rows."""
+    total, seen = 0.0, 0
+    for loss, rows in zip(record["loss"], record["rows"]):
+        total, seen = total + loss * rows, seen + rows
+    return total / max(seen, 1)
+
+
+def pretrain_images(backbone: Backbone, paths: list[str], settings: PretrainSettings, verbose: bool,
+                    checkpointer: Checkpointer | None = None) -> list[float]:
     pre = backbone.spec.preprocess
     dim = backbone.feature_dim
     projector = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, settings.projection_dim))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backbone.to(device).train()
-    projector.to(device).train()
     loader = DataLoader(TwoViews(paths, simclr_augment(pre.size, pre.mean, pre.std)), batch_size=settings.batch_size,
                         shuffle=True, drop_last=len(paths) > settings.batch_size, num_workers=settings.num_workers,
                         generator=torch.Generator().manual_seed(settings.seed),
                         persistent_workers=settings.num_workers > 0)
     params = [*backbone.parameters(), *projector.parameters()]
-    opt = adamw(params, lr=settings.lr or 1e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.epochs * len(loader)))
-    losses = []
-    with make_progress(verbose) as bar:
-        task = bar.add_task("SimCLR", total=settings.epochs * len(loader), info="")
-        for epoch in range(settings.epochs):
-            total, seen = 0.0, 0
-            for v1, v2 in loader:
-                z1, z2 = projector(backbone(v1.to(device))), projector(backbone(v2.to(device)))
-                loss = nt_xent(z1, z2, settings.temperature)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total, seen = total + float(loss.detach()) * len(v1), seen + len(v1)
-                bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {total / seen:.3f}")
-            losses.append(total / max(seen, 1))
+    result = run_loop(_SimCLRObjective(backbone, projector, settings.temperature), [{"params": params}],
+                      lambda _epoch: iter(loader), LoopSettings("SimCLR", settings.epochs, verbose=verbose),
+                      optimizer=lambda groups: adamw(groups, lr=settings.lr or 1e-3, weight_decay=1e-4),
+                      scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(
+                          opt, T_max=max(1, settings.epochs * len(loader))),
+                      steps_per_epoch=len(loader), resumable=_resumable(checkpointer, loader))
+    losses = [_row_weighted(record) for record in result.epochs]
     backbone.eval().cpu()
     return losses
 
 
+class _MaskedLMObjective(nn.Module):
+    """The loop's objective: the masked-LM loss of a collated batch (token ids, masks, labels)."""
+
+    def __init__(self, mlm: nn.Module) -> None:
+        super().__init__()
+        self.mlm = mlm
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.mlm(**batch).loss
+
+
 # --- texts: masked language modelling --------------------------------------------------------------------------
-def pretrain_texts(backbone: Backbone, texts: list[str], settings: PretrainSettings, verbose: bool) -> list[float]:
+def pretrain_texts(backbone: Backbone, texts: list[str], settings: PretrainSettings, verbose: bool,
+                   checkpointer: Checkpointer | None = None) -> list[float]:
     from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
     encoder = backbone.body.model
@@ -145,25 +173,15 @@ def pretrain_texts(backbone: Backbone, texts: list[str], settings: PretrainSetti
     rows = [{"input_ids": ids} for ids in encoded["input_ids"]]
     loader = DataLoader(rows, batch_size=settings.batch_size, shuffle=True, collate_fn=collator,
                         generator=torch.Generator().manual_seed(settings.seed))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    mlm.to(device).train()
-    opt = adamw(mlm.parameters(), lr=settings.lr or 5e-5, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, settings.epochs * len(loader)))
-    losses = []
-    with make_progress(verbose) as bar:
-        task = bar.add_task("masked LM", total=settings.epochs * len(loader), info="")
-        for epoch in range(settings.epochs):
-            total, seen = 0.0, 0
-            for batch in loader:
-                loss = mlm(**{k: v.to(device) for k, v in batch.items()}).loss
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(mlm.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                total, seen = total + float(loss.detach()), seen + 1
-                bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {total / seen:.3f}")
-            losses.append(total / max(seen, 1))
+    params = list(mlm.parameters())
+    result = run_loop(_MaskedLMObjective(mlm), [{"params": params}], lambda _epoch: ((batch,) for batch in loader),
+                      LoopSettings("masked LM", settings.epochs, grad_clip=1.0, verbose=verbose),
+                      optimizer=lambda groups: adamw(groups, lr=settings.lr or 5e-5, weight_decay=0.01),
+                      scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(
+                          opt, T_max=max(1, settings.epochs * len(loader))),
+                      steps_per_epoch=len(loader), resumable=_resumable(checkpointer, loader))
+    # the mean over batches, each counted once (as before: a batch's loss is already a mean over its masked tokens)
+    losses = [sum(r["loss"]) / max(len(r["loss"]), 1) for r in result.epochs]
     encoder.load_state_dict(base.cpu().state_dict(), strict=False)
     return losses
 
@@ -171,9 +189,13 @@ def pretrain_texts(backbone: Backbone, texts: list[str], settings: PretrainSetti
 # --- the entry point -------------------------------------------------------------------------------------------
 @keeps_callers_rng  # seeds the global generators; the caller's own random draws must not notice
 def pretrain(unlabeled, backbone: str | None = None, out: str = "runs/pretrained", modality: str = "image",
-             settings: PretrainSettings | None = None, pretrained: bool = True, verbose: bool = True) -> str:
+             settings: PretrainSettings | None = None, pretrained: bool = True, verbose: bool = True,
+             resume: bool = False) -> str:
     """Continue training `backbone` on unlabeled inputs (image folder; text file, table or folder of .txt files);
-    write it as a bundle folder at `out` and return that path, for `fit --backbone out`."""
+    write it as a bundle folder at `out` and return that path, for `fit --backbone out`.
+
+    A checkpoint is written under `out/checkpoint/` after every epoch (and removed once the bundle is written);
+    `resume=True` continues an interrupted run from it, with the same options and inputs, to the same weights."""
     settings = settings or PretrainSettings()
     seed_everything(settings.seed)
     if modality not in ("image", "text"):
@@ -185,8 +207,11 @@ def pretrain(unlabeled, backbone: str | None = None, out: str = "runs/pretrained
                             image_size=settings.image_size if modality == "image" else None)
     inputs = MODALITIES[modality].list_inputs([unlabeled] if isinstance(unlabeled, (str, os.PathLike))
                                               else list(unlabeled))
-    if modality == "text":
-        inputs = [t for t in inputs if t.strip()]
+    if modality == "text":  # a .txt file that is not UTF-8 (or not a regular file) reads as "": counted, as fit does
+        usable = [t for t in inputs if t.strip()]
+        if len(usable) < len(inputs):
+            say(verbose, f"skipped {len(inputs) - len(usable)} empty or unreadable (not UTF-8) text(s) in {unlabeled}")
+        inputs = usable
     else:  # as `fit` does: unreadable files (corrupt, truncated, decompression bombs) are skipped and counted
         readable = [p for p, why in zip(inputs, _check_all(inputs)) if why is None]
         if len(readable) < len(inputs):
@@ -200,16 +225,35 @@ def pretrain(unlabeled, backbone: str | None = None, out: str = "runs/pretrained
         f"({'SimCLR' if modality == 'image' else 'masked LM'}, {settings.epochs} epochs)")
     started = time.perf_counter()
     run = pretrain_images if modality == "image" else pretrain_texts
-    losses = run(model, inputs, settings, verbose)
+    checkpointer = Checkpointer(out, {"pretrain": settings.to_dict(), "backbone": spec.name, "modality": modality,
+                                      "pretrained": pretrained, "inputs": _digest(inputs)}, write=is_main_process())
+    if resume:
+        if not os.path.isfile(checkpointer.path):  # (Checkpointer.load's own message speaks of `fit`)
+            raise HeadstartError(f"{checkpointer.path}: no checkpoint to resume from; run `headstart pretrain` with "
+                                 "this --out first (a checkpoint is written at the end of each epoch)")
+        saved = checkpointer.load()
+        say(verbose, f"resuming after epoch {saved.epoch} of {settings.epochs}")
+    losses = run(model, inputs, settings, verbose, checkpointer)
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "headstart_version": __version__,
               "modality": modality, "task": "pretrain", "backbone": model.spec.to_dict(), "head": {"kind": "none"},
               "labels": [], "pretrain": {"objective": "simclr" if modality == "image" else "masked-lm",
                                          "inputs": len(inputs), "losses": losses, "settings": settings.to_dict(),
                                          "seconds": round(time.perf_counter() - started, 1),
                                          "started_from": "pretrained" if pretrained else "random"}}
-    _write_folder(out, config, {f"backbone.{k}": v for k, v in model.state_dict().items()}, backbone_files(model))
-    say(verbose, f"backbone written to {out}: use it with `headstart fit DATA --backbone {out}`")
+    if is_main_process():  # one writer when several processes train together
+        _write_folder(out, config, {f"backbone.{k}": v for k, v in model.state_dict().items()},
+                      backbone_files(model))
+    checkpointer.remove()
+    say(verbose and is_main_process(), f"backbone written to {out}: use it with `headstart fit DATA --backbone {out}`")
     return out
+
+
+def _digest(inputs: list[str]) -> str:
+    """The inputs (paths or texts) in order: a checkpoint written for other inputs is not resumed."""
+    h = hashlib.blake2b(digest_size=16)
+    for item in inputs:
+        h.update(str(item).encode() + b"\n")
+    return h.hexdigest()
 
 
 def _write_folder(out: str, config: dict, state: dict[str, torch.Tensor], files: dict[str, bytes]) -> None:

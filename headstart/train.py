@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from ._runtime import adamw
 from .adapters import lora_parameters
-from .checkpoint import Checkpointer, TrainState, rng_states, set_rng_states
+from .checkpoint import Checkpointer, TrainState, match_layouts, rng_states, set_rng_states
 from .distributed import loader_config
 from .heads import TransferModel
 from .progress import make_progress, say
@@ -150,13 +150,24 @@ def _summed_over_processes(accel: Accelerator, total_loss: float, seen: int) -> 
     return float(sums[0]), int(sums[1])
 
 
-def _past(accel: Accelerator, moment: float) -> bool:
+def time_is_up(accel: Accelerator, moment: float) -> bool:
     """Whether time.perf_counter() has passed `moment`, agreed by every process: each process's clock and start
     differ, and one stopping while the others step would leave them waiting on its gradients for ever."""
     past = time.perf_counter() > moment
     if accel.num_processes == 1:
         return past
     return bool(accel.reduce(torch.tensor([float(past)], device=accel.device), "max")[0] > 0)
+
+
+def optimizer_step(accel: Accelerator, opt: torch.optim.Optimizer, loss: torch.Tensor, trainable: list,
+                   grad_clip: float | None) -> None:
+    """One optimiser step, the same in every loop (this one and loop.run_loop): clear the gradients, back-propagate
+    through Accelerate (loss scaling under fp16, DDP's gradient average), clip, step."""
+    opt.zero_grad(set_to_none=True)
+    accel.backward(loss)
+    if grad_clip:
+        accel.clip_grad_norm_(trainable, grad_clip)
+    opt.step()
 
 
 def _scores(scored: tuple[torch.Tensor, torch.Tensor] | None, loss_fn: nn.Module, task: str) -> dict:
@@ -237,6 +248,7 @@ def run_stage(
     if saved is not None:
         accel.unwrap_model(model).load_state_dict(saved.model)
         opt.load_state_dict(saved.optimizer)
+        match_layouts(opt)  # channels-last weights: their moments must come back laid out as they are
         sched.scheduler.load_state_dict(saved.scheduler)
         best_loss, best_state, stale, history = saved.best_loss, saved.best_state, saved.stale, saved.stage_history
         set_rng_states(saved.rng, shuffle_rng)
@@ -261,16 +273,12 @@ def run_stage(
             set_train_mode(accel.unwrap_model(model), stage, cfg.freeze_bn_stats)
             start, seen, total_loss = time.perf_counter(), 0, 0.0
             for x, y in _batches(train_loader):
-                if cfg.deadline is not None and _past(accel, cfg.deadline - cfg.reserve_s):
+                if cfg.deadline is not None and time_is_up(accel, cfg.deadline - cfg.reserve_s):
                     out_of_time = True  # the epoch ends here: validated, and the best weights kept, as ever
                     break
                 with accel.autocast():
                     loss = loss_fn(model(x).float(), y)
-                opt.zero_grad(set_to_none=True)
-                accel.backward(loss)
-                if cfg.grad_clip:
-                    accel.clip_grad_norm_(trainable, cfg.grad_clip)
-                opt.step()
+                optimizer_step(accel, opt, loss, trainable, cfg.grad_clip)
                 step += 1
                 if sched.scheduler.last_epoch < steps:  # early-stopped plans never overrun the schedule
                     sched.step()

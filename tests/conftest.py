@@ -9,6 +9,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (`make test` runs `-n 2`), the CPU's cores are shared out between the workers: each
+    worker's torch, and every process a test starts (the CLI, torchrun), gets its share of threads instead of
+    all of them, so two workers never oversubscribe the cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 # A tiny randomly initialised timm model: fast, and enough where the behaviour does not depend on weights.
 TINY = "timm:test_efficientnet"
 TINY_SIZE = 32

@@ -16,6 +16,7 @@ import sklearn
 import skops.io
 import torch
 from conftest import COLOURS, TINY, TINY_SIZE, make_class_images
+from sklearn.linear_model import LogisticRegression
 
 import headstart as hs
 from headstart.bundle import read_bundle, write_bundle
@@ -123,12 +124,28 @@ def test_a_skops_file_holding_a_type_outside_the_allowlist_is_refused_by_name(fi
 def test_a_type_allowed_for_another_head_or_another_estimator_is_refused(fitted, tmp_path):
     _, path = fitted["knn"]
     forest = skops.io.dumps(fitted["random-forest"][0].classical_)  # trees: allowed for a forest, not for knn
-    with pytest.raises(BundleError, match=r"'knn' holds types headstart does not load: sklearn\.tree\._tree\.Tree;"):
+    with pytest.raises(BundleError, match=r"'knn' holds types headstart does not load: .*sklearn\.tree\._tree\.Tree;"):
         hs.load(rewritten(path, str(tmp_path / "forest.hs"), skops=as_tensor(forest)))
     X = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
     logistic = skops.io.dumps(fit_classical("logistic", X, np.arange(12) % 2))  # only types skops trusts itself
-    with pytest.raises(BundleError, match="'knn': its skops file holds a Pipeline, not the knn head's Pipeline"):
+    with pytest.raises(BundleError, match=r"'knn' holds types headstart does not load: .*LogisticRegression"):
         hs.load(rewritten(path, str(tmp_path / "logistic.hs"), skops=as_tensor(logistic)))
+
+
+def test_a_public_estimator_nested_where_the_head_holds_none_is_refused(fitted, tmp_path, monkeypatch):
+    # skops trusts every public scikit-learn estimator; the head's own Pipeline steps were the only check, so an
+    # estimator tucked inside the svm's calibrator would have been rebuilt and carried along
+    clf, path = fitted["svm"]
+    crafted_head = copy.deepcopy(clf.classical_)
+    crafted_head[-1].calibrated_classifiers_[0].extra_ = LogisticRegression()
+    data = skops.io.dumps(crafted_head)
+    assert not set(skops.io.get_untrusted_types(data=data)) - SKOPS_ALLOWED["svm"]  # skops alone would load it
+    rebuilt = []
+    monkeypatch.setattr(skops.io, "loads", lambda *a, **k: rebuilt.append(a))
+    with pytest.raises(BundleError, match=r"'svm' holds types headstart does not load: sklearn\.linear_model\._logistic"
+                                          r"\.LogisticRegression;"):
+        hs.load(rewritten(path, str(tmp_path / "nested.hs"), skops=as_tensor(data)))
+    assert rebuilt == []
 
 
 def test_a_zip_bomb_in_the_skops_file_is_refused_before_it_inflates(fitted, tmp_path, monkeypatch):

@@ -146,3 +146,23 @@ def test_single_class_is_refused_from_the_cli(tmp_path):
     data = make_class_images(str(tmp_path / "d"), {"red": COLOURS["red"]}, per_class=3)
     proc = run("fit", data, "--quiet", check=False)
     assert proc.returncode == 2 and "only one class" in proc.stderr and "Traceback" not in proc.stderr
+
+
+_HELP_PROBE = """
+import sys
+import headstart.cli
+sys.argv = ["headstart", "--help"]
+try:
+    headstart.cli.main()
+except SystemExit:
+    pass
+heavy = sorted(m for m in ("torch", "timm", "transformers", "sklearn") if m in sys.modules)
+print("heavy:", ",".join(heavy) or "none", file=sys.stderr)
+"""
+
+
+def test_help_answers_without_loading_torch():
+    """`headstart --help` (and an argument error) must not wait ~10 s for torch, timm and scikit-learn to import."""
+    proc = subprocess.run([sys.executable, "-c", _HELP_PROBE], capture_output=True, text=True, timeout=120)
+    assert "Usage" in proc.stdout and "fit" in proc.stdout
+    assert "heavy: none" in proc.stderr, proc.stderr

@@ -88,6 +88,21 @@ def test_tiles_cover_the_image_and_keep_boxes_at_least_half_inside():
     assert [t.window for t in tile([second], 20)][-1] == (60, 20, 80, 40)
 
 
+def test_validation_holds_out_whole_images_and_never_a_pixel_trained_on():
+    from headstart.detection.estimator import _overlap
+
+    boxes = np.array([[30, 30, 50, 50]], np.float32)
+    images = [Labelled(f"{i}.png", 100, 60, boxes, ["square"]) for i in range(10)]
+    det = hs.ObjectDetector(tile_size=40, val_fraction=0.2, seed=0)
+    train, val = det._split(images)
+    assert len({t.path for t in val}) == 2 and not {t.path for t in train} & {t.path for t in val}
+    assert len(train) + len(val) == 10 * len(windows(100, 60, 40))  # whole images: every tile of each kept
+    # one image alone: its tiles are split, and training keeps none that shares a pixel with a validation tile
+    train, val = det._split(images[:1])
+    assert val and train and not any(_overlap(t, v) for t in train for v in val)
+    assert len(train) + len(val) < len(windows(100, 60, 40))  # an edge tile overlapping a held-out one: dropped
+
+
 @pytest.mark.parametrize("name", [TINY, "torchvision:resnet18"])
 def test_pyramid_taps_the_later_layer_groups_of_registry_backbones(name):
     backbone = hs.create_backbone(name, pretrained=False)

@@ -257,6 +257,9 @@ def _reshape_head(config: dict, members: dict) -> None:
 @pytest.mark.parametrize("edit, says", [
     (lambda config, _: config["head"].update(kind="quantum"), "unknown head 'quantum'"),
     (_reshape_head, "size mismatch for head"),
+    # an image size of a million pixels a side would make the first prediction allocate terabytes
+    (lambda config, _: config["backbone"]["preprocess"].update(size=1_000_000), "image size 1000000 is out of range"),
+    (lambda config, _: config["backbone"]["preprocess"].update(std=[0, 1, 1]), "std above 0"),
 ])
 def test_an_edited_bundle_is_named_with_what_is_wrong_and_the_fix(bundle, tmp_path, edit, says):
     # bench/reliability.py: an unknown head kind was refused without naming the bundle; weights of another shape
@@ -290,6 +293,17 @@ def test_pipes_named_like_inputs_are_skipped_never_waited_on(bundle, tmp_path):
         assert [r["error"] for r in rows if r["path"].endswith("pipe.png")] == ["unreadable image"]
         with pytest.raises(HeadstartError, match="pipe.png: not a regular file"):
             hs.load(bundle).predict([os.path.join(images, "red", "pipe.png")])
+
+
+def test_a_pipe_given_as_the_data_table_is_refused_never_waited_on(tmp_path):
+    # a named pipe called train.csv given to fit: opening it would wait for a writer forever
+    table = tmp_path / "train.csv"
+    os.mkfifo(table)
+    with no_hang():
+        with pytest.raises(HeadstartError, match="train.csv: not a regular file"):
+            hs.TextClassifier(verbose=False).fit(str(table))
+        code, err = _cli("fit", str(table), "--out", str(tmp_path / "run"), "--quiet")
+        assert code == 2 and "not a regular file" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_text_of_megabytes_in_a_csv_field_is_data_not_damage(bundle, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "headstart"
 
 LOCAL_IMPORTS = {  # (importing module, imported module): why the import waits for the call
+    ("headstart.cli", "headstart.api"): "`--help` and argument errors answer without loading torch (~10 s)",
     ("headstart.estimator", "headstart.run_outputs"): "the report's plots load matplotlib only when a run writes one",
     ("headstart.fewshot", "headstart.run_outputs"): "the report's plots load matplotlib only when a run writes one",
     ("headstart.compare", "headstart.report"): "the report's plots load matplotlib only when a comparison is drawn",
@@ -115,3 +116,22 @@ def test_the_checks_see_cycles_and_local_imports():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     _, local = import_graph()
     assert {(m, t) for m, t, _ in local} == set(LOCAL_IMPORTS)  # every listed import still exists
+
+
+def test_public_names_load_lazily_and_all_resolve():
+    """`import headstart` loads no submodule with heavy dependencies; every name in `__all__` is in the lazy table
+    and resolves to the object its module defines."""
+    import importlib
+    import subprocess
+    import sys
+
+    probe = "import sys, headstart; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+    import headstart as hs
+
+    importlib.import_module("headstart.compare")  # a submodule named like a public function: the function wins
+    importlib.import_module("headstart.rank")
+    assert set(hs.__all__) == set(hs._PUBLIC) | {"__version__"}
+    for name, module in hs._PUBLIC.items():
+        assert getattr(hs, name) is getattr(importlib.import_module(f"headstart.{module}"), name)
+    assert "ImageClassifier" in dir(hs)

@@ -1,5 +1,6 @@
 """Self-supervised pre-training: the SimCLR loss, and pretrain -> `fit --backbone DIR` for images and texts."""
 
+import io
 import math
 import os
 import subprocess
@@ -11,6 +12,7 @@ import torch
 from conftest import TINY, TINY_SIZE
 
 import headstart as hs
+from headstart import progress
 from headstart.bundle import read_bundle
 from headstart.pretrain import PretrainSettings, nt_xent, pretrain
 
@@ -76,3 +78,30 @@ def test_masked_lm_adapts_the_packaged_text_encoder(tmp_path):
         a, b = plain(dict(batch)), adapted(dict(batch))
     assert a.shape == b.shape and not torch.allclose(a, b), "the adapted encoder must differ from the plain one"
     assert os.path.isfile(os.path.join(out, "model.safetensors"))
+
+
+def test_text_pretrain_counts_the_files_it_cannot_read(tmp_path, monkeypatch):
+    # a .txt file in Latin-1 (not UTF-8) was dropped without a word: now the run says how many it skipped
+    from headstart.data.tweets import load_tweets
+
+    folder = tmp_path / "unlabeled"
+    folder.mkdir()
+    for i, text in enumerate(load_tweets()[0][:16]):
+        (folder / f"{i:02d}.txt").write_text(text, encoding="utf-8")
+    (folder / "latin1.txt").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e".encode("latin-1"))
+    settings = PretrainSettings(epochs=1, batch_size=16, max_length=16, lr=1e-4)
+    said = io.StringIO()
+    monkeypatch.setattr(progress.console, "file", said)  # what the run prints, whatever stream pytest captures
+    out = pretrain(str(folder), "minilm_l6", str(tmp_path / "dapt"), modality="text", settings=settings)
+    config, _ = read_bundle(out)
+    assert config["pretrain"]["inputs"] == 16
+    assert "skipped 1 empty or unreadable (not UTF-8) text(s)" in said.getvalue()
+
+
+def test_pretrain_resume_without_a_checkpoint_says_so(colour_folder, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "headstart.cli", "pretrain", colour_folder, "--backbone", TINY,
+                           "--image-size", str(TINY_SIZE), "--scratch", "--epochs", "1", "--batch-size", "12",
+                           "--out", str(tmp_path / "none"), "--resume", "--quiet"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and "no checkpoint to resume from" in proc.stderr, proc.stderr[-2000:]
+    assert "headstart pretrain" in proc.stderr  # what to run first

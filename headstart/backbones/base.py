@@ -15,6 +15,12 @@ import torch
 from torch import nn
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+POOLINGS = ("mean", "cls", "pooler")
+# Bounds on what a bundle's JSON may ask of every input: an edited size of a million pixels a side would make the
+# first prediction allocate terabytes. Far above any real model's (ImageNet models: 224-600 px; long-context text
+# encoders: 512-8,192 tokens).
+MAX_IMAGE_SIZE = 4096
+MAX_TEXT_TOKENS = 16384
 
 
 @dataclass(frozen=True)
@@ -28,8 +34,12 @@ class ImagePreprocess:
     interpolation: str = "bicubic"
 
     def __post_init__(self) -> None:
-        if self.size < 8:
-            raise ValueError(f"image size {self.size} is too small (at least 8 pixels)")
+        if not isinstance(self.size, int) or not 8 <= self.size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image size {self.size!r} is out of range (8 to {MAX_IMAGE_SIZE} pixels)")
+        if not isinstance(self.crop_pct, (int, float)) or not 0.05 <= self.crop_pct <= 1:
+            raise ValueError(f"crop_pct {self.crop_pct!r} is out of range (0.05 to 1)")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(s > 0 for s in self.std):
+            raise ValueError(f"mean and std need 3 numbers each, std above 0 (got {self.mean!r}, {self.std!r})")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}")
 
@@ -58,6 +68,13 @@ class TextPreprocess:
     max_length: int = 128
     pooling: str = "mean"  # mean | cls | pooler
     normalize: bool = False
+
+    def __post_init__(self) -> None:
+        # 0: no tokenizer truncates (the TF-IDF baseline reads whole texts)
+        if not isinstance(self.max_length, int) or not 0 <= self.max_length <= MAX_TEXT_TOKENS:
+            raise ValueError(f"max_length {self.max_length!r} is out of range (0 to {MAX_TEXT_TOKENS} tokens)")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {self.pooling!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

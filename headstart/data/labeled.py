@@ -62,6 +62,8 @@ def load_source(data, task: str, read_folder: Callable[[str], LabeledData], suff
         if task != "classification":
             raise DataError(f"{data}: a folder per class holds classification data; give a table for {task}")
         return read_folder(data)
+    if not os.path.isfile(data):  # a named pipe called data.csv: opening it would wait for a writer forever
+        raise DataError(f"{data}: not a regular file (a pipe, socket or device); give a folder or a table file")
     if data.lower().endswith(suffixes):
         return read_table(data)
     raise DataError(f"{data}: expected {expected}")

@@ -67,6 +67,23 @@ def _source(data) -> str:
     return os.fspath(data) if isinstance(data, (str, os.PathLike)) else f"the {len(data)} images given"
 
 
+def _split_tiles(rows: list[Labelled], val_fraction: float, seed: int) -> tuple[list[Labelled], list[Labelled]]:
+    """`val_fraction` of the rows (at least one, never all) held out at random; training rows that overlap a
+    held-out one in the same file are dropped, so no pixel is both trained on and validated."""
+    order = np.random.default_rng(seed).permutation(len(rows))
+    n_val = int(round(val_fraction * len(rows))) if len(rows) > 1 else 0
+    n_val = min(max(n_val, 1 if val_fraction > 0 and len(rows) > 1 else 0), len(rows) - 1)
+    val = [rows[i] for i in order[:n_val]]
+    return [rows[i] for i in order[n_val:] if not any(_overlap(rows[i], v) for v in val)], val
+
+
+def _overlap(a: Labelled, b: Labelled) -> bool:
+    if a.path != b.path or a.window is None or b.window is None:
+        return a.path == b.path
+    return a.window[0] < b.window[2] and b.window[0] < a.window[2] and a.window[1] < b.window[3] and \
+        b.window[1] < a.window[3]
+
+
 def collate(rows: list) -> tuple[torch.Tensor, dict, torch.Tensor]:
     """The loop's (index, inputs, targets) batch: the model takes images and boxes together and returns its loss,
     so the loop's own target is a placeholder that only counts the images."""
@@ -151,16 +168,19 @@ class ObjectDetector:
         return DataLoader(TileDataset(tiles, self.classes_, flip=train), batch_size=batch, shuffle=train,
                           generator=gen, collate_fn=collate, num_workers=resolve_workers(self.num_workers))
 
-    def _split(self, tiles: list[Labelled]) -> tuple[list[Labelled], list[Labelled]]:
-        order = np.random.default_rng(self.seed).permutation(len(tiles))
-        n_val = int(round(self.val_fraction * len(tiles))) if len(tiles) > 1 else 0
-        n_val = min(max(n_val, 1 if self.val_fraction > 0 and len(tiles) > 1 else 0), len(tiles) - 1)
-        return [tiles[i] for i in order[n_val:]], [tiles[i] for i in order[:n_val]]
+    def _split(self, items: list[Labelled]) -> tuple[list[Labelled], list[Labelled]]:
+        """Training and validation tiles, `val_fraction` of the images held out whole: an edge tile overlaps its
+        neighbour, so tiles of one image split between the two would share pixels and boxes. A single image has
+        its tiles split instead, without the training tiles that overlap a validation tile."""
+        if len(items) < 2:
+            return _split_tiles(self._tiles(items), self.val_fraction, self.seed)
+        held = _split_tiles(items, self.val_fraction, self.seed)
+        return self._tiles(held[0]), self._tiles(held[1])
 
     # --- fit --------------------------------------------------------------------------------------------
     @keeps_callers_rng
     def fit(self, data: str | list[Labelled], valid: str | list[Labelled] | None = None) -> ObjectDetector:
-        """Train on boxes (a CSV, COCO .json or VOC folder); hold out `val_fraction` of the tiles unless `valid`."""
+        """Train on boxes (a CSV, COCO .json or VOC folder); hold out `val_fraction` of the images unless `valid`."""
         started = time.perf_counter()
         if self.strategy == "auto":  # no measured advisor for boxes yet: the plan that suits small box sets
             say(self.verbose, f"auto: strategy finetune (last {self.last_n} layer groups); detection has no "
@@ -169,10 +189,14 @@ class ObjectDetector:
             raise HeadstartError(f"strategy '{self.strategy}' does not apply to detection: choose one of "
                                  f"{', '.join(STRATEGIES)}")
         generator = seed_everything(self.seed)
-        tiles = self._tiles(data)
-        train, val = (tiles, self._tiles(valid)) if valid is not None else self._split(tiles)
+        items = read_boxes(data) if isinstance(data, (str, os.PathLike)) else data
+        train, val = (self._tiles(items), self._tiles(valid)) if valid is not None else self._split(items)
+        tiles = train if valid is not None else train + val  # the classes: those of `data`
         if not val:
             raise DataError(f"{_source(data)}: no validation tiles: give more images, val_fraction above 0, or `valid`")
+        if not train:  # one small image whose tiles all overlap the held-out one
+            raise DataError(f"{_source(data)}: no training tiles left beside the validation ones: give more images "
+                            "or `valid`")
         self.classes_ = sorted({lab for t in tiles for lab in t.labels})
         unknown = sorted({lab for t in val for lab in t.labels} - set(self.classes_))
         if unknown:
