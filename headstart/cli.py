@@ -35,8 +35,9 @@ def fit(
                                "with path,label (images) or text,label (texts)"),
     out: str = typer.Option("runs/latest", "--out", "-o", help="writes model.hs, metrics.jsonl, report/"),
     backbone: str | None = typer.Option(None, help="registered name, timm:NAME, torchvision:NAME, hf:ORG/NAME, "
-                                           "st:ORG/NAME or a bundle path (default: efficientnet_lite0 for images, "
-                                           "minilm_l6 for texts; see `headstart models`)"),
+                                           "st:ORG/NAME or a bundle path (default: with --strategy auto, the "
+                                           "best installed packaged one, measured on DATA; else efficientnet_lite0 "
+                                           "for images, minilm_l6 for texts; see `headstart models`)"),
     modality: str = typer.Option("auto", help="auto | image | text (auto: from what DATA holds)"),
     input_col: str | None = typer.Option(None, help="table column with the image path or the text"),
     label_col: str = typer.Option("label", help="table column with the label"),

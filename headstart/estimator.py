@@ -19,6 +19,7 @@ from torch import nn
 from ._runtime import keeps_callers_rng, seed_everything
 from .adapt import adapt_to_target
 from .advisor import advise
+from .backbone_choice import backbone_name, choose_for_fit, take_backbone, with_choice
 from .backbones import Backbone, backbone_files, create_backbone, resolve_backbone, scratch_spec
 from .bundle import write_bundle
 from .checkpoint import run_checkpointer
@@ -180,9 +181,10 @@ class TransferEstimator:
         started = time.perf_counter()
         seed_everything(self.seed)
         full = self._load(data)
+        self.backbone_choice_ = choose_for_fit(self, full, valid, started)  # auto with no backbone: which one
         if self.strategy in ("fewshot", "setfit") or (advice := fewshot_advice(self, full, unlabeled)) is not None:
-            return fit_fewshot(self, full, valid, started, None if self.strategy != "auto" else advice, unlabeled,
-                               resume)
+            advice = None if self.strategy != "auto" else with_choice(advice, self.backbone_choice_)
+            return fit_fewshot(self, full, valid, started, advice, unlabeled, resume)
         if valid is not None:
             train, val = full, self._align(self._load(valid), full.classes)
         else:
@@ -198,12 +200,14 @@ class TransferEstimator:
         if self.strategy == "baseline":  # no transfer: raw inputs (backbones/scratch.py), fitted on training rows
             backbone = create_backbone(scratch_spec(self.modality, train.items), pretrained=False)
         else:
-            spec = resolve_backbone(self.backbone or self.default_backbone, self.modality)
+            spec = resolve_backbone(backbone_name(self), self.modality)
             if spec.modality != self.modality:
                 raise HeadstartError(f"backbone '{spec.name}' is for {spec.modality}s, but {type(self).__name__} "
                                      f"works on {self.modality}s; see `headstart models`")
-            backbone = create_backbone(spec, pretrained=self.pretrained,
-                                       image_size=self.image_size if self.modality == "image" else None)
+            backbone = take_backbone(self.backbone_choice_)  # built by the ranking, else built here
+            if backbone is None:
+                backbone = create_backbone(spec, pretrained=self.pretrained,
+                                           image_size=self.image_size if self.modality == "image" else None)
         classical = self.head in CLASSICAL_HEADS
         if classical:  # a scikit-learn model on frozen features: no torch head, no stages
             head, (strategy, self.advice_) = nn.Identity(), self._classical_fit(backbone, train)
@@ -214,6 +218,7 @@ class TransferEstimator:
                 strategy, self.advice_ = self._advise(backbone, train)
             else:
                 strategy, self.advice_ = get_strategy(self.strategy, last_n=self.last_n), None
+        self.advice_ = with_choice(self.advice_, self.backbone_choice_)  # the choice's reasons come first
         model = TransferModel(backbone, head)
         stages = [] if classical else strategy.plan(backbone.group_names(), self.epochs, self.lr, self.head_epochs)
         solved = is_probe_head(head)  # head stages solved (probe.py, probe_heads.py), not trained

@@ -23,6 +23,7 @@ from torch import nn
 
 from ._runtime import adamw, seed_everything
 from .advisor import few_shot_advice
+from .backbone_choice import backbone_name
 from .backbones import create_backbone, resolve_backbone
 from .classical import CLASSICAL_HEADS
 from .data.labeled import LabeledData, stratified_split
@@ -165,7 +166,7 @@ def fewshot_advice(est, full: LabeledData, unlabeled=None):
         return None
 
     def estimate(passes: int) -> float:  # built only when the texts fall in setfit's range
-        backbone = create_backbone(resolve_backbone(est.backbone or est.default_backbone, "text"),
+        backbone = create_backbone(resolve_backbone(backbone_name(est), "text"),
                                    pretrained=est.pretrained)
         return estimate_setfit_seconds(backbone, full.items, passes, seed=est.seed)
 
@@ -235,7 +236,7 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
             say(est.verbose, f"auto: {line}")
     seed_everything(est.seed)
     est.classes_ = list(full.classes)
-    spec = resolve_backbone(est.backbone or est.default_backbone, est.modality)
+    spec = resolve_backbone(backbone_name(est), est.modality)
     backbone = create_backbone(spec, pretrained=est.pretrained,
                                image_size=est.image_size if est.modality == "image" else None)
     setfit = get_strategy("setfit", **(advice.options if advice is not None else {})) if name == "setfit" else None

