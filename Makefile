@@ -45,7 +45,8 @@ demo: install data
 	$(BIN)/headstart demo
 
 # Two pytest-xdist workers: many tests wait on a subprocess, a file or an import rather than compute, so two
-# overlap on two cores; tests/conftest.py shares the cores' threads out between them.
+# overlap on two cores; tests/conftest.py shares the cores' threads out between them. Measured on a fresh clone at
+# 51044e3, back to back on this 2-core machine: 449 tests in 8 min 06 s with -n 2, 12 min 19 s without.
 test: dev data browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2
