@@ -132,6 +132,21 @@ def _cv_search(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int) -> t
     return float(C_GRID[best]), float(mean[best])
 
 
+def choose_scaling(scaled: dict[str, torch.Tensor], y: torch.Tensor, n_classes: int, seed: int,
+                   foldable: bool | None = None) -> dict:
+    """The input scaling ("standardized" or "as given": `scaled` holds the same rows each way) and C, by
+    cross-validated log loss on those rows; what fit_probe reports. Not `foldable` (a class of one row, in `y`
+    unless told): no folds to hold out, so the defaults."""
+    if not (_smallest_class(y) >= 2 if foldable is None else foldable):
+        searched = {"standardized": (DEFAULT_C, None)}
+    else:
+        searched = {name: _cv_search(x, y, n_classes, seed) for name, x in scaled.items()}
+    scaling = min(searched, key=lambda name: searched[name][1] or 0.0)
+    c_value, cv_loss = searched[scaling]
+    return {"scaling": scaling, "C": c_value, "cv_log_loss": _rounded(cv_loss),
+            "cv_candidates": {name: {"C": c, "cv_log_loss": _rounded(loss)} for name, (c, loss) in searched.items()}}
+
+
 def fit_probe(head: nn.Sequential, features: torch.Tensor, targets: torch.Tensor, n_classes: int,
               seed: int = 0) -> dict:
     """Fit `head` (see is_probe_head) as logistic regression on `features`; returns what was chosen and why."""
@@ -140,15 +155,10 @@ def fit_probe(head: nn.Sequential, features: torch.Tensor, targets: torch.Tensor
     x_all, y_all = features.float(), targets.long()
     scaled = {"standardized": (x_all - standardize.mean) / standardize.std, "as given": x_all}
     rows = torch.as_tensor(stratified_subsample(len(y_all), y_all.numpy(), seed, MAX_SELECT_ROWS))
-    if _smallest_class(y_all) < 2:  # a class of one row: no folds to hold out
-        searched = {"standardized": (DEFAULT_C, None)}
-    else:
-        searched = {name: _cv_search(x[rows], y_all[rows], n_classes, seed) for name, x in scaled.items()}
-    scaling = min(searched, key=lambda name: searched[name][1] or 0.0)
-    c_value, cv_loss = searched[scaling]
-    _install(head, features, y_all, n_classes, scaling, c_value)
-    return {"scaling": scaling, "C": c_value, "cv_log_loss": _rounded(cv_loss),
-            "cv_candidates": {name: {"C": c, "cv_log_loss": _rounded(loss)} for name, (c, loss) in searched.items()}}
+    chosen = choose_scaling({name: x[rows] for name, x in scaled.items()}, y_all[rows], n_classes, seed,
+                            foldable=_smallest_class(y_all) >= 2)
+    _install(head, features, y_all, n_classes, chosen["scaling"], chosen["C"])
+    return chosen
 
 
 def _scale(standardize: Standardize, features: torch.Tensor, scaling: str) -> torch.Tensor:

@@ -23,7 +23,7 @@ from torch import nn
 from .cache import ShardRows
 from .data.labeled import stratified_subsample
 from .distributed import all_reduce_sum, gather_small, num_processes
-from .probe import DEFAULT_C, MAX_ITER, MAX_SELECT_ROWS, _cv_search, _smallest_class, _solve
+from .probe import MAX_ITER, MAX_SELECT_ROWS, _solve, choose_scaling
 
 # Below this many training rows the head stage keeps probe.py's in-memory solver (so every result measured so far
 # is unchanged). By reading the code (not measured), that path holds about four float32 copies of the matrix at
@@ -123,12 +123,8 @@ def fit_streamed_probe(head: nn.Sequential, source: ShardRows, targets: np.ndarr
     mean, std, n_rows = feature_statistics(source)
     x_sub, y_sub = _subsample(source, np.asarray(targets), seed)
     scaled = {"standardized": (x_sub - mean) / std, "as given": x_sub}
-    if _smallest_class(y_sub) < 2:  # a class of one row: no folds to hold out
-        searched = {"standardized": (DEFAULT_C, None)}
-    else:
-        searched = {name: _cv_search(x, y_sub, n_classes, seed) for name, x in scaled.items()}
-    scaling = min(searched, key=lambda name: searched[name][1] or 0.0)
-    c_value, cv_loss = searched[scaling]
+    chosen = choose_scaling(scaled, y_sub, n_classes, seed)
+    scaling, c_value = chosen["scaling"], chosen["C"]
     if scaling == "as given":
         mean, std = torch.zeros_like(mean), torch.ones_like(std)
     start = _solve(scaled[scaling], y_sub, n_classes, c_value)  # the subsample's optimum: where the solve begins
@@ -138,10 +134,7 @@ def fit_streamed_probe(head: nn.Sequential, source: ShardRows, targets: np.ndarr
         head[0].std.copy_(std)
         head[2].weight.copy_(weight.to(head[2].weight.dtype))
         head[2].bias.copy_(bias.to(head[2].bias.dtype))
-    rounded = {name: {"C": c, "cv_log_loss": None if loss is None else round(loss, 4)}
-               for name, (c, loss) in searched.items()}
-    return {"scaling": scaling, "C": c_value, "cv_log_loss": rounded[scaling]["cv_log_loss"],
-            "cv_candidates": rounded, "streamed": {"rows": n_rows, "selection_rows": len(y_sub), **solve}}
+    return {**chosen, "streamed": {"rows": n_rows, "selection_rows": len(y_sub), **solve}}
 
 
 @torch.no_grad()
