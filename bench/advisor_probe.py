@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=64)
     args = ap.parse_args()
 
-    from headstart._runtime import tune_allocator
+    from headstart._allocator import tune_allocator
 
     tune_allocator()
     from headstart.advisor import MAX_MEASURE_ROWS, decide, raw_input_accuracy

@@ -35,7 +35,7 @@ from torch import nn
 
 import headstart as hs
 import headstart.backbones as hsb
-from headstart._runtime import tune_allocator
+from headstart._allocator import tune_allocator
 from headstart.backbones.vision import LITE0_PREPROCESS
 from headstart.data.fashion_mnist import export_subset
 from headstart.data.tweets import export_split

@@ -40,7 +40,7 @@ def child(task: str, per_class: int, seed: int, epochs: int, backbone: str | Non
     import transformers
 
     import headstart as hs
-    from headstart._runtime import tune_allocator
+    from headstart._allocator import tune_allocator
     from headstart.backbones import resolve_backbone
     from headstart.backbones.packaged import unpacked_model_folder
 

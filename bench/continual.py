@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from headstart._runtime import tune_allocator
+from headstart._allocator import tune_allocator
 from headstart.backbones import create_backbone
 from headstart.continual import ContinualSettings, build_memory, train_incremental
 from headstart.data.fashion_mnist import CLASSES, export_subset

@@ -52,7 +52,7 @@ def one(holdout: str, condition: str, args: argparse.Namespace) -> dict:
     import numpy as np
 
     import headstart as hs
-    from headstart._runtime import tune_allocator
+    from headstart._allocator import tune_allocator
     from headstart.detection.data import tile
 
     tune_allocator()

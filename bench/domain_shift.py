@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from headstart._runtime import tune_allocator  # noqa: E402
+from headstart._allocator import tune_allocator  # noqa: E402
 
 tune_allocator()
 

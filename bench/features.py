@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from headstart._runtime import tune_allocator
+from headstart._allocator import tune_allocator
 from headstart.backbones import create_backbone
 from headstart.data.fashion_mnist import export_subset
 from headstart.data.images import eval_transform, list_image_files

@@ -18,7 +18,7 @@ import tempfile
 import time
 
 import headstart as hs
-from headstart._runtime import tune_allocator
+from headstart._allocator import tune_allocator
 from headstart.data.fashion_mnist import export_subset
 from headstart.data.images import list_image_files
 

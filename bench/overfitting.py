@@ -19,7 +19,7 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import headstart as hs  # noqa: E402
-from headstart._runtime import tune_allocator  # noqa: E402
+from headstart._allocator import tune_allocator  # noqa: E402
 from headstart.data.fashion_mnist import export_subset  # noqa: E402
 
 

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from headstart._runtime import tune_allocator
+from headstart._allocator import tune_allocator
 
 TARGET = 0.9
 

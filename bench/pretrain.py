@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 import headstart as hs
-from headstart._runtime import tune_allocator
+from headstart._allocator import tune_allocator
 from headstart.data.fashion_mnist import export_subset, load_split
 from headstart.pretrain import PretrainSettings, pretrain
 

@@ -34,7 +34,7 @@ import suite_data  # noqa: E402
 from auto_regret import register_cuts, run_fit, save, spearman  # noqa: E402
 
 import headstart as hs  # noqa: E402
-from headstart._runtime import tune_allocator  # noqa: E402
+from headstart._allocator import tune_allocator  # noqa: E402
 
 SCORES = ("logme", "probe_accuracy")
 console = Console(width=150)

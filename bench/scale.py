@@ -91,7 +91,7 @@ def child(args: argparse.Namespace) -> None:
     numbers to --result."""
     import torch
 
-    from headstart._runtime import tune_allocator
+    from headstart._allocator import tune_allocator
     from headstart.cache import ShardRows
     from headstart.distributed import gather_small, my_share, num_processes, rank
     from headstart.heads import HeadConfig, build_head
@@ -131,7 +131,7 @@ def real_child(args: argparse.Namespace) -> None:
     (threshold lowered to 1 row), in this process: the synthetic numbers tied to a real pipeline."""
     import headstart as hs
     from headstart import stream
-    from headstart._runtime import tune_allocator
+    from headstart._allocator import tune_allocator
 
     tune_allocator()
     if not args.in_memory:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from serve_hostile import ATTEMPTS, check, hostile_load, hostile_payloads, summary_table, vm_hwm_mb
 
-from headstart._runtime import tune_allocator
+from headstart._allocator import tune_allocator
 
 
 def build_bundle(modality: str, folder: str) -> tuple[str, list]:

@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--json", default=RESULTS)
     args = ap.parse_args()
 
-    from headstart._runtime import tune_allocator
+    from headstart._allocator import tune_allocator
 
     tune_allocator()
     import headstart as hs

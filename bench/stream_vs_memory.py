@@ -30,7 +30,7 @@ from time_limit import code_state  # noqa: E402
 
 import headstart as hs  # noqa: E402
 from headstart import stream  # noqa: E402
-from headstart._runtime import tune_allocator  # noqa: E402
+from headstart._allocator import tune_allocator  # noqa: E402
 
 DEFAULT_THRESHOLD = stream.STREAM_MIN_ROWS
 SPLITS = {  # task: (split function, training rows per class, estimator, its options) as the suite sizes them

@@ -151,7 +151,7 @@ def warm_up(modality: str, image_size: int) -> None:
 
 
 def child_main(job: dict, out_path: str) -> int:
-    from headstart._runtime import tune_allocator
+    from headstart._allocator import tune_allocator
 
     tune_allocator()
     from sklearn.metrics import accuracy_score, f1_score

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from headstart._runtime import tune_allocator
+from headstart._allocator import tune_allocator
 from headstart.backbones import Backbone, create_backbone
 from headstart.data import tweets
 from headstart.inference import embed

@@ -46,7 +46,7 @@ def child(task: str, strategy: str, limit: float) -> dict:
     import suite_data
 
     import headstart as hs
-    from headstart._runtime import tune_allocator
+    from headstart._allocator import tune_allocator
 
     tune_allocator()
     train, _ = getattr(suite_data, task)(SIZES[task], 0, 100)

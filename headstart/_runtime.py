@@ -12,8 +12,6 @@ from typing import ParamSpec, TypeVar
 import numpy as np
 import torch
 
-from ._allocator import tune_allocator  # noqa: F401  (bench scripts import it from here)
-
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
