@@ -21,6 +21,7 @@ from .adapt import adapt_to_target
 from .advisor import advise
 from .backbone_choice import backbone_name, choose_for_fit, take_backbone, with_choice
 from .backbones import Backbone, backbone_files, create_backbone, resolve_backbone, scratch_spec
+from .budget import check_quality, note_unspent
 from .bundle import write_bundle
 from .checkpoint import run_checkpointer
 from .classical import CLASSICAL_HEADS, fit_classical, predict_proba_full, to_tensors
@@ -74,6 +75,7 @@ class TransferEstimator:
         use_cache: bool = True,
         out_dir: str | None = None,
         time_limit: float | None = None,
+        quality: str = "fast",
         input_col: str | None = None,
         label_col: str = "label",
         verbose: bool = True,
@@ -102,6 +104,7 @@ class TransferEstimator:
         self.use_cache = use_cache
         self.out_dir = out_dir
         self.time_limit = time_limit
+        self.quality = quality  # fast: the plan as quickly as it runs; best: spend the budget (budget.py)
         self.input_col = input_col
         self.label_col = label_col
         self.augment = augment  # light crops and flips on training images (texts have none)
@@ -179,6 +182,7 @@ class TransferEstimator:
         `resume`: a previous run's output folder; training continues from its last checkpointed epoch.
         `unlabeled`: target-domain inputs (folder or file) to adapt to with method `adapt` (adapt.py)."""
         started = time.perf_counter()
+        check_quality(self.quality)
         seed_everything(self.seed)
         full = self._load(data)
         self.backbone_choice_ = choose_for_fit(self, full, valid, started)  # auto with no backbone: which one
@@ -219,6 +223,7 @@ class TransferEstimator:
             else:
                 strategy, self.advice_ = get_strategy(self.strategy, last_n=self.last_n), None
         self.advice_ = with_choice(self.advice_, self.backbone_choice_)  # the choice's reasons come first
+        note_unspent(self, strategy.name)
         model = TransferModel(backbone, head)
         stages = [] if classical else strategy.plan(backbone.group_names(), self.epochs, self.lr, self.head_epochs)
         solved = is_probe_head(head)  # head stages solved (probe.py, probe_heads.py), not trained

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from ._runtime import adamw, seed_everything
 from .advisor import few_shot_advice
 from .backbone_choice import backbone_name
 from .backbones import create_backbone, resolve_backbone
+from .budget import TUNING_SHARE, Labeled, spend_on_setfit
 from .classical import CLASSICAL_HEADS
 from .data.labeled import LabeledData, stratified_split
 from .distributed import is_main_process
@@ -231,8 +233,9 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     if name == "setfit" and (est.modality != "text" or est.head != "linear"):
         raise HeadstartError("strategy 'setfit' tunes a sentence encoder and solves a linear head: use it with "
                              "texts and head='linear' (for images, try 'fewshot' or 'auto')")
-    if advice is not None:
-        for line in advice.reasons:
+    if advice is not None:  # the backbone choice's reasons, first among them, were said as it chose
+        choice = getattr(est, "backbone_choice_", None)
+        for line in advice.reasons[len(choice.reasons) if choice is not None else 0:]:
             say(est.verbose, f"auto: {line}")
     seed_everything(est.seed)
     est.classes_ = list(full.classes)
@@ -253,10 +256,15 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     tuning = time.perf_counter()  # the candidate's own time starts here (the advisor's measurements are before)
     log = open_run_log(est.out_dir, is_main_process())
     if tuned:  # SetFit: the labels reshape the embedding itself before the head is fitted on it
-        est.history_ = contrastive_tune(backbone, [full.items[i] for i in tune_rows], full.targets[tune_rows],
-                                        epochs=passes, seed=est.seed, verbose=est.verbose, log=log,
-                                        mixed_precision=est.mixed_precision,
-                                        deadline=None if est.time_limit is None else started + 0.85 * est.time_limit)
+        tune = partial(contrastive_tune, verbose=est.verbose, log=log, mixed_precision=est.mixed_precision)
+        tune_set = Labeled([full.items[i] for i in tune_rows], full.targets[tune_rows])
+        if setfit is not None and est.quality == "best":  # spend the budget where held-out rows show a gain
+            checked_on = _checked_on(est, full, split, valid)
+            backbone, est.history_, passes = spend_on_setfit(est, backbone, tune_set, checked_on, passes, started,
+                                                             advice, (tune, estimate_setfit_seconds, log))
+        else:
+            est.history_ = tune(backbone, tune_set.items, tune_set.targets, epochs=passes, seed=est.seed,
+                                deadline=None if est.time_limit is None else started + TUNING_SHARE * est.time_limit)
         feats, ok = run_over(backbone, full.items, est.batch_size, est.num_workers, est.verbose)
     else:
         feats, ok = embed(backbone, full.items, batch_size=est.batch_size, num_workers=est.num_workers,
@@ -292,6 +300,14 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     if est.out_dir and is_main_process():  # one writer, as in estimator.fit
         write_run_outputs(est, val, val_scores)
     return est
+
+
+def _checked_on(est, full: LabeledData, split, valid) -> Labeled:
+    """The rows `quality="best"` checks its candidates on: the held-out fifth, else the validation set given."""
+    if split is not None:
+        return Labeled([full.items[i] for i in split[1]], full.targets[split[1]])
+    val = est._align(est._load(valid), est.classes_)
+    return Labeled(list(val.items), val.targets)
 
 
 def _validate_on_every_label(est, full: LabeledData, valid, ok: np.ndarray, scored, how: dict, started: float):
