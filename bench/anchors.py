@@ -5,7 +5,8 @@ fastai `vision_learner(...).fine_tune(epochs)` with its defaults on the same tim
 logistic regression on the same frozen features (a bare torch loop extracts them); the same architecture trained
 from scratch (headstart, `pretrained=False`, strategy `full`).
 Texts (packaged all-MiniLM-L6-v2, deduplicated tweets, tweetsN = N per class): headstart `auto`; SetFit; the
-Hugging Face Trainer fine-tuning `AutoModelForSequenceClassification`; TF-IDF + logistic regression.
+Hugging Face Trainer fine-tuning `AutoModelForSequenceClassification`; TF-IDF + logistic regression. One more tool,
+not run here by default: `minilm-logreg`, logistic regression on frozen MiniLM sentence embeddings (time_budget.py).
 
 Splits are written once and every tool reads the same train/test files. Each tool runs in its own process (one job
 per process; peak RSS is that process's, its data-loading workers included) with the same allocator and offline
@@ -91,20 +92,21 @@ def scores(truth: list[str], predicted: list[str]) -> dict:
 def run_headstart(job: dict, args: argparse.Namespace, pretrained: bool = True) -> tuple[list[str], dict]:
     import headstart as hs
 
+    given = job.get("headstart", {})  # keyword arguments that replace these (bench/time_budget.py: quality, limit)
     if job["modality"] == "image":
-        clf = hs.ImageClassifier(backbone="efficientnet_lite0", strategy="auto" if pretrained else "full",
-                                 pretrained=pretrained, epochs=args.epochs, image_size=args.image_size,
-                                 seed=args.seed, verbose=False)
+        clf = hs.ImageClassifier(**{"backbone": "efficientnet_lite0", "strategy": "auto" if pretrained else "full",
+                                    "pretrained": pretrained, "epochs": args.epochs, "image_size": args.image_size,
+                                    "seed": args.seed, "verbose": False, **given})
         clf.fit(job["train"])
         fitted = time.perf_counter()
         preds = clf.predict(image_files(job["test"])[0])
     else:
-        clf = hs.TextClassifier(backbone="minilm_l6", strategy="auto", epochs=args.epochs, seed=args.seed,
-                                verbose=False)
+        clf = hs.TextClassifier(**{"backbone": "minilm_l6", "strategy": "auto", "epochs": args.epochs,
+                                   "seed": args.seed, "verbose": False, **given})
         clf.fit(job["train"])
         fitted = time.perf_counter()
         preds = clf.predict(text_rows(job["test"])[0])
-    info = {"predict_s": time.perf_counter() - fitted}  # the rest of the wall time is fit
+    info = {"predict_s": time.perf_counter() - fitted, "backbone": clf.spec_.name}  # the rest of the time is fit
     if clf.advice_ is not None:
         info.update(chosen=clf.advice_.strategy, reasons=clf.advice_.reasons)
     return [str(p) for p in preds], info
@@ -151,16 +153,33 @@ def frozen_features(body, paths: list[str], size: int, batch: int = 64) -> np.nd
 
 
 def run_sklearn_logreg(job: dict, args: argparse.Namespace) -> tuple[list[str], dict]:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     body = lite0_body().eval()
     train_paths, train_labels = image_files(job["train"])
     x_train = frozen_features(body, train_paths, args.image_size)
     x_test = frozen_features(body, image_files(job["test"])[0], args.image_size)
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_train, train_labels)
-    return [str(p) for p in model.predict(x_test)], {}
+    return logreg(x_train, train_labels, x_test), {}
+
+
+def logreg(x_train: np.ndarray, labels: list[str], x_test: np.ndarray) -> list[str]:
+    """scikit-learn's logistic regression on frozen features, standardised first, as its docs advise."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(x_train, labels)
+    return [str(p) for p in model.predict(x_test)]
+
+
+def run_minilm_logreg(job: dict, args: argparse.Namespace) -> tuple[list[str], dict]:
+    """Logistic regression on frozen MiniLM sentence embeddings (sentence-transformers' `encode`, its default
+    mean pooling and normalisation): the texts' counterpart of sklearn-logreg. Not in TEXT_TOOLS: time_budget.py."""
+    from sentence_transformers import SentenceTransformer
+
+    from headstart.backbones.text import packaged_minilm_path
+
+    texts, labels = text_rows(job["train"])
+    model = SentenceTransformer(packaged_minilm_path())
+    return logreg(model.encode(texts), labels, model.encode(text_rows(job["test"])[0])), {}
 
 
 def run_setfit(job: dict, args: argparse.Namespace) -> tuple[list[str], dict]:
@@ -231,7 +250,7 @@ def run_tfidf(job: dict, args: argparse.Namespace) -> tuple[list[str], dict]:
 
 TOOLS = {"headstart-auto": run_headstart, "fastai": run_fastai, "sklearn-logreg": run_sklearn_logreg,
          "scratch": lambda job, args: run_headstart(job, args, pretrained=False), "setfit": run_setfit,
-         "hf-trainer": run_hf_trainer, "tfidf-logreg": run_tfidf}
+         "hf-trainer": run_hf_trainer, "tfidf-logreg": run_tfidf, "minilm-logreg": run_minilm_logreg}
 
 
 def child_main(args: argparse.Namespace) -> int:
@@ -254,13 +273,20 @@ def child_main(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- the parent: splits, one process per run, report
 
-def run_child(tool: str, split: dict, args: argparse.Namespace, tmp: str) -> dict:
-    out = os.path.join(tmp, f"{split['setting']}-{split['seed']}-{tool}.json")
-    job = json.dumps({**{k: split[k] for k in ("modality", "train", "test")}, "tool": tool})
+def run_child(tool: str, split: dict, args: argparse.Namespace, tmp: str, extra: dict | None = None,
+              models: str | None = None) -> dict:
+    """`extra` joins the job (its "run" names the files: several runs of one tool); `models`: a folder of unpacked
+    packaged weights that the cold cache links to (unpacking is once per machine, not a cost of the fit)."""
+    name = f"{split['setting']}-{split['seed']}-{(extra or {}).get('run', tool)}"
+    out = os.path.join(tmp, f"{name}.json")
+    job = json.dumps({**{k: split[k] for k in ("modality", "train", "test")}, "tool": tool, **(extra or {})})
     flags = ["--image-size", str(args.image_size), "--epochs", str(args.epochs), "--seed", str(split["seed"]),
              "--setfit-iterations", str(args.setfit_iterations)]
-    env = {**os.environ, **CHILD_ENV, "HEADSTART_CACHE": tempfile.mkdtemp(prefix="cache-", dir=tmp)}  # cold cache
-    log = os.path.join(tmp, f"{split['setting']}-{split['seed']}-{tool}.log")
+    cache = tempfile.mkdtemp(prefix="cache-", dir=tmp)
+    if models:
+        os.symlink(models, os.path.join(cache, "models"))
+    env = {**os.environ, **CHILD_ENV, "HEADSTART_CACHE": cache}  # cold cache
+    log = os.path.join(tmp, f"{name}.log")
     started = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), *flags, "--child-job", job,
