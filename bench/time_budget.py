@@ -46,10 +46,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import anchors  # noqa: E402
 import suite_data  # noqa: E402
+from time_limit import TOLERANCE as TIME_TOLERANCE  # noqa: E402  (a point counts at a time within 10% of it)
 
 ANCHORS = ("setfit", "hf-trainer", "tfidf-logreg", "minilm-logreg")
 TARGETS = ((1.0, 0.5), (0.1, 2.0))  # (fraction of the anchor's wall time, points auto may be behind)
-TIME_TOLERANCE = 0.10  # a point counts at a time if its wall time is within 10% of it (bench/time_limit.py's)
 
 
 def commit_state() -> dict:
@@ -119,6 +119,13 @@ def verdict(entry: dict) -> dict:
     return out
 
 
+def summary(tasks: list[dict]) -> dict:
+    """How many (task, anchor, target) checks passed, failed, or had no `auto` run that finished in time."""
+    checks = [v for e in tasks for by_anchor in e.get("verdict", {}).values() for v in by_anchor.values()]
+    return {"checks": len(checks), "passed": sum(v["pass"] is True for v in checks),
+            "failed": sum(v["pass"] is False for v in checks), "no_auto_run": sum(v["pass"] is None for v in checks)}
+
+
 def plot(out: dict, path: str) -> None:
     import matplotlib
 
@@ -149,7 +156,8 @@ def plot(out: dict, path: str) -> None:
         ax.set(xlabel="wall time, fit + test predictions (s, log)", ylabel="test accuracy",
                title=f"{entry['task']}: {entry['description']}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        if pts:
+            ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"headstart auto at several time budgets vs anchors\n{out['scale']}; commit "
                  f"{out['code']['commit'][:10]}{' (dirty)' if out['code']['dirty'] else ''}", fontsize=9)
     fig.tight_layout()
@@ -178,6 +186,9 @@ def print_table(out: dict) -> None:
                             f"(>= {v['allowed']:g}){'' if v['within_time'] else ' over time'} "
                             f"{'PASS' if v['pass'] else 'FAIL'}")
             print(f"  vs {name:<14} " + "; ".join(said))
+    n = out["summary"]
+    print(f"targets: {n['passed']} of {n['checks']} checks passed, {n['failed']} failed, {n['no_auto_run']} with no "
+          "auto run that finished by then")
 
 
 def run_task(task: str, args: argparse.Namespace, out: dict, tmp: str, models: str | None) -> None:
@@ -194,6 +205,7 @@ def run_task(task: str, args: argparse.Namespace, out: dict, tmp: str, models: s
             result["error"][-300:]
         print(f"{task} {run:<22} {said}", flush=True)
         entry["verdict"] = verdict(entry)
+        out["summary"] = summary(out["tasks"])
         anchors.save(out, args.json)
         plot(out, os.path.splitext(args.json)[0] + ".png")
 
