@@ -172,7 +172,7 @@ def decide(*, per_class: int, n_train: int, n_classes: int, probe: float, baseli
 def few_shot_advice(class_counts: dict[str, int], modality: str = "image", time_limit: float | None = None,
                     head: str = "linear", estimate: Callable[[int], float] | None = None) -> Advice | None:
     """Rules taken before any hold-out, as they use every label: under FEWSHOT_PER_CLASS examples in a class,
-    prototypes (fewshot.py); texts with SETFIT_PER_CLASS examples per class, `setfit`.
+    prototypes (methods/fewshot.py); texts with SETFIT_PER_CLASS examples per class, `setfit`.
 
     Holding out a validation split would take a third or more of so few labels, and a head trained on the rest
     does no better than class means: on Fashion-MNIST with EfficientNet-Lite0 (`headstart fewshot-eval`), the

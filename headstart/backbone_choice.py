@@ -208,7 +208,7 @@ def with_choice(advice: Advice | None, choice: Choice | None, strategy: str = "f
     Advice (for `strategy`) where there was none (a scikit-learn head is not advised on)."""
     if choice is None:
         return advice
-    choice.backbone = None  # what the fit needed of it is taken (take_backbone) or rebuilt (fewshot.py)
+    choice.backbone = None  # what the fit needed of it is taken (take_backbone) or rebuilt (methods/fewshot.py)
     advice = advice if advice is not None else Advice(strategy)
     advice.reasons[:0] = choice.reasons
     advice.measurements["backbone_choice"] = choice.measurements

@@ -305,7 +305,8 @@ def extend(
     bundle: str = typer.Argument(..., help="a fitted classifier bundle (model.hs)"),
     data: str = typer.Argument(..., help="labeled data with the new classes, given as for fit"),
     out: str | None = typer.Option(None, "--out", "-o", help="the extended bundle (default: BUNDLE-extended.hs)"),
-    method: str = typer.Option("rehearsal", help="finetune | rehearsal | lwf | ewc (see headstart/continual.py)"),
+    method: str = typer.Option("rehearsal",
+                               help="finetune | rehearsal | lwf | ewc (see headstart/methods/continual.py)"),
     valid: str | None = typer.Option(None, help="labeled data with old and new classes, to measure forgetting "
                                      "(default: a split of DATA, new classes only)"),
     old_data: str | None = typer.Option(None, "--old-data", help="old training data: builds the exemplar buffer "

@@ -17,22 +17,22 @@ import torch
 from torch import nn
 
 from ._runtime import keeps_callers_rng, seed_everything
-from .adapt import adapt_to_target
 from .advisor import advise
 from .backbone_choice import backbone_name, choose_for_fit, take_backbone, with_choice
 from .backbones import Backbone, backbone_files, create_backbone, resolve_backbone, scratch_spec
 from .budget import check_quality, note_unspent
 from .bundle import write_bundle
 from .checkpoint import run_checkpointer
-from .classical import CLASSICAL_HEADS, fit_classical, predict_proba_full, to_tensors
-from .continual import ContinualSettings, extend_estimator, remember
 from .data.labeled import LabeledData, stratified_split
 from .data.summary import summarize
 from .distributed import is_main_process
 from .errors import DataError, HeadstartError
-from .fewshot import fewshot_advice, fit_fewshot
 from .heads import HeadConfig, TransferModel, build_head, outputs_to_scores
 from .inference import _device, embed, run_over
+from .methods.adapt import adapt_to_target
+from .methods.classical import CLASSICAL_HEADS, fit_classical, predict_proba_full, to_tensors
+from .methods.continual import ContinualSettings, extend_estimator, remember
+from .methods.fewshot import fewshot_advice, fit_fewshot
 from .metrics import task_metrics
 from .modalities import MODALITIES, Modality
 from .plan_runner import describe_plan, open_run_log, refit_final_probe, run_plan
@@ -110,7 +110,7 @@ class TransferEstimator:
         self.augment = augment  # light crops and flips on training images (texts have none)
         self.verbose = verbose
         self.memory = memory  # exemplars kept per class for continual learning (extend); 0: none
-        self.adapt = adapt  # with fit(unlabeled=...): auto | adabn | coral | dann (adapt.py)
+        self.adapt = adapt  # with fit(unlabeled=...): auto | adabn | coral | dann (methods/adapt.py)
 
     # --- scikit-learn conventions -------------------------------------------------------------------------
     def get_params(self, deep: bool = True) -> dict:
@@ -180,7 +180,7 @@ class TransferEstimator:
     def fit(self, data, valid=None, resume: str | None = None, unlabeled=None) -> TransferEstimator:
         """Train on `data` (a folder per class or a CSV); hold out a stratified split unless `valid` is given.
         `resume`: a previous run's output folder; training continues from its last checkpointed epoch.
-        `unlabeled`: target-domain inputs (folder or file) to adapt to with method `adapt` (adapt.py)."""
+        `unlabeled`: target-domain inputs (folder or file) to adapt to with method `adapt` (methods/adapt.py)."""
         started = time.perf_counter()
         check_quality(self.quality)
         seed_everything(self.seed)
@@ -264,7 +264,7 @@ class TransferEstimator:
         return self
 
     def _classical_fit(self, backbone: Backbone, train: LabeledData):
-        """Fit the scikit-learn head on cached frozen features (see classical.py for how it is saved)."""
+        """Fit the scikit-learn head on cached frozen features (see methods/classical.py for how it is saved)."""
         if self._task != "classification":
             raise HeadstartError(f"head '{self.head}' (scikit-learn) supports classification only, not {self._task}")
         if self.strategy not in ("auto", "features"):
@@ -293,7 +293,7 @@ class TransferEstimator:
     def _raw_scores(self, items: Sequence) -> tuple[np.ndarray, np.ndarray]:
         """Model outputs per path (probabilities, or standardised values) and a mask of readable images."""
         self._check_fitted()
-        if getattr(self, "runtime_", None) is not None:  # loaded with runtime="onnx" (export.py)
+        if getattr(self, "runtime_", None) is not None:  # loaded with runtime="onnx" (deploy/export.py)
             return self.runtime_.score_items(self, items, self.verbose)
         if getattr(self, "classical_", None) is not None:
             feats, ok = embed(self.model_.backbone, items, batch_size=self.batch_size, num_workers=self.num_workers,
@@ -379,7 +379,7 @@ class TransferEstimator:
                             backbone_files(self.model_.backbone))  # loading then needs no hub, cache or package
 
     def extend(self, data, method: str = "rehearsal", valid=None, old_data=None, **options) -> TransferEstimator:
-        """Learn the new classes in `data` without forgetting the old (see continual.py for the methods)."""
+        """Learn the new classes in `data` without forgetting the old (see methods/continual.py for the methods)."""
         self.last_extension_ = extend_estimator(self, data, ContinualSettings(method=method, **options),
                                                 valid=valid, old_data=old_data)
         return self
