@@ -44,7 +44,7 @@ def captured(monkeypatch):
         return results[-1]
 
     for module in ("multitask", "continual", "pretrain", "adapt", "fewshot"):
-        monkeypatch.setattr(f"headstart.{module}.run_loop", recording, raising=False)
+        monkeypatch.setattr(f"headstart.methods.{module}.run_loop", recording, raising=False)
     return results
 
 
