@@ -2,7 +2,7 @@
 
 Frozen EfficientNet-Lite0 features (packaged ImageNet weights, 224 px, computed once through headstart's feature
 cache) feed a linear head. Step 1 trains the head on classes 0-1; each later step adds two classes with
-`headstart.continual.train_incremental`, the function `model.extend` calls. After every step the head is scored
+`headstart.methods.continual.train_incremental`, the function `model.extend` calls. After every step the head is scored
 on the test images of every step seen so far, predicting among all classes seen so far (class-incremental: no
 task id at test time). Reported per method:
 - final average accuracy: mean over the 5 steps' classes of the accuracy after the last step;
@@ -27,11 +27,11 @@ import torch
 
 from headstart._allocator import tune_allocator
 from headstart.backbones import create_backbone
-from headstart.continual import ContinualSettings, build_memory, train_incremental
 from headstart.data.fashion_mnist import CLASSES, export_subset
 from headstart.data.images import list_image_files
 from headstart.heads import HeadConfig, build_head
 from headstart.inference import embed
+from headstart.methods.continual import ContinualSettings, build_memory, train_incremental
 
 METHODS = ("finetune", "rehearsal", "lwf", "ewc")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "continual.json")

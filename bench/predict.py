@@ -3,7 +3,7 @@ against a bare loop over the same model, on torch and on onnxruntime, in one pro
 
 The bare loop is what a user writes by hand: for each batch of inputs, decode and resize the images (or tokenize
 the texts), run the same graph, keep the scores; nothing written, nothing overlapped. Ours is
-`headstart.predict_stream.stream_predict`, the code behind `headstart predict`, writing a CSV. Images:
+`headstart.deploy.predict_stream.stream_predict`, the code behind `headstart predict`, writing a CSV. Images:
 Fashion-MNIST test images through the packaged EfficientNet-Lite0 at 224 px; texts: the packaged tweets through
 MiniLM-L6. Each measurement is preceded by a warm-up batch; runs alternate (bare, ours) and the median is kept.
 Target: ours / bare >= 0.9 on every runtime.
@@ -31,7 +31,7 @@ TARGET = 0.9
 
 
 def bare_loop(est, items: list, batch_size: int) -> tuple[float, np.ndarray]:
-    from headstart.predict_stream import BatchScorer
+    from headstart.deploy.predict_stream import BatchScorer
 
     scorer = BatchScorer(est)
     start = time.perf_counter()
@@ -43,7 +43,7 @@ def bare_loop(est, items: list, batch_size: int) -> tuple[float, np.ndarray]:
 
 
 def ours(est, inputs: list[str], batch_size: int, folder: str) -> tuple[float, int]:
-    from headstart.predict_stream import stream_predict
+    from headstart.deploy.predict_stream import stream_predict
 
     out = os.path.join(folder, "predictions.csv")
     start = time.perf_counter()
@@ -77,7 +77,7 @@ def inputs_for(modality: str, n: int, folder: str) -> tuple[list[str], list]:
     """(what `headstart predict` is given, the items the bare loop iterates over)."""
     if modality == "image":
         from headstart.data.fashion_mnist import export_subset
-        from headstart.predict_stream import iter_inputs
+        from headstart.deploy.predict_stream import iter_inputs
 
         test = export_subset(os.path.join(folder, "test"), "test", max(1, n // 10), seed=1)
         return [test], list(iter_inputs("image", [test]))

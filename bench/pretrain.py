@@ -1,7 +1,7 @@
 """Benchmark: does self-supervised pre-training on unlabeled in-domain data help fine-tuning on few labels?
 
 Images: a small timm backbone (default resnet18 at 32 px, random initialisation) pre-trained with SimCLR
-(`headstart.pretrain`) on unlabeled Fashion-MNIST training images, then trained on `--per-class` labeled images
+(`headstart.methods.pretrain`) on unlabeled Fashion-MNIST training images, then trained on `--per-class` labeled images
 per class; against the same architecture from random initialisation given the same labels and the same training.
 Both are scored twice: a linear probe on frozen features (strategy `features`) and full fine-tuning (`full`).
 
@@ -26,7 +26,7 @@ from PIL import Image
 import headstart as hs
 from headstart._allocator import tune_allocator
 from headstart.data.fashion_mnist import export_subset, load_split
-from headstart.pretrain import PretrainSettings, pretrain
+from headstart.methods.pretrain import PretrainSettings, pretrain
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "pretrain.json")
 

@@ -1,6 +1,6 @@
 """The hostile phase of bench/serve_load.py: abusive requests sent on loopback while good ones go on.
 
-What each hostile request is, and the answer the server owes it (serve.py, serve_guard.py):
+What each hostile request is, and the answer the server owes it (deploy/serve.py, deploy/serve_guard.py):
 
   pixel flood     48 blank 6000x6000 PNGs in one request (~5 MB on the wire, 1.7 G pixels decoded): 413 from
                   the headers, before a pixel is decoded; several such requests at once

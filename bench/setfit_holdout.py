@@ -25,7 +25,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "s
 
 def estimated_seconds(hs, train: str) -> float | None:
     """What `auto` would print before tuning (fewshot.estimate_setfit_seconds), where the measured code has it."""
-    from headstart import fewshot
+    from headstart.methods import fewshot
 
     if not hasattr(fewshot, "estimate_setfit_seconds"):
         return None

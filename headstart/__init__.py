@@ -26,16 +26,16 @@ _PUBLIC = {
     "create_backbone": "backbones",
     "list_backbones": "backbones",
     "register_backbone": "backbones",
-    "Embedder": "classical",
-    "compare": "compare",
+    "Embedder": "methods.classical",
+    "compare": "methods.compare",
     "ObjectDetector": "detection",
-    "fewshot_eval": "episodes",
+    "fewshot_eval": "methods.episodes",
     "ImageClassifier": "estimator",
     "ImageRegressor": "estimator",
     "TextClassifier": "estimator",
     "TextRegressor": "estimator",
-    "export_model": "export",
-    "MultiTaskModel": "multitask",
+    "export_model": "deploy.export",
+    "MultiTaskModel": "methods.multitask",
     "rank": "rank",
     "load": "restore",
     "STRATEGIES": "strategies",
@@ -81,8 +81,9 @@ def __dir__() -> list[str]:
 
 class _Package(ModuleType):
     def __setattr__(self, name: str, value: object) -> None:
-        # Importing a submodule binds it as an attribute of its package. `compare` and `rank` are submodules and
-        # public functions at once, and the function must keep the name, whichever is imported first.
+        # Importing a submodule binds it as an attribute of its package. `rank` is a submodule and a public function
+        # at once, and the function must keep the name, whichever is imported first (`compare`'s module binds on
+        # headstart.methods).
         if isinstance(value, ModuleType) and _PUBLIC.get(name) == name:
             return
         super().__setattr__(name, value)
@@ -94,14 +95,14 @@ sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # what type checkers, IDEs and tests/test_layering.py read: the same names, imported eagerly
     from .api import backbone_status
     from .backbones import create_backbone, list_backbones, register_backbone
-    from .classical import Embedder
-    from .compare import compare
+    from .deploy.export import export_model
     from .detection import ObjectDetector
-    from .episodes import fewshot_eval
     from .errors import BackboneUnavailable, BundleError, DataError, HeadstartError
     from .estimator import ImageClassifier, ImageRegressor, TextClassifier, TextRegressor
-    from .export import export_model
-    from .multitask import MultiTaskModel
+    from .methods.classical import Embedder
+    from .methods.compare import compare
+    from .methods.episodes import fewshot_eval
+    from .methods.multitask import MultiTaskModel
     from .rank import rank
     from .restore import load
     from .strategies import STRATEGIES

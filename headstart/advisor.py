@@ -52,8 +52,9 @@ from .data.labeled import stratified_subsample
 from .heads import HeadConfig, build_head
 from .inference import _device, _to, embed
 from .probe_heads import cross_validated_micro_f1, fit_ridge
+from .progress import say
 from .rank import cv_accuracy, logme, probe_accuracy
-from .strategies import SetFit
+from .strategies import SetFit, get_strategy
 
 # The thresholds below: what each rule does and, in docs/decisions.md, the measurement that set it (by rule number).
 SMALL_PER_CLASS, LARGE_PER_CLASS = 50, 1000  # rules 5-7
@@ -172,7 +173,7 @@ def decide(*, per_class: int, n_train: int, n_classes: int, probe: float, baseli
 def few_shot_advice(class_counts: dict[str, int], modality: str = "image", time_limit: float | None = None,
                     head: str = "linear", estimate: Callable[[int], float] | None = None) -> Advice | None:
     """Rules taken before any hold-out, as they use every label: under FEWSHOT_PER_CLASS examples in a class,
-    prototypes (fewshot.py); texts with SETFIT_PER_CLASS examples per class, `setfit`.
+    prototypes (methods/fewshot.py); texts with SETFIT_PER_CLASS examples per class, `setfit`.
 
     Holding out a validation split would take a third or more of so few labels, and a head trained on the rest
     does no better than class means: on Fashion-MNIST with EfficientNet-Lite0 (`headstart fewshot-eval`), the
@@ -248,6 +249,19 @@ def advise(backbone, modality, train, task: str, features: tuple[np.ndarray, np.
         logme_score=logme(f, y), seconds_per_item=time_forward(backbone, modality, train.items, seed=seed),
         epochs=epochs, time_limit=time_limit, modality=modality.name)
     return with_text_finetune(advice) if modality.name == "text" else advice
+
+
+def advise_fit(est, backbone, train):
+    """`auto`'s strategy for an estimator's fit: measure, then let the rules above pick (and print their reasons)."""
+    feats = None
+    if est.head == "linear" or est._task == "classification":  # the probe reads the features the head will
+        feats = embed(backbone, train.items, batch_size=est.batch_size, num_workers=est.num_workers,
+                      use_cache=est.use_cache, cache_dir=est.cache_dir, verbose=est.verbose)
+    advice = advise(backbone, est._modality, train, est._task, feats, epochs=est.epochs,
+                    time_limit=est.time_limit, seed=est.seed)
+    for line in advice.reasons:
+        say(est.verbose, f"auto: {line}")
+    return get_strategy(advice.strategy, **advice.options), advice
 
 
 def ridge_r2(features: np.ndarray, targets: np.ndarray) -> float:

@@ -9,21 +9,21 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from .backbones import BackboneSpec, available_offline, install_command, list_backbones
-from .compare import compare
-from .continual import describe
 from .data.detect import detect_modality
 from .demo import run_demo
+from .deploy.export import export_model
+from .deploy.predict_shards import sharded_predict
+from .deploy.serve import ServeLimits, serve
 from .detection import ObjectDetector
 from .detection.predictions import write_boxes
 from .distributed import is_main_process
-from .episodes import fewshot_eval
 from .estimator import estimator_class
-from .export import export_model
-from .predict_shards import sharded_predict
-from .pretrain import PretrainSettings, pretrain
+from .methods.compare import compare
+from .methods.continual import describe
+from .methods.episodes import fewshot_eval
+from .methods.pretrain import PretrainSettings, pretrain
 from .rank import rank
 from .restore import load
-from .serve import ServeLimits, serve
 from .text_demo import run_text_demo
 
 __all__ = ["ObjectDetector", "PretrainSettings", "ServeLimits", "backbone_status", "backbone_table", "compare",

@@ -32,8 +32,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .advisor import FINETUNE_COST, Advice, time_forward
-from .backbones import Backbone, BackboneSpec, available_offline, create_backbone, install_command, list_backbones
+from .backbones import (
+    Backbone,
+    BackboneSpec,
+    available_offline,
+    create_backbone,
+    install_command,
+    list_backbones,
+    resolve_backbone,
+    scratch_spec,
+)
 from .data.labeled import LabeledData, stratified_split, stratified_subsample
+from .errors import HeadstartError
 from .inference import embed
 from .progress import say
 from .rank import logme, probe_rows
@@ -194,6 +204,22 @@ def backbone_name(est) -> str:
     return est.backbone or (choice.name if choice is not None else est.default_backbone)
 
 
+def fit_backbone(est, train: LabeledData) -> Backbone:
+    """The backbone a fit trains: for strategy `baseline` the no-transfer one (raw inputs, backbones/scratch.py,
+    fitted on the training rows); else the chosen or named one, taken from the choice where it built it."""
+    if est.strategy == "baseline":
+        return create_backbone(scratch_spec(est.modality, train.items), pretrained=False)
+    spec = resolve_backbone(backbone_name(est), est.modality)
+    if spec.modality != est.modality:
+        raise HeadstartError(f"backbone '{spec.name}' is for {spec.modality}s, but {type(est).__name__} "
+                             f"works on {est.modality}s; see `headstart models`")
+    backbone = take_backbone(est.backbone_choice_)  # built by the ranking, else built here
+    if backbone is None:
+        backbone = create_backbone(spec, pretrained=est.pretrained,
+                                   image_size=est.image_size if est.modality == "image" else None)
+    return backbone
+
+
 def take_backbone(choice: Choice | None) -> Backbone | None:
     """The chosen backbone as the ranking built it (its subsample's features are cached), handed over once: the
     fitted estimator keeps no second reference to it (the race may ship another model)."""
@@ -208,7 +234,7 @@ def with_choice(advice: Advice | None, choice: Choice | None, strategy: str = "f
     Advice (for `strategy`) where there was none (a scikit-learn head is not advised on)."""
     if choice is None:
         return advice
-    choice.backbone = None  # what the fit needed of it is taken (take_backbone) or rebuilt (fewshot.py)
+    choice.backbone = None  # what the fit needed of it is taken (take_backbone) or rebuilt (methods/fewshot.py)
     advice = advice if advice is not None else Advice(strategy)
     advice.reasons[:0] = choice.reasons
     advice.measurements["backbone_choice"] = choice.measurements

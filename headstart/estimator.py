@@ -17,22 +17,22 @@ import torch
 from torch import nn
 
 from ._runtime import keeps_callers_rng, seed_everything
-from .adapt import adapt_to_target
-from .advisor import advise
-from .backbone_choice import backbone_name, choose_for_fit, take_backbone, with_choice
-from .backbones import Backbone, backbone_files, create_backbone, resolve_backbone, scratch_spec
+from .advisor import advise_fit
+from .backbone_choice import choose_for_fit, fit_backbone, with_choice
+from .backbones import Backbone, backbone_files
 from .budget import check_quality, note_unspent
 from .bundle import write_bundle
 from .checkpoint import run_checkpointer
-from .classical import CLASSICAL_HEADS, fit_classical, predict_proba_full, to_tensors
-from .continual import ContinualSettings, extend_estimator, remember
-from .data.labeled import LabeledData, stratified_split
+from .data.labeled import LabeledData, align_classes, stratified_split
 from .data.summary import summarize
 from .distributed import is_main_process
-from .errors import DataError, HeadstartError
-from .fewshot import fewshot_advice, fit_fewshot
+from .errors import HeadstartError
 from .heads import HeadConfig, TransferModel, build_head, outputs_to_scores
 from .inference import _device, embed, run_over
+from .methods.adapt import adapt_to_target
+from .methods.classical import CLASSICAL_HEADS, fit_classical, predict_proba_full, to_tensors
+from .methods.continual import ContinualSettings, extend_estimator, remember
+from .methods.fewshot import fewshot_advice, fit_fewshot
 from .metrics import task_metrics
 from .modalities import MODALITIES, Modality
 from .plan_runner import describe_plan, open_run_log, refit_final_probe, run_plan
@@ -110,7 +110,7 @@ class TransferEstimator:
         self.augment = augment  # light crops and flips on training images (texts have none)
         self.verbose = verbose
         self.memory = memory  # exemplars kept per class for continual learning (extend); 0: none
-        self.adapt = adapt  # with fit(unlabeled=...): auto | adabn | coral | dann (adapt.py)
+        self.adapt = adapt  # with fit(unlabeled=...): auto | adabn | coral | dann (methods/adapt.py)
 
     # --- scikit-learn conventions -------------------------------------------------------------------------
     def get_params(self, deep: bool = True) -> dict:
@@ -153,19 +153,7 @@ class TransferEstimator:
         return self._modality.list_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
 
     def _align(self, data: LabeledData, classes: list[str]) -> LabeledData:
-        """Re-index an evaluation set's labels onto the training classes, by name."""
-        if data.task == "regression" or data.classes == classes:
-            return data
-        unknown = sorted(set(data.classes) - set(classes))
-        if unknown:
-            raise DataError(f"{data.source}: label '{unknown[0]}' was not among the training classes {classes}")
-        pos = np.array([classes.index(c) for c in data.classes])
-        if data.task == "classification":
-            targets = pos[data.targets]
-        else:
-            targets = np.zeros((len(data), len(classes)), dtype=np.float32)
-            targets[:, pos] = data.targets
-        return LabeledData(data.items, targets, classes, data.task, data.source, data.skipped)
+        return align_classes(data, classes)
 
     def _target_tensor(self, targets: np.ndarray) -> torch.Tensor:
         if self._task == "classification":
@@ -180,7 +168,7 @@ class TransferEstimator:
     def fit(self, data, valid=None, resume: str | None = None, unlabeled=None) -> TransferEstimator:
         """Train on `data` (a folder per class or a CSV); hold out a stratified split unless `valid` is given.
         `resume`: a previous run's output folder; training continues from its last checkpointed epoch.
-        `unlabeled`: target-domain inputs (folder or file) to adapt to with method `adapt` (adapt.py)."""
+        `unlabeled`: target-domain inputs (folder or file) to adapt to with method `adapt` (methods/adapt.py)."""
         started = time.perf_counter()
         check_quality(self.quality)
         seed_everything(self.seed)
@@ -201,17 +189,7 @@ class TransferEstimator:
             + (f", {len(self.classes_)} classes" if self.classes_ else "")
             + (f"; skipped {len(full.skipped)} unusable input(s), first {full.skipped[0][0]}: {full.skipped[0][1]}"
                if full.skipped else ""))
-        if self.strategy == "baseline":  # no transfer: raw inputs (backbones/scratch.py), fitted on training rows
-            backbone = create_backbone(scratch_spec(self.modality, train.items), pretrained=False)
-        else:
-            spec = resolve_backbone(backbone_name(self), self.modality)
-            if spec.modality != self.modality:
-                raise HeadstartError(f"backbone '{spec.name}' is for {spec.modality}s, but {type(self).__name__} "
-                                     f"works on {self.modality}s; see `headstart models`")
-            backbone = take_backbone(self.backbone_choice_)  # built by the ranking, else built here
-            if backbone is None:
-                backbone = create_backbone(spec, pretrained=self.pretrained,
-                                           image_size=self.image_size if self.modality == "image" else None)
+        backbone = fit_backbone(self, train)  # baseline: no transfer; else the chosen or the named backbone
         classical = self.head in CLASSICAL_HEADS
         if classical:  # a scikit-learn model on frozen features: no torch head, no stages
             head, (strategy, self.advice_) = nn.Identity(), self._classical_fit(backbone, train)
@@ -219,7 +197,7 @@ class TransferEstimator:
             head = build_head(HeadConfig(kind=self.head), backbone.feature_dim, max(1, len(self.classes_)))
             self.classical_ = None
             if self.strategy == "auto":
-                strategy, self.advice_ = self._advise(backbone, train)
+                strategy, self.advice_ = advise_fit(self, backbone, train)
             else:
                 strategy, self.advice_ = get_strategy(self.strategy, last_n=self.last_n), None
         self.advice_ = with_choice(self.advice_, self.backbone_choice_)  # the choice's reasons come first
@@ -264,7 +242,7 @@ class TransferEstimator:
         return self
 
     def _classical_fit(self, backbone: Backbone, train: LabeledData):
-        """Fit the scikit-learn head on cached frozen features (see classical.py for how it is saved)."""
+        """Fit the scikit-learn head on cached frozen features (see methods/classical.py for how it is saved)."""
         if self._task != "classification":
             raise HeadstartError(f"head '{self.head}' (scikit-learn) supports classification only, not {self._task}")
         if self.strategy not in ("auto", "features"):
@@ -277,23 +255,11 @@ class TransferEstimator:
         say(self.verbose, f"head: scikit-learn {self.head} fitted on {int(ok.sum())} cached feature rows")
         return get_strategy("features"), None
 
-    def _advise(self, backbone: Backbone, train: LabeledData):
-        """Measure, then let the advisor pick the strategy (see advisor.py for the rules and why)."""
-        feats = None
-        if self.head == "linear" or self._task == "classification":  # the probe reads the features the head will
-            feats = embed(backbone, train.items, batch_size=self.batch_size, num_workers=self.num_workers,
-                          use_cache=self.use_cache, cache_dir=self.cache_dir, verbose=self.verbose)
-        advice = advise(backbone, self._modality, train, self._task, feats, epochs=self.epochs,
-                        time_limit=self.time_limit, seed=self.seed)
-        for line in advice.reasons:
-            say(self.verbose, f"auto: {line}")
-        return get_strategy(advice.strategy, **advice.options), advice
-
     # --- predict ----------------------------------------------------------------------------------------
     def _raw_scores(self, items: Sequence) -> tuple[np.ndarray, np.ndarray]:
         """Model outputs per path (probabilities, or standardised values) and a mask of readable images."""
         self._check_fitted()
-        if getattr(self, "runtime_", None) is not None:  # loaded with runtime="onnx" (export.py)
+        if getattr(self, "runtime_", None) is not None:  # loaded with runtime="onnx" (deploy/export.py)
             return self.runtime_.score_items(self, items, self.verbose)
         if getattr(self, "classical_", None) is not None:
             feats, ok = embed(self.model_.backbone, items, batch_size=self.batch_size, num_workers=self.num_workers,
@@ -379,7 +345,7 @@ class TransferEstimator:
                             backbone_files(self.model_.backbone))  # loading then needs no hub, cache or package
 
     def extend(self, data, method: str = "rehearsal", valid=None, old_data=None, **options) -> TransferEstimator:
-        """Learn the new classes in `data` without forgetting the old (see continual.py for the methods)."""
+        """Learn the new classes in `data` without forgetting the old (see methods/continual.py for the methods)."""
         self.last_extension_ = extend_estimator(self, data, ContinualSettings(method=method, **options),
                                                 valid=valid, old_data=old_data)
         return self

@@ -61,7 +61,8 @@ def _mlp(cfg: HeadConfig, in_dim: int, out_dim: int) -> nn.Module:
     )
 
 
-# "mlp" names scikit-learn's MLPClassifier among the classical heads (classical.py); the trainable one is torch-mlp.
+# "mlp" names scikit-learn's MLPClassifier among the classical heads (methods/classical.py); the trainable one is
+# torch-mlp.
 HEADS = {"linear": _linear, "torch-mlp": _mlp}
 
 

@@ -13,15 +13,15 @@ from ._version import __version__
 from .advisor import Advice
 from .backbones import BackboneSpec, rebuild_backbone
 from .bundle import read_bundle_files, unbuildable
-from .classical import from_tensors, resaved
-from .continual import Memory
+from .deploy.export import attach_onnx_runtime
 from .detection import ObjectDetector
 from .errors import BackboneUnavailable, BundleError, HeadstartError
 from .estimator import TransferEstimator, estimator_class
-from .export import attach_onnx_runtime
-from .fewshot import PrototypeHead
 from .heads import HeadConfig, TransferModel, build_head
-from .multitask import MultiTaskModel
+from .methods.classical import from_tensors, resaved
+from .methods.continual import Memory
+from .methods.fewshot import PrototypeHead
+from .methods.multitask import MultiTaskModel
 
 
 def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskModel | ObjectDetector:

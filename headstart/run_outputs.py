@@ -1,6 +1,6 @@
 """What a fit leaves in its output folder: the bundle, the last line of `metrics.jsonl` and the report, the last
 two built from the same validation numbers so they can never disagree. Every strategy's fit ends in
-`write_run_outputs` (the plan in estimator.fit, `fewshot` and `setfit` in fewshot.py), so every run folder holds
+`write_run_outputs` (the plan in estimator.fit, `fewshot` and `setfit` in methods/fewshot.py), so every run folder holds
 the same files."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The fitted model's scoring pipeline as one torch module: what `predict` runs on torch (predict_stream.BatchScorer)
-and what `export` writes to ONNX or TorchScript (export.py), so the two compute the same thing.
+and what `export` writes to ONNX or TorchScript (deploy/export.py), so the two compute the same thing.
 
 For images it holds the normalisation, the backbone and the head, from float32 NCHW pixels in [0, 1] at the
 backbone's size (resize and centre crop stay outside: they depend on each image's size); for texts the encoder,

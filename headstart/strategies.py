@@ -143,7 +143,7 @@ class Lora:
 @dataclass(frozen=True)
 class FewShot:
     """For a few examples per class: class prototypes of the frozen features, or for text, of a sentence encoder
-    first tuned SetFit-style on pairs of the labeled texts. No stages to plan: `fit` hands it to fewshot.py."""
+    first tuned SetFit-style on pairs of the labeled texts. No stages to plan: `fit` hands it to methods/fewshot.py."""
 
     name: str = "fewshot"
 
@@ -155,7 +155,7 @@ class FewShot:
 class SetFit:
     """Texts: tune the sentence encoder on pairs of the labeled texts (SetFit, Tunstall et al. 2022), then solve a
     logistic-regression head on the tuned embeddings; every label is used for both. `epochs`: passes over the texts,
-    each batch's every pair scored. fewshot.py carries it out (and says why 4)."""
+    each batch's every pair scored. methods/fewshot.py carries it out (and says why 4)."""
 
     epochs: int = 4
     name: str = "setfit"

@@ -9,7 +9,7 @@ from conftest import COLOURS, TINY, TINY_SIZE, make_class_images
 from PIL import Image
 
 import headstart as hs
-from headstart.adapt import batchnorm_layers, coral_transform, reestimate_batchnorm, reverse_gradient
+from headstart.methods.adapt import batchnorm_layers, coral_transform, reestimate_batchnorm, reverse_gradient
 
 
 def test_coral_gives_source_the_target_moments():

@@ -17,7 +17,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import check_estimator
 
-from headstart.classical import (
+from headstart.errors import DataError, HeadstartError
+from headstart.methods.classical import (
     CLASSICAL_HEADS,
     EMBEDDER_INAPPLICABLE_CHECKS,
     PREFIX,
@@ -27,7 +28,6 @@ from headstart.classical import (
     predict_proba_full,
     to_tensors,
 )
-from headstart.errors import DataError, HeadstartError
 
 
 def tiny_embedder(**kw) -> Embedder:

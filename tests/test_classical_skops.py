@@ -20,7 +20,9 @@ from sklearn.linear_model import LogisticRegression
 
 import headstart as hs
 from headstart.bundle import read_bundle, write_bundle
-from headstart.classical import (
+from headstart.errors import BundleError
+from headstart.inference import embed
+from headstart.methods.classical import (
     CHECK_ROWS,
     PREFIX,
     SKOPS_ALLOWED,
@@ -30,8 +32,6 @@ from headstart.classical import (
     predict_proba_full,
     to_tensors,
 )
-from headstart.errors import BundleError
-from headstart.inference import embed
 
 FITTED = sorted(SKOPS_ALLOWED)  # svm, random-forest, knn, mlp
 
@@ -203,7 +203,7 @@ def test_the_old_refit_format_warns_when_the_refit_differs():
 
 def test_an_old_refit_bundle_too_large_to_refit_is_refused_before_fitting(monkeypatch):
     """A crafted old-format SVM with a huge training set would stall `load` on a quadratic fit: refused unfitted."""
-    import headstart.classical as classical
+    import headstart.methods.classical as classical
     X = np.random.default_rng(1).normal(size=(40, 4)).astype(np.float32)
     y = np.arange(40) % 2
     _, config, tensors = refit_format("svm", X, y)

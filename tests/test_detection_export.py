@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import headstart as hs
+from headstart.deploy.serve import create_app
 from headstart.detection import onnx as detection_onnx
 from headstart.detection.onnx import BOX_TOL, SCORE_TOL, parity_failure
-from headstart.serve import create_app
 
 
 @pytest.fixture(scope="module")

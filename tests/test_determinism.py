@@ -8,9 +8,9 @@ import torch
 from conftest import TINY, TINY_SIZE
 
 import headstart as hs
-from headstart.continual import ContinualSettings, train_incremental
 from headstart.errors import HeadstartError
-from headstart.pretrain import pretrain
+from headstart.methods.continual import ContinualSettings, train_incremental
+from headstart.methods.pretrain import pretrain
 
 _TIMINGS = ("seconds", "samples_per_s")
 

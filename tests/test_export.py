@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 import headstart as hs
 from headstart.cli import app
+from headstart.deploy.export import export_model
+from headstart.deploy.predict_stream import BatchScorer, iter_inputs
 from headstart.errors import HeadstartError
-from headstart.export import export_model
-from headstart.predict_stream import BatchScorer, iter_inputs
 
 
 def _not_saturated(probs: np.ndarray) -> None:

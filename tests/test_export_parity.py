@@ -12,12 +12,13 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 import headstart as hs
-from headstart import export, probe
+from headstart import probe
 from headstart.cli import app
+from headstart.deploy import export
+from headstart.deploy.export import SCORE_CAP, SCORE_FLOOR, export_model, parity_failure, parity_tolerance
+from headstart.deploy.predict_stream import iter_inputs
 from headstart.errors import HeadstartError
-from headstart.export import SCORE_CAP, SCORE_FLOOR, export_model, parity_failure, parity_tolerance
 from headstart.heads import HeadConfig, build_head
-from headstart.predict_stream import iter_inputs
 
 TINY_ARGS = dict(backbone=TINY, pretrained=False, image_size=TINY_SIZE, verbose=False, use_cache=False)
 

@@ -11,7 +11,7 @@ import torch
 from conftest import COLOURS, TINY, TINY_SIZE, make_class_images
 
 import headstart as hs
-from headstart.fewshot import PrototypeHead, leave_one_out_scores, pair_loss
+from headstart.methods.fewshot import PrototypeHead, leave_one_out_scores, pair_loss
 
 
 def test_prototypes_are_centred_normalised_class_means():
@@ -139,7 +139,7 @@ def test_few_shot_rule_is_per_modality():
 
 def test_the_setfit_estimate_is_measured_on_the_texts_and_leaves_the_weights_alone():
     from headstart.advisor import few_shot_advice
-    from headstart.fewshot import estimate_setfit_seconds
+    from headstart.methods.fewshot import estimate_setfit_seconds
 
     backbone = hs.create_backbone("minilm_l6", modality="text")
     before = {k: v.clone() for k, v in backbone.state_dict().items()}

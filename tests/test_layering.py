@@ -16,8 +16,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "headstart"
 LOCAL_IMPORTS = {  # (importing module, imported module): why the import waits for the call
     ("headstart.cli", "headstart.api"): "`--help` and argument errors answer without loading torch (~10 s)",
     ("headstart.estimator", "headstart.run_outputs"): "the report's plots load matplotlib only when a run writes one",
-    ("headstart.fewshot", "headstart.run_outputs"): "the report's plots load matplotlib only when a run writes one",
-    ("headstart.compare", "headstart.report"): "the report's plots load matplotlib only when a comparison is drawn",
+    ("headstart.methods.fewshot", "headstart.run_outputs"):
+        "the report's plots load matplotlib only when a run writes one",
+    ("headstart.methods.compare", "headstart.report"):
+        "the report's plots load matplotlib only when a comparison is drawn",
 }
 
 
@@ -129,8 +131,8 @@ def test_public_names_load_lazily_and_all_resolve():
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
     import headstart as hs
 
-    importlib.import_module("headstart.compare")  # a submodule named like a public function: the function wins
-    importlib.import_module("headstart.rank")
+    importlib.import_module("headstart.methods.compare")  # binds `compare` on headstart.methods, not on headstart
+    importlib.import_module("headstart.rank")  # a submodule named like a public function: the function wins
     assert set(hs.__all__) == set(hs._PUBLIC) | {"__version__"}
     for name, module in hs._PUBLIC.items():
         assert getattr(hs, name) is getattr(importlib.import_module(f"headstart.{module}"), name)

@@ -20,13 +20,14 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 import headstart as hs
-from headstart import adapt, continual, fewshot, loop, pretrain
+from headstart import loop
 from headstart._runtime import adamw
 from headstart.bundle import read_bundle
 from headstart.checkpoint import Checkpointer
 from headstart.data.labeled import LabeledData
 from headstart.heads import HeadConfig, Standardize, TransferModel, build_head, loss_for
-from headstart.multitask import MultiTaskHeads, MultiTaskModel
+from headstart.methods import adapt, continual, fewshot, pretrain
+from headstart.methods.multitask import MultiTaskHeads, MultiTaskModel
 
 # the former loops as copied here run on the CPU; on a CUDA machine run_loop places the models on the GPU
 on_cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="the reference loops run on the CPU")
@@ -43,7 +44,7 @@ def captured(monkeypatch):
         return results[-1]
 
     for module in ("multitask", "continual", "pretrain", "adapt", "fewshot"):
-        monkeypatch.setattr(f"headstart.{module}.run_loop", recording, raising=False)
+        monkeypatch.setattr(f"headstart.methods.{module}.run_loop", recording, raising=False)
     return results
 
 

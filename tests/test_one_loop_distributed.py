@@ -32,7 +32,8 @@ SCRIPT = textwrap.dedent("""
     import headstart as hs
     import test_one_loop as problems
     from conftest import TINY, TINY_SIZE
-    from headstart import adapt, continual, fewshot, loop, multitask, pretrain
+    from headstart import loop
+    from headstart.methods import adapt, continual, fewshot, multitask, pretrain
     from headstart.distributed import is_main_process
 
     runs, run_loop = [], loop.run_loop

@@ -14,8 +14,8 @@ import pytest
 from conftest import COLOURS, TINY, TINY_SIZE, make_class_images, tiny_colour_bundle
 
 import headstart as hs
+from headstart.deploy.predict_stream import iter_inputs, stream_predict
 from headstart.errors import HeadstartError
-from headstart.predict_stream import iter_inputs, stream_predict
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_jsonl_output_and_resume_refuses_other_inputs(tiny_bundle, tmp_path):
 # (A named pipe did this once; predict now refuses to open anything but regular files, so the stall is simulated.)
 STALLING_CLI = """
 import os, sys, time
-import headstart.predict_stream as ps
+import headstart.deploy.predict_stream as ps
 from headstart.cli import main
 prepare = ps.BatchScorer.prepare
 def stalled(self, item):

@@ -14,7 +14,7 @@ from conftest import TINY, TINY_SIZE
 import headstart as hs
 from headstart import progress
 from headstart.bundle import read_bundle
-from headstart.pretrain import PretrainSettings, nt_xent, pretrain
+from headstart.methods.pretrain import PretrainSettings, nt_xent, pretrain
 
 
 def test_nt_xent_is_low_for_matching_views_and_chance_for_identical_embeddings():

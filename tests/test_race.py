@@ -60,7 +60,7 @@ def test_text_baseline_bundle_round_trips_and_predicts_identically(tweets, tmp_p
     scores = loaded.evaluate(tweets[1])
     assert scores["accuracy"] > 1 / 3 + 0.05  # three sentiments: TF-IDF learns something from 120 tweets
     # the n-gram ids come from the tokenizer, outside the graph (as a transformer's do); the vocabulary rides along
-    from headstart.export import export_model
+    from headstart.deploy.export import export_model
 
     assert export_model(loaded, str(tmp_path / "tfidf.onnx"))["max_abs_diff"] < 1e-4
     onnx = hs.load(path, runtime="onnx")
@@ -68,7 +68,7 @@ def test_text_baseline_bundle_round_trips_and_predicts_identically(tweets, tmp_p
 
 
 def test_image_baseline_exports_to_onnx_with_parity(fashion, tmp_path):
-    from headstart.export import export_model
+    from headstart.deploy.export import export_model
 
     clf = hs.ImageClassifier(strategy="baseline", seed=0, verbose=False).fit(fashion[0])
     assert clf.spec_.name == "pixels" and clf.spec_.preprocess.size == 28

@@ -171,7 +171,7 @@ def test_a_hub_image_bundle_carries_its_config_and_never_goes_back_to_the_hub(co
 
 def test_multitask_and_pretrained_text_bundles_carry_their_backbone_too(tweets_csv, tmp_path, monkeypatch,
                                                                         no_network):
-    from headstart.pretrain import PretrainSettings, pretrain
+    from headstart.methods.pretrain import PretrainSettings, pretrain
 
     def features(backbone) -> torch.Tensor:  # through the backbone's own tokenizer: the rebuilt one is tested too
         with torch.no_grad():

@@ -14,9 +14,9 @@ from conftest import COLOURS, TINY, tiny_colour_bundle
 from PIL import Image
 
 import headstart as hs
-from headstart import serve as serve_module
-from headstart.serve import INTERNAL_ERROR, ServeLimits, create_app
-from headstart.serve_guard import InFlightLimit
+from headstart.deploy import serve as serve_module
+from headstart.deploy.serve import INTERNAL_ERROR, ServeLimits, create_app
+from headstart.deploy.serve_guard import InFlightLimit
 
 LIMITS = ServeLimits(max_request_bytes=200_000, max_batch=4, max_pixels=300 * 300, max_text_chars=200,
                      max_request_pixels=100_000)

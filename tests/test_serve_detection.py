@@ -13,7 +13,7 @@ from PIL import Image
 from test_serve import LIMITS, LoopbackServer, _files, _limiter, _png
 
 import headstart as hs
-from headstart.serve import INTERNAL_ERROR, create_app
+from headstart.deploy.serve import INTERNAL_ERROR, create_app
 
 TILE = 64
 

@@ -165,6 +165,22 @@ def require_columns(path: str, header: Sequence[str], columns: Sequence[str]) ->
         raise DataError(f"{path}: missing column '{missing[0]}' (found: {', '.join(map(str, header)) or 'no header'})")
 
 
+def align_classes(data: LabeledData, classes: list[str]) -> LabeledData:
+    """Re-index an evaluation set's labels onto the training classes, by name."""
+    if data.task == "regression" or data.classes == classes:
+        return data
+    unknown = sorted(set(data.classes) - set(classes))
+    if unknown:
+        raise DataError(f"{data.source}: label '{unknown[0]}' was not among the training classes {classes}")
+    pos = np.array([classes.index(c) for c in data.classes])
+    if data.task == "classification":
+        targets = pos[data.targets]
+    else:
+        targets = np.zeros((len(data), len(classes)), dtype=np.float32)
+        targets[:, pos] = data.targets
+    return LabeledData(data.items, targets, classes, data.task, data.source, data.skipped)
+
+
 def stratified_split(data: LabeledData, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Hold out `val_fraction` of the rows, keeping class proportions for classification."""
     from sklearn.model_selection import train_test_split

@@ -22,25 +22,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._runtime import adamw, seed_everything
-from .advisor import few_shot_advice
-from .backbone_choice import backbone_name
-from .backbones import create_backbone, resolve_backbone
-from .budget import TUNING_SHARE, Labeled, spend_on_setfit
+from .._runtime import adamw, seed_everything
+from ..advisor import few_shot_advice
+from ..backbone_choice import backbone_name
+from ..backbones import create_backbone, resolve_backbone
+from ..budget import TUNING_SHARE, Labeled, spend_on_setfit
+from ..data.labeled import LabeledData, stratified_split
+from ..distributed import is_main_process
+from ..errors import DataError, HeadstartError
+from ..heads import HeadConfig, TransferModel, build_head
+from ..inference import _device, _to, embed, run_over
+from ..loop import LoopSettings, WholeBatchObjective, run_loop
+from ..metrics import task_metrics
+from ..plan_runner import open_run_log, refit_final_probe
+from ..probe import cross_validated_proba, fit_probe, refit_probe
+from ..progress import say
+from ..race import race_baseline, race_frozen_probe
+from ..strategies import SetFit, get_strategy
+from ..train import LoopConfig
 from .classical import CLASSICAL_HEADS
-from .data.labeled import LabeledData, stratified_split
-from .distributed import is_main_process
-from .errors import DataError, HeadstartError
-from .heads import HeadConfig, TransferModel, build_head
-from .inference import _device, _to, embed, run_over
-from .loop import LoopSettings, WholeBatchObjective, run_loop
-from .metrics import task_metrics
-from .plan_runner import open_run_log, refit_final_probe
-from .probe import cross_validated_proba, fit_probe, refit_probe
-from .progress import say
-from .race import race_baseline, race_frozen_probe
-from .strategies import SetFit, get_strategy
-from .train import LoopConfig
 
 DEFAULT_SCALE = 10.0  # cosine in [-1, 1] times this: softmax probabilities neither flat nor saturated
 
@@ -219,7 +219,7 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     tuned embeddings: with few labels, holding examples out would cost more than it tells, but the encoder has seen
     those labels, so the numbers are optimistic and say so. `est.epochs` sets the tuning passes of `fewshot`.
     """
-    from .run_outputs import write_run_outputs  # the report's plotting (matplotlib) loads only when a run writes one
+    from ..run_outputs import write_run_outputs  # the report's plotting (matplotlib) loads only when a run writes one
 
     name = advice.strategy if advice is not None else est.strategy
     if resume:  # refused, never ignored: the caller would believe the run went on from where it stopped

@@ -24,18 +24,18 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from .data.images import _INTERP
-from .data.labeled import csv_dict_reader, csv_problem
-from .data.texts import TABLE_SUFFIXES, _has_undecodable, read_text_file
-from .errors import DataError, HeadstartError
-from .scoring import scoring_graph
+from ..data.images import _INTERP
+from ..data.labeled import csv_dict_reader, csv_problem
+from ..data.texts import TABLE_SUFFIXES, _has_undecodable, read_text_file
+from ..errors import DataError, HeadstartError
+from ..scoring import scoring_graph
 
 if TYPE_CHECKING:
-    from .estimator import TransferEstimator
-from .classical import predict_proba_full
-from .data import fashion_mnist
+    from ..estimator import TransferEstimator
+from ..data import fashion_mnist
+from ..methods.classical import predict_proba_full
+from ..progress import make_progress
 from .predict_checkpoint import PredictCheckpoint
-from .progress import make_progress
 
 SAMPLE_TEXTS = [  # parity checks for text models when the user gives none: ordinary sentences of mixed length
     "The delivery arrived two days late and the box was damaged.",

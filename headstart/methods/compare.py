@@ -15,11 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .data.detect import detect_modality
-from .data.labeled import LabeledData, stratified_split
-from .estimator import estimator_class
-from .modalities import MODALITIES
-from .progress import say
+from ..data.detect import detect_modality
+from ..data.labeled import LabeledData, stratified_split
+from ..estimator import estimator_class
+from ..modalities import MODALITIES
+from ..progress import say
 
 SCRATCH = "scratch"
 
@@ -117,7 +117,7 @@ def write_comparison(folder: str, rows: list[dict], n_classes: int) -> dict[str,
     fig.tight_layout()
     fig.savefig(paths["overfitting"])
     plt.close(fig)
-    from .report import RunReport, write_report  # matplotlib (plots.py) loads only when a comparison is drawn
+    from ..report import RunReport, write_report  # matplotlib (plots.py) loads only when a comparison is drawn
 
     paths["report"] = write_report(os.path.join(folder, "report"), RunReport(
         title=f"transfer vs from scratch, {n_classes} classes", comparison=rows,

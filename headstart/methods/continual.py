@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._runtime import adamw, keeps_callers_rng
-from .data.labeled import stratified_split
-from .errors import HeadstartError
-from .inference import embed
-from .loop import LoopSettings, run_loop
-from .progress import say
+from .._runtime import adamw, keeps_callers_rng
+from ..data.labeled import stratified_split
+from ..errors import HeadstartError
+from ..inference import embed
+from ..loop import LoopSettings, run_loop
+from ..progress import say
 
 METHODS = ("finetune", "rehearsal", "lwf", "ewc")
 

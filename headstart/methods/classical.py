@@ -58,11 +58,11 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
-from .backbones import create_backbone, resolve_backbone
-from .bundle import check_nested_zip
-from .errors import BundleError, DataError, HeadstartError
-from .inference import embed
-from .modalities import MODALITIES
+from ..backbones import create_backbone, resolve_backbone
+from ..bundle import check_nested_zip
+from ..errors import BundleError, DataError, HeadstartError
+from ..inference import embed
+from ..modalities import MODALITIES
 
 PREFIX = "classical."  # tensor names: they sit beside a model's own weights in model.safetensors
 SKOPS = "skops"  # the tensor `classical.skops`: the fitted head's skops file, as bytes

@@ -50,17 +50,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._runtime import cache_root
-from .detection import ObjectDetector
-from .detection.onnx import OnnxDetector, export_detector
-from .errors import HeadstartError
-from .heads import outputs_to_scores
+from .._runtime import cache_root
+from ..detection import ObjectDetector
+from ..detection.onnx import OnnxDetector, export_detector
+from ..errors import HeadstartError
+from ..heads import outputs_to_scores
+from ..progress import say
+from ..scoring import onnx_session, scoring_graph, write_onnx_metadata
 from .predict_stream import BatchScorer, default_check_inputs, iter_inputs, score_items
-from .progress import say
-from .scoring import onnx_session, scoring_graph, write_onnx_metadata
 
 if TYPE_CHECKING:
-    from .estimator import TransferEstimator
+    from ..estimator import TransferEstimator
 
 FORMATS = ("onnx", "torchscript")
 FEATURE_RTOL = 1e-4  # float32 error budget of the features, relative to their rms (see the module docstring)

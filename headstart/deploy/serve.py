@@ -24,14 +24,14 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from .detection import ObjectDetector
-from .errors import HeadstartError
+from ..detection import ObjectDetector
+from ..errors import HeadstartError
+from ..restore import load
 from .predict_stream import BatchScorer, format_row
-from .restore import load
 from .serve_guard import InFlightLimit, TokenAuth, exposure_warning, json_response, resolve_token
 
 if TYPE_CHECKING:
-    from .estimator import TransferEstimator
+    from ..estimator import TransferEstimator
 
 
 @dataclass(frozen=True)

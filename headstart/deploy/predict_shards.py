@@ -13,7 +13,7 @@ import csv
 import os
 from collections.abc import Iterator, Sequence
 
-from .distributed import device, gather_small, num_processes, rank, state
+from ..distributed import device, gather_small, num_processes, rank, state
 from .predict_stream import stream_predict
 
 

@@ -18,17 +18,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._runtime import adamw, keeps_callers_rng, seed_everything
-from .backbones import BackboneSpec, backbone_files, create_backbone, rebuild_backbone, resolve_backbone
-from .bundle import write_bundle
-from .data.labeled import LabeledData, stratified_split
-from .errors import DataError, HeadstartError
-from .heads import Standardize
-from .inference import embed
-from .loop import LoopSettings, run_loop
-from .metrics import task_metrics
-from .modalities import MODALITIES
-from .progress import say
+from .._runtime import adamw, keeps_callers_rng, seed_everything
+from ..backbones import BackboneSpec, backbone_files, create_backbone, rebuild_backbone, resolve_backbone
+from ..bundle import write_bundle
+from ..data.labeled import LabeledData, stratified_split
+from ..errors import DataError, HeadstartError
+from ..heads import Standardize
+from ..inference import embed
+from ..loop import LoopSettings, run_loop
+from ..metrics import task_metrics
+from ..modalities import MODALITIES
+from ..progress import say
 
 TASK_KINDS = ("classification", "regression")
 

@@ -27,18 +27,18 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ._runtime import adamw, keeps_callers_rng, seed_everything
-from ._version import __version__
-from .backbones import Backbone, backbone_files, create_backbone, resolve_backbone
-from .bundle import CONFIG, FILES, FORMAT, FORMAT_VERSION, WEIGHTS
-from .cache import write_atomic
-from .checkpoint import Checkpointer
-from .data.images import _check_all
-from .distributed import is_main_process
-from .errors import DataError, HeadstartError
-from .loop import LoopSettings, Resumable, WholeBatchObjective, run_loop
-from .modalities import MODALITIES
-from .progress import say
+from .._runtime import adamw, keeps_callers_rng, seed_everything
+from .._version import __version__
+from ..backbones import Backbone, backbone_files, create_backbone, resolve_backbone
+from ..bundle import CONFIG, FILES, FORMAT, FORMAT_VERSION, WEIGHTS
+from ..cache import write_atomic
+from ..checkpoint import Checkpointer
+from ..data.images import _check_all
+from ..distributed import is_main_process
+from ..errors import DataError, HeadstartError
+from ..loop import LoopSettings, Resumable, WholeBatchObjective, run_loop
+from ..modalities import MODALITIES
+from ..progress import say
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import json
 import os
 from typing import TextIO
 
-from .errors import HeadstartError
+from ..errors import HeadstartError
 
 
 class PredictCheckpoint:

@@ -23,16 +23,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ._runtime import adamw
-from .data.labeled import LabeledData
-from .errors import DataError, HeadstartError
-from .heads import Standardize, loss_for
-from .inference import _device, _to, embed, run_over
-from .loop import LoopSettings, run_loop
-from .modalities import modality_of
-from .progress import make_progress, say
-from .strategies import HEAD, Stage
-from .train import LoopConfig, run_stage
+from .._runtime import adamw
+from ..data.labeled import LabeledData
+from ..errors import DataError, HeadstartError
+from ..heads import Standardize, loss_for
+from ..inference import _device, _to, embed, run_over
+from ..loop import LoopSettings, run_loop
+from ..modalities import modality_of
+from ..progress import make_progress, say
+from ..strategies import HEAD, Stage
+from ..train import LoopConfig, run_stage
 
 ADAPT_METHODS = ("auto", "adabn", "coral", "dann")
 _BATCHNORM = nn.modules.batchnorm._BatchNorm

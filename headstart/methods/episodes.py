@@ -11,16 +11,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .backbones import create_backbone, resolve_backbone
+from ..backbones import create_backbone, resolve_backbone
+from ..data.detect import detect_modality
+from ..data.labeled import LabeledData
+from ..errors import DataError
+from ..estimator import estimator_class
+from ..inference import embed
+from ..modalities import MODALITIES
+from ..progress import make_progress, say
 from .classical import fit_classical
-from .data.detect import detect_modality
-from .data.labeled import LabeledData
-from .errors import DataError
-from .estimator import estimator_class
 from .fewshot import PrototypeHead
-from .inference import embed
-from .modalities import MODALITIES
-from .progress import make_progress, say
 
 
 def prototype_accuracy(support: np.ndarray, support_y: np.ndarray, query: np.ndarray, query_y: np.ndarray) -> float:
