@@ -9,7 +9,9 @@ time). It is spent on the plan that gains most from time, `setfit` (texts, 32 to
    logistic-regression head solved on the tuned embeddings of the tuning rows, the held-out rows' mean
    log-likelihood of their true class (smoother than accuracy on a hundred rows) and accuracy;
 2. each other packaged encoder (not when the user named the backbone) whose tuning, timed on these texts
-   (fewshot.estimate_setfit_seconds), fits what is left: tuned and checked the same way; the better one leads;
+   (fewshot.estimate_setfit_seconds), fits what is left: tuned and checked the same way; the better one leads.
+   Where what is left is under the fast plan's own tuning time, the larger encoder is not even built and timed;
+   where not even a block of passes and a check fit after the fast plan, nothing is checked;
 3. more passes on the leader, BLOCK_PASSES at a time, each block checked. It stops when PATIENCE blocks in a row
    did not improve the held-out fit (more time does not buy accuracy here: said, the rest left unspent), when the
    next block would not fit the budget, or at MAX_PASSES. The leader's weights at its best check ship.
@@ -123,15 +125,25 @@ def spend_on_setfit(est, backbone: Backbone, tuning: Labeled, held_out: Labeled,
         return done, (time.perf_counter() - t0) / max(1, len(done))
 
     history, per_pass = run(backbone, passes, est.seed, 0)
+    check_guess = per_pass / 3 + 1.0  # a check: one forward pass over the texts (a third of a pass), then a solve
+    stop = None
     if len(held_out.targets) < MIN_CHECK_ROWS:
-        lines.append(f"-> nothing more spent: {len(held_out.targets)} held-out rows (< {MIN_CHECK_ROWS}) cannot tell "
-                     "a better model from noise")
-        return _done(est, advice, lines, {"budget_s": round(budget, 1), "spent": "fast plan only"}, backbone,
-                     history, passes)
+        stop = (f"{len(held_out.targets)} held-out rows (< {MIN_CHECK_ROWS}) cannot tell a better model from "
+                "noise")
+    elif time.perf_counter() + BLOCK_PASSES * per_pass + check_guess > deadline:
+        stop = f"the fast plan used the budget: {BLOCK_PASSES} more passes and a check would not fit"
+    if stop is not None:
+        lines.append(f"-> nothing more spent: {stop}")
+        return _done(est, advice, lines, {"budget_s": round(budget, 1), "spent": "fast plan only",
+                                          "stopped_by": stop}, backbone, history, passes)
     leader = Leader(backbone, len(history), check(est, backbone, tuning, held_out, n_classes), per_pass)
     records.append(_record(leader, "fast plan"))
     for spec in _other_encoders(est, backbone):
         left = deadline - time.perf_counter()
+        if left < passes * per_pass + leader.score["check_seconds"]:  # the others cost more (relative_cost): not
+            lines.append(f"{spec.name}: not tried, under the {max(0.0, left):.0f} s left (this encoder's tuning "
+                         "took longer than that)")  # even built and timed, which takes seconds
+            continue
         other = create_backbone(spec, pretrained=est.pretrained)
         guess = estimate(other, tuning.items, passes, seed=est.seed)
         if guess > left:

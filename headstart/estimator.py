@@ -39,7 +39,7 @@ from .plan_runner import describe_plan, open_run_log, refit_final_probe, run_pla
 from .probe import is_probe_head
 from .probe_heads import set_decision_thresholds
 from .progress import say
-from .race import announce_plan, race_baseline
+from .race import announce_plan, race_baseline, race_frozen_probe, races_frozen_probe
 from .strategies import get_strategy
 from .train import LoopConfig
 
@@ -225,6 +225,9 @@ class TransferEstimator:
         self.data_summary_ = summarize(full, train, val, self.modality)
         val_scores = self._raw_scores(val.items)  # kept for the report's calibration plot and worst examples
         if self.strategy == "auto" and not classical and unlabeled is None and len(val):
+            if backbone_trained and races_frozen_probe(self, stages):  # no probe stage to fall back on
+                val_scores = race_frozen_probe(self, train, val, val_scores, time.perf_counter() - planned,
+                                               "validation rows")
             val_scores = race_baseline(self, train, val, val_scores, time.perf_counter() - planned, loop)
         self.thresholds_ = None  # the validation metrics decide at 0.5: out-of-sample for the thresholds below
         self.metrics_ = {"validation": self._score(val, val_scores),

@@ -220,12 +220,24 @@ def _cross_validated_rows(est, model: TransferModel, history: list[dict], train:
             "targets": scored_against, "chosen": (ours_chosen, theirs_chosen)}
 
 
+def races_frozen_probe(est, stages: list) -> bool:
+    """A text classification plan under `auto` whose every stage trains the encoder (`full` from a fresh head, the
+    Trainer's recipe): nothing in it falls back to the probe the advisor measured, so that probe races it
+    (race_frozen_probe). Seen fail without it: under a time limit that cut `full` short, a model below chance
+    shipped. Images' `full` (large data unlike the source) is not raced yet: its probe needs every image's features."""
+    return (est.strategy == "auto" and est.modality == "text" and est._task == "classification" and bool(stages)
+            and all(not stage.backbone_frozen for stage in stages))
+
+
 def race_frozen_probe(est, train: LabeledData, val: LabeledData, tuned: tuple[np.ndarray, np.ndarray],
-                      tuned_seconds: float) -> tuple[np.ndarray, np.ndarray]:
-    """`setfit` under `auto`: the untuned encoder's probe (what strategy `features` fits) on the same training rows,
-    raced on the held-out rows against the tuned encoder (`tuned`: its validation scores), paired; it ships when
-    better by more than VALIDATION_MARGIN_SE standard errors. Its features are usually in the cache already (the
-    advisor measured them). Returns the shipped model's validation scores."""
+                      tuned_seconds: float, rows_from: str = "held-out rows") -> tuple[np.ndarray, np.ndarray]:
+    """`setfit` (or a fine-tune with no probe stage: races_frozen_probe) under `auto`: the untuned backbone's probe
+    (what strategy `features` fits) on the same training rows, raced on the held-out (validation) rows against the
+    tuned model (`tuned`: its validation scores), paired; it ships when better by more than VALIDATION_MARGIN_SE
+    standard errors. Its features are usually in the cache already (the advisor measured them). Returns the
+    shipped model's validation scores."""
+    plan, setfit = est.strategy_["name"], est.strategy_["name"] == "setfit"
+    tuned_as = "tuned" if setfit else "fine-tuned"
     backbone = create_backbone(est.spec_, pretrained=est.pretrained)
     estimate, how = frozen_head_seconds(est, backbone, [*train.items, *val.items])
     say(est.verbose, f"auto: candidate transfer (features on {est.spec_.name}, the encoder untuned): about "
@@ -242,18 +254,19 @@ def race_frozen_probe(est, train: LabeledData, val: LabeledData, tuned: tuple[np
     both = tuned[1] & ok_val
     ours = row_scores("classification", val.targets[both], tuned[0][both])
     theirs = row_scores("classification", val.targets[both], scores[both])
-    verdict = {**paired(ours, theirs), "rows_from": "held-out rows"}
+    verdict = {**paired(ours, theirs), "rows_from": rows_from}
     ships = challenger_wins(verdict, VALIDATION_MARGIN_SE)
-    tuned_estimate = est.advice_.measurements.get("setfit_seconds_estimate") if est.advice_ is not None else None
+    measured = est.advice_.measurements if est.advice_ is not None else {}
+    tuned_estimate = measured.get("setfit_seconds_estimate" if setfit else "plan_seconds_estimate")
     candidates = [{"candidate": name, "validation": round(float(rows.mean()), 4), "estimate": verdict["rows_from"],
                    "interval": interval(rows), "seconds": round(secs, 1), "estimate_s": guess, "shipped": shipped}
                   for name, rows, secs, guess, shipped in
-                  [(f"transfer (setfit on {est.spec_.name})", ours, tuned_seconds, tuned_estimate, not ships),
+                  [(f"transfer ({plan} on {est.spec_.name})", ours, tuned_seconds, tuned_estimate, not ships),
                    (f"transfer (features on {est.spec_.name}, the encoder untuned)", theirs, seconds,
                     round(estimate, 1), ships)]]
     gap = f"{100 * abs(verdict['difference']):.1f} points of accuracy"
-    said = (f"the untuned encoder's probe is better by {gap} on {verdict['rows']} held-out rows; shipping it"
-            if ships else f"kept the tuned encoder: on {verdict['rows']} held-out rows the untuned one "
+    said = (f"the untuned encoder's probe is better by {gap} on {verdict['rows']} {rows_from}; shipping it"
+            if ships else f"kept the {tuned_as} encoder: on {verdict['rows']} {rows_from} the untuned one "
             + ("ties it" if verdict["difference"] == 0 else
                f"is {'ahead' if verdict['difference'] > 0 else 'behind'} by {gap}")
             + (f", within {VALIDATION_MARGIN_SE:g} standard errors: noise" if verdict["difference"] > 0 else ""))
@@ -299,9 +312,12 @@ def announce_plan(est, backbone, stages: list, train: LabeledData, val: LabeledD
         per_item = est.advice_.measurements.get("seconds_per_item_forward") if est.advice_ is not None else None
         if per_item is None:  # an explicit strategy: nothing measured yet
             per_item = time_forward(backbone, est._modality, list(val.items or train.items), seed=est.seed)
-        # after the last batch: a validation pass, the validation rows scored, the no-transfer candidate and slack
+        # after the last batch: a validation pass, the validation rows scored, the no-transfer candidate, the
+        # frozen probe where it races (races_frozen_probe) and slack
+        frozen = frozen_head_seconds(est, backbone, [*train.items, *val.items])[0] if races_frozen_probe(
+            est, stages) else 0.0
         loop = replace(loop, deadline=started + est.time_limit, reserve_s=2 * len(val) * per_item
-                       + estimate_baseline_seconds(est, train, val) + 0.03 * est.time_limit)
+                       + estimate_baseline_seconds(est, train, val) + frozen + 0.03 * est.time_limit)
     if est.advice_ is None:
         return loop
     estimate, how = frozen_head_seconds(est, backbone, [*train.items, *val.items])

@@ -209,3 +209,31 @@ def test_the_untuned_encoder_ships_when_the_tuned_one_is_worse_on_the_held_out_r
     assert not first["shipped"] and second["shipped"] and first["validation"] == 0.0 < second["validation"]
     assert round((scores[ok].argmax(1) == val.targets[ok]).mean(), 4) == second["validation"]
     assert clf.advice_.reasons[-1].startswith("-> the untuned encoder's probe is better by")
+
+
+def test_a_text_fine_tune_with_no_probe_stage_races_the_probe_the_advisor_measured(tmp_path, monkeypatch):
+    """`full` on texts starts from a fresh head: nothing in the plan falls back to the frozen features' probe, so
+    `auto` races that probe on the validation rows (cut short by a time limit, `full` once shipped below chance)."""
+    import headstart.advisor as advisor
+    from headstart.data import tweets
+
+    train_csv, _, _ = tweets.export_split(str(tmp_path / "tw"), per_class_train=20, test_size=30)
+    measured = advisor.decide
+
+    def fine_tune(**kw) -> advisor.Advice:  # the measurements as ever; the plan forced to a fine-tune
+        said = measured(**kw)
+        return advisor.Advice("full", {}, [*said.reasons[:-1], "-> full: forced by this test"], said.measurements)
+
+    monkeypatch.setattr(advisor, "decide", fine_tune)
+    clf = hs.TextClassifier(backbone="minilm_l6", epochs=1, seed=0, verbose=False).fit(train_csv)
+    candidates = clf.advice_.measurements["candidates"]
+    assert [c["candidate"] for c in candidates][:2] == ["transfer (full on minilm_l6)",
+                                                        "transfer (features on minilm_l6, the encoder untuned)"]
+    assert candidates[2]["candidate"].startswith("no transfer") and sum(c["shipped"] for c in candidates) == 1
+    race = clf.advice_.measurements["race_untuned"]
+    assert race["rows_from"] == "validation rows" and race["rows"] == clf.data_summary_["validation"]
+    probe_won = 0 < race["difference"] > race["standard_error"]  # VALIDATION_MARGIN_SE: one standard error
+    if probe_won:  # the fine-tune is out; the probe ships, or what beat it in the race after (TF-IDF, a blend)
+        assert not candidates[0]["shipped"] and not clf.backbone_trained_
+    else:
+        assert not candidates[1]["shipped"]
