@@ -32,7 +32,8 @@ measurement behind each and the results file it came from):
 Regression and multi-label (head_task_advice): the solved head's cross-validated score on the frozen features (ridge
 leave-one-out R^2; one-vs-rest micro-F1) against the same head on the no-transfer inputs (grey pixels, TF-IDF), the
 fine-tune's cost, then fine-tuning from 1,000 examples.
-Every `auto` plan then races the no-transfer model on validation (race.py).
+Every `auto` plan then races the no-transfer model on validation (race.py); a text `full` fine-tune first races
+the frozen encoder's probe (race.races_frozen_probe).
 For texts, a plan that fine-tunes the encoder (`two-stage`, `full`) becomes `full` at the Hugging Face Trainer's
 recipe: one rate for every encoder layer, a fresh head, batches of 8 (TEXT_FINETUNE).
 Whatever the rule, a plan that ends with the probe (head only, or a fine-tune that did not beat it on validation)
