@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .backbones import Backbone, available_offline, create_backbone, list_backbones
+from .backbone_choice import candidate_specs
+from .backbones import Backbone, available_offline, create_backbone
 from .errors import HeadstartError
 from .heads import HeadConfig, build_head
 from .inference import run_over
@@ -140,9 +141,11 @@ def spend_on_setfit(est, backbone: Backbone, tuning: Labeled, held_out: Labeled,
     records.append(_record(leader, "fast plan"))
     for spec in _other_encoders(est, backbone):
         left = deadline - time.perf_counter()
-        if left < passes * per_pass + leader.score["check_seconds"]:  # the others cost more (relative_cost): not
+        # the others cost more (backbone_choice.relative_cost): with less left than this encoder's tuning took,
+        # one is not even built and timed, which takes seconds
+        if left < passes * per_pass + leader.score["check_seconds"]:
             lines.append(f"{spec.name}: not tried, under the {max(0.0, left):.0f} s left (this encoder's tuning "
-                         "took longer than that)")  # even built and timed, which takes seconds
+                         "took longer than that)")
             continue
         other = create_backbone(spec, pretrained=est.pretrained)
         guess = estimate(other, tuning.items, passes, seed=est.seed)
@@ -195,7 +198,7 @@ def _other_encoders(est, backbone: Backbone) -> list:
     """Packaged text encoders besides `backbone`, installed, when the user left the choice to `auto`."""
     if est.backbone is not None:
         return []
-    return [s for s in list_backbones("text") if s.offline and s.name != backbone.spec.name and available_offline(s)]
+    return [s for s in candidate_specs("text") if s.name != backbone.spec.name and available_offline(s)]
 
 
 def _record(leader: Leader, what: str) -> dict:

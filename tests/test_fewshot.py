@@ -221,6 +221,18 @@ def test_fewshot_prototypes_with_out_dir_write_the_same_run_outputs(tmp_path, co
     assert "fewshot" in page and "confusion matrix" in page and "calibration" in page
 
 
+def test_fewshot_with_a_validation_set_scores_it_and_refuses_unknown_labels(tmp_path, colour_folder):
+    valid = make_class_images(str(tmp_path / "valid"), COLOURS, per_class=4, seed=1)
+    clf = hs.ImageClassifier(TINY, strategy="fewshot", pretrained=False, image_size=TINY_SIZE,
+                             verbose=False).fit(colour_folder, valid=valid)
+    assert clf.data_summary_["validation"] == "given" and clf.metrics_["validation"]["n"] == 12
+    assert "leave_one_out" not in clf.metrics_["validation"]
+    stranger = make_class_images(str(tmp_path / "odd"), {"red": (200, 40, 40), "purple": (120, 0, 120)}, per_class=2)
+    with pytest.raises(hs.HeadstartError, match="label 'purple' was not among the training classes"):
+        hs.ImageClassifier(TINY, strategy="fewshot", pretrained=False, image_size=TINY_SIZE,
+                           verbose=False).fit(colour_folder, valid=stranger)
+
+
 @pytest.mark.parametrize("strategy", ["fewshot", "auto"])  # auto picks prototypes for 3 images per class
 def test_resume_on_a_fewshot_path_is_refused_not_ignored(tmp_path, strategy):
     data = make_class_images(str(tmp_path / "few"), COLOURS, per_class=3)

@@ -239,6 +239,8 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
             say(est.verbose, f"auto: {line}")
     seed_everything(est.seed)
     est.classes_ = list(full.classes)
+    # the validation set given, read once (and before minutes of tuning): the checks and the metrics use it
+    valid = None if valid is None else est._align(est._load(valid), est.classes_)
     spec = resolve_backbone(backbone_name(est), est.modality)
     backbone = create_backbone(spec, pretrained=est.pretrained,
                                image_size=est.image_size if est.modality == "image" else None)
@@ -302,15 +304,15 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     return est
 
 
-def _checked_on(est, full: LabeledData, split, valid) -> Labeled:
+def _checked_on(est, full: LabeledData, split, valid: LabeledData | None) -> Labeled:
     """The rows `quality="best"` checks its candidates on: the held-out fifth, else the validation set given."""
     if split is not None:
         return Labeled([full.items[i] for i in split[1]], full.targets[split[1]])
-    val = est._align(est._load(valid), est.classes_)
-    return Labeled(list(val.items), val.targets)
+    return Labeled(list(valid.items), valid.targets)
 
 
-def _validate_on_every_label(est, full: LabeledData, valid, ok: np.ndarray, scored, how: dict, started: float):
+def _validate_on_every_label(est, full: LabeledData, valid: LabeledData | None, ok: np.ndarray, scored, how: dict,
+                             started: float):
     """Validation metrics on `valid`, or else on the labeled rows themselves, scored out of fold (`scored`: their
     leave-one-out or cross-validated probabilities and which rows have one). Returns the rows and scores the
     report reads, as `_raw_scores` gives them."""
@@ -318,7 +320,7 @@ def _validate_on_every_label(est, full: LabeledData, valid, ok: np.ndarray, scor
                          "class_counts": full.class_counts(),
                          "skipped": [{"path": p, "reason": r} for p, r in full.skipped]}
     if valid is not None:
-        val = est._align(est._load(valid), est.classes_)
+        val = valid
         val_scores = est._raw_scores(val.items)
         validation = est._score(val, val_scores)
     else:
