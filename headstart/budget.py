@@ -8,13 +8,17 @@ time). It is spent on the plan that gains most from time, `setfit` (texts, 32 to
 1. the fast plan: the chosen encoder tuned for SetFit.epochs passes, then scored on held-out rows (`check`): a
    logistic-regression head solved on the tuned embeddings of the tuning rows, the held-out rows' mean
    log-likelihood of their true class (smoother than accuracy on a hundred rows) and accuracy;
-2. each other packaged encoder (not when the user named the backbone) whose tuning, timed on these texts
+2. under `auto`, the Trainer's recipe (methods/text_finetune.py: cross-entropy through a fresh head, the
+   estimator's epochs) on the untuned encoder, where its time (FINETUNE_PASS_COST times a timed pass of the fast
+   plan, per epoch) fits what is left: checked the same way, the better one leads. Neither tuning wins on every
+   data set (tweets: the Trainer 0.669, SetFit's tuning 0.603; election: 0.771 and 0.890), so the rows decide;
+3. each other packaged encoder (not when the user named the backbone) whose tuning, timed on these texts
    (fewshot.estimate_setfit_seconds), fits what is left: tuned and checked the same way; the better one leads.
    Where what is left is under the fast plan's own tuning time, the larger encoder is not even built and timed;
    where not even a block of passes and a check fit after the fast plan, nothing is checked;
-3. more passes on the leader, BLOCK_PASSES at a time, each block checked. It stops when PATIENCE blocks in a row
-   did not improve the held-out fit (more time does not buy accuracy here: said, the rest left unspent), when the
-   next block would not fit the budget, or at MAX_PASSES. The leader's weights at its best check ship.
+4. more passes on a SetFit-tuned leader, BLOCK_PASSES at a time, each block checked. It stops when PATIENCE blocks
+   in a row did not improve the held-out fit (more time does not buy accuracy here: said, the rest left unspent),
+   when the next block would not fit the budget, or at MAX_PASSES. The leader's weights at its best check ship.
 Too few held-out rows to tell candidates apart (< MIN_CHECK_ROWS): nothing is spent, and the reasons say so.
 The races that follow (the untuned encoder, the no-transfer model) are the fast plan's. The held-out rows chose
 among a few checkpoints, so their figure is a little optimistic for the one shipped; the report says so.
@@ -23,6 +27,7 @@ Other plans run as `fast` does under `best` (said once): their budget use is fut
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +49,9 @@ TUNING_SHARE = 0.85  # of the budget, for tuning (as `setfit`'s deadline under a
 BLOCK_PASSES = 2  # passes between two checks
 MAX_PASSES = 20  # SetFit's 20 pairs per text and class side, in our all-pairs batches: a generous ceiling
 PATIENCE = 2  # blocks in a row without a better held-out fit before the budget is left unspent
+# A pass of the Trainer's recipe (batches of 8, an optimiser step each) over a pass of SetFit's tuning (batches of
+# 32, every pair); measured on tweets here: see FINETUNE_PASS_COST's note in docs/decisions.md
+FINETUNE_PASS_COST = 1.1
 MIN_CHECK_ROWS = 20  # fewer held-out rows than this: a check's standard error (~10 points) hides any gain
 
 
@@ -94,20 +102,31 @@ def check(est, backbone: Backbone, tuning: Labeled, held_out: Labeled, n_classes
 
 
 @dataclass
+class Tools:
+    """What spend_on_setfit tunes with, given by the method that calls it (the core does not import methods)."""
+
+    tune: Callable[..., list[dict]]  # SetFit's tuning (fewshot.contrastive_tune with the fit's settings)
+    estimate: Callable[..., float]  # its time on these texts (fewshot.estimate_setfit_seconds)
+    log: Callable[[dict], None] | None = None  # the run log
+    finetune: Callable[..., list[dict]] | None = None  # the Trainer's recipe (text_finetune); None: not raced
+
+
+@dataclass
 class Leader:
     backbone: Backbone
     passes: int
     score: dict
     seconds_per_pass: float
+    recipe: str = "setfit"  # or "finetune": the Trainer's recipe, which takes no more passes
 
 
 def spend_on_setfit(est, backbone: Backbone, tuning: Labeled, held_out: Labeled, passes: int, started: float,
-                    advice, tools: tuple[Callable[..., list[dict]], Callable[..., float], Callable | None]
-                    ) -> tuple[Backbone, list[dict], int]:
-    """Tune `backbone` within the budget as the module docstring says; `tools`: the tuning (fewshot.contrastive_tune
-    with the fit's settings), its time estimate (fewshot.estimate_setfit_seconds) and the run log (or None).
-    Returns the encoder to ship (tuned), the tuning records, and its passes."""
-    tune, estimate, log = tools
+                    advice, tools: Tools) -> tuple[Backbone, list[dict], int]:
+    """Tune `backbone` within the budget as the module docstring says. Returns the encoder to ship (tuned), the
+    tuning records, and its passes."""
+    tune, estimate, log = tools.tune, tools.estimate, tools.log
+    # the Trainer's recipe starts from the untuned weights: kept before the fast plan tunes them in place
+    untuned = copy.deepcopy(backbone) if tools.finetune is not None and est.strategy == "auto" else None
     fast_estimate = advice.measurements.get("setfit_seconds_estimate") if advice is not None else None
     if fast_estimate is None and est.time_limit is None:  # an explicit `setfit`: nothing was estimated yet
         fast_estimate = estimate(backbone, tuning.items, passes, seed=est.seed)
@@ -117,10 +136,10 @@ def spend_on_setfit(est, backbone: Backbone, tuning: Labeled, held_out: Labeled,
     lines = [f"quality best: a budget of {budget:.0f} s ({why}), spent where the held-out rows show a gain"]
     records: list[dict] = []
 
-    def run(model: Backbone, epochs: int, seed: int, offset: int) -> tuple[list[dict], float]:
+    def run(model: Backbone, epochs: int, seed: int, offset: int, how: Callable = tune) -> tuple[list[dict], float]:
         t0 = time.perf_counter()
         logged = None if log is None else (lambda r: log({**r, "epoch": r["epoch"] + offset}))
-        done = tune(model, tuning.items, tuning.targets, epochs=epochs, seed=seed, deadline=deadline, log=logged)
+        done = how(model, tuning.items, tuning.targets, epochs=epochs, seed=seed, deadline=deadline, log=logged)
         for r in done:
             r["epoch"] += offset
         return done, (time.perf_counter() - t0) / max(1, len(done))
@@ -139,6 +158,20 @@ def spend_on_setfit(est, backbone: Backbone, tuning: Labeled, held_out: Labeled,
                                           "stopped_by": stop}, backbone, history, passes)
     leader = Leader(backbone, len(history), check(est, backbone, tuning, held_out, n_classes), per_pass)
     records.append(_record(leader, "fast plan"))
+    if untuned is not None:
+        left, epochs = deadline - time.perf_counter(), max(1, est.epochs)
+        guess = FINETUNE_PASS_COST * epochs * per_pass + leader.score["check_seconds"]
+        if guess > left:
+            lines.append(f"the Trainer's recipe ({epochs} epochs): about {guess:.0f} s, over the "
+                         f"{max(0.0, left):.0f} s left; not tried")
+        else:
+            tried, ft_per_pass = run(untuned, epochs, est.seed, 0, tools.finetune)
+            challenger = Leader(untuned, len(tried), check(est, untuned, tuning, held_out, n_classes), ft_per_pass,
+                                "finetune")
+            records.append(_record(challenger, "the Trainer's recipe"))
+            if challenger.score["log_likelihood"] > leader.score["log_likelihood"]:
+                leader, history = challenger, tried
+        untuned = None  # 90-420 MB of weights: not held through the larger encoder's tuning
     for spec in _other_encoders(est, backbone):
         left = deadline - time.perf_counter()
         # the others cost more (backbone_choice.relative_cost): with less left than this encoder's tuning took,
@@ -160,6 +193,8 @@ def spend_on_setfit(est, backbone: Backbone, tuning: Labeled, held_out: Labeled,
             leader, history = challenger, tried
     saved, misses, stop = None, 0, f"the ceiling of {MAX_PASSES} passes"
     ran = leader.passes  # passes the leader's weights have had; `leader.passes`: those of its best check
+    if leader.recipe == "finetune":  # its schedule decays to 0 over its epochs: more passes would restart it
+        ran, stop = MAX_PASSES, "the Trainer's recipe leads, and it runs its own epochs only"
     while ran < MAX_PASSES:
         if time.perf_counter() + BLOCK_PASSES * leader.seconds_per_pass + leader.score["check_seconds"] > deadline:
             stop = "the budget: another block would not fit"
@@ -187,7 +222,8 @@ def spend_on_setfit(est, backbone: Backbone, tuning: Labeled, held_out: Labeled,
     left = max(0.0, deadline - time.perf_counter())
     lines.extend(f"candidate {r['candidate']}: held-out accuracy {r['accuracy']:.3f}, log-likelihood "
                  f"{r['log_likelihood']:.3f} ({r['rows']} rows)" for r in records)
-    lines.append(f"-> ships {leader.backbone.spec.name} after {leader.passes} passes; stopped by {stop}; "
+    how = "SetFit's tuning" if leader.recipe == "setfit" else "the Trainer's recipe"
+    lines.append(f"-> ships {leader.backbone.spec.name} tuned by {how}, {leader.passes} passes; stopped by {stop}; "
                  f"{left:.0f} s of the tuning budget unspent")
     summary = {"budget_s": round(budget, 1), "budget_from": why, "checks": records, "stopped_by": stop,
                "unspent_s": round(left, 1), "selected_on": "held-out rows (a little optimistic for the one shipped)"}
@@ -202,7 +238,8 @@ def _other_encoders(est, backbone: Backbone) -> list:
 
 
 def _record(leader: Leader, what: str) -> dict:
-    return {"candidate": f"setfit on {leader.backbone.spec.name}, {leader.passes} passes ({what})", **leader.score,
+    recipe = "setfit" if leader.recipe == "setfit" else "fine-tune"
+    return {"candidate": f"{recipe} on {leader.backbone.spec.name}, {leader.passes} passes ({what})", **leader.score,
             "seconds_per_pass": round(leader.seconds_per_pass, 2)}
 
 

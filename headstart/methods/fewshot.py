@@ -26,7 +26,7 @@ from .._runtime import adamw, seed_everything
 from ..advisor import few_shot_advice
 from ..backbone_choice import backbone_name
 from ..backbones import create_backbone, resolve_backbone
-from ..budget import TUNING_SHARE, Labeled, spend_on_setfit
+from ..budget import TUNING_SHARE, Labeled, Tools, spend_on_setfit
 from ..data.labeled import LabeledData, stratified_split
 from ..distributed import is_main_process
 from ..errors import DataError, HeadstartError
@@ -41,6 +41,7 @@ from ..race import race_baseline, race_frozen_probe
 from ..strategies import SetFit, get_strategy
 from ..train import LoopConfig
 from .classical import CLASSICAL_HEADS
+from .text_finetune import finetune_encoder
 
 DEFAULT_SCALE = 10.0  # cosine in [-1, 1] times this: softmax probabilities neither flat nor saturated
 
@@ -262,8 +263,11 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
         tune_set = Labeled([full.items[i] for i in tune_rows], full.targets[tune_rows])
         if setfit is not None and est.quality == "best":  # spend the budget where held-out rows show a gain
             checked_on = _checked_on(est, full, split, valid)
+            finetune = partial(finetune_encoder, lr=est.lr, verbose=est.verbose, n_classes=len(est.classes_),
+                               mixed_precision=est.mixed_precision)
+            tools = Tools(tune, estimate_setfit_seconds, log, finetune)
             backbone, est.history_, passes = spend_on_setfit(est, backbone, tune_set, checked_on, passes, started,
-                                                             advice, (tune, estimate_setfit_seconds, log))
+                                                             advice, tools)
         else:
             est.history_ = tune(backbone, tune_set.items, tune_set.targets, epochs=passes, seed=est.seed,
                                 deadline=None if est.time_limit is None else started + TUNING_SHARE * est.time_limit)
@@ -291,7 +295,9 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     est.model_ = TransferModel(backbone, head).eval()
     est.spec_, est.backbone_trained_, est.classical_ = backbone.spec, tuned, None
     est.memory_, est.continual_ = None, None
-    stages = [{"name": "setfit", "epochs": passes}] if tuned else [{"name": "prototypes", "epochs": 0}]
+    # `best` may ship an encoder tuned by the Trainer's recipe (stage "finetune") rather than SetFit's
+    tuned_by = next((r["stage"] for r in est.history_ if r["stage"] != "head"), "setfit")
+    stages = [{"name": tuned_by, "epochs": passes}] if tuned else [{"name": "prototypes", "epochs": 0}]
     est.strategy_ = {"name": name, "stages": stages + ([{"name": "head", "epochs": 1}] if setfit else [])}
     est.advice_ = advice
     if split is not None:
