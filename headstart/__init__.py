@@ -26,7 +26,7 @@ _PUBLIC = {
     "create_backbone": "backbones",
     "list_backbones": "backbones",
     "register_backbone": "backbones",
-    "Embedder": "methods.classical",
+    "Embedder": "methods.embedder",
     "compare": "methods.compare",
     "ObjectDetector": "detection",
     "fewshot_eval": "methods.episodes",
@@ -99,8 +99,8 @@ if TYPE_CHECKING:  # what type checkers, IDEs and tests/test_layering.py read: t
     from .detection import ObjectDetector
     from .errors import BackboneUnavailable, BundleError, DataError, HeadstartError
     from .estimator import ImageClassifier, ImageRegressor, TextClassifier, TextRegressor
-    from .methods.classical import Embedder
     from .methods.compare import compare
+    from .methods.embedder import Embedder
     from .methods.episodes import fewshot_eval
     from .methods.multitask import MultiTaskModel
     from .rank import rank
