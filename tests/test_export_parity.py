@@ -16,7 +16,7 @@ from headstart import probe
 from headstart.cli import app
 from headstart.deploy import export
 from headstart.deploy.export import SCORE_CAP, SCORE_FLOOR, export_model, parity_failure, parity_tolerance
-from headstart.deploy.predict_stream import iter_inputs
+from headstart.deploy.predict_inputs import iter_inputs
 from headstart.errors import HeadstartError
 from headstart.heads import HeadConfig, build_head
 

@@ -57,7 +57,9 @@ from ..errors import HeadstartError
 from ..heads import outputs_to_scores
 from ..progress import say
 from ..scoring import onnx_session, scoring_graph, write_onnx_metadata
-from .predict_stream import BatchScorer, default_check_inputs, iter_inputs, score_items
+from .batch_scorer import BatchScorer, default_check_inputs
+from .predict_inputs import iter_inputs
+from .predict_stream import score_items
 
 if TYPE_CHECKING:
     from ..estimator import TransferEstimator
