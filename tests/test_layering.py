@@ -14,7 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "headstart"
 
 LOCAL_IMPORTS = {  # (importing module, imported module): why the import waits for the call
-    ("headstart.cli", "headstart.api"): "`--help` and argument errors answer without loading torch (~10 s)",
+    ("headstart.cli_common", "headstart.api"): "`--help` and argument errors answer without loading torch (~10 s)",
     ("headstart.estimator", "headstart.run_outputs"): "the report's plots load matplotlib only when a run writes one",
     ("headstart.methods.fewshot", "headstart.run_outputs"):
         "the report's plots load matplotlib only when a run writes one",
