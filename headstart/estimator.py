@@ -2,7 +2,8 @@
 
 Fitted state ends in `_` (scikit-learn's convention). `fit` loads the data, builds the model, lets the strategy
 (or `auto`) plan the stages and hands the plan to plan_runner.py: stages that train only the head run on cached
-features; stages that unfreeze layer groups run the inputs through the backbone. `load` lives in restore.py.
+features; stages that unfreeze layer groups run the inputs through the backbone. `hs.load` lives in
+deploy/loading.py, the rebuilding in restore.py.
 """
 
 from __future__ import annotations

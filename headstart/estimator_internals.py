@@ -61,7 +61,7 @@ class EstimatorInternals:
     def _raw_scores(self, items: Sequence) -> tuple[np.ndarray, np.ndarray]:
         """Model outputs per path (probabilities, or standardised values) and a mask of readable images."""
         self._check_fitted()
-        if getattr(self, "runtime_", None) is not None:  # loaded with runtime="onnx" (deploy/export.py)
+        if getattr(self, "runtime_", None) is not None:  # loaded with runtime="onnx" (deploy/loading.py)
             return self.runtime_.score_items(self, items, self.verbose)
         if getattr(self, "classical_", None) is not None:
             feats, ok = embed(self.model_.backbone, items, batch_size=self.batch_size, num_workers=self.num_workers,
@@ -109,7 +109,7 @@ class EstimatorInternals:
 
     # --- the bundle ------------------------------------------------------------------------------------
     def _config(self) -> dict:
-        """The bundle's config.json: what `save` writes beside the weights and `restore.load` rebuilds from."""
+        """The bundle's config.json: what `save` writes beside the weights and `restore.load_bundle` rebuilds from."""
         return {
             "modality": self.modality, "task": self._task, "estimator": type(self).__name__,
             "backbone": self.spec_.to_dict(), "backbone_trained": self.backbone_trained_,

@@ -26,8 +26,8 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from ..detection import ObjectDetector
 from ..errors import HeadstartError
-from ..restore import load
 from .batch_scorer import BatchScorer
+from .loading import load
 from .predict_stream import format_row
 from .serve_guard import InFlightLimit, TokenAuth, exposure_warning, json_response, resolve_token
 
