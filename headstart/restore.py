@@ -20,7 +20,7 @@ from .errors import BackboneUnavailable, BundleError, HeadstartError
 from .estimator import TransferEstimator, estimator_class
 from .heads import HeadConfig, TransferModel, build_head
 from .methods.classical import from_tensors, resaved
-from .methods.continual import Memory
+from .methods.exemplars import Memory
 from .methods.fewshot import PrototypeHead
 from .methods.multitask import MultiTaskModel
 

@@ -40,7 +40,7 @@ CORE_IMPORTS_OF_METHODS = {  # (core module, methods module): why the core impor
     ("headstart.estimator_internals", "headstart.methods.classical"):
         "a scikit-learn head's probabilities by class code (predict_proba_full), when the estimator predicts",
     ("headstart.restore", "headstart.methods.classical"): "a bundle's scikit-learn head is rebuilt from its tensors",
-    ("headstart.restore", "headstart.methods.continual"): "a bundle's rehearsal memory is rebuilt with the model",
+    ("headstart.restore", "headstart.methods.exemplars"): "a bundle's rehearsal memory is rebuilt with the model",
     ("headstart.restore", "headstart.methods.fewshot"): "a fewshot bundle's head is a PrototypeHead",
     ("headstart.restore", "headstart.methods.multitask"): "a multi-task bundle rebuilds a MultiTaskModel",
 }

@@ -24,7 +24,7 @@ the probabilities of the first rows) and refit on load; they still load that way
 data gives identical predict_proba, and a mismatch with the saved probabilities warns; more than `REFIT_MAX_ROWS`
 rows is refused, so a crafted one cannot stall `load`), and saving such a loaded
 model writes the fitted form. Continual learning does not use any of this: its rehearsal buffer is its own
-(`continual.Memory`, `memory.*` tensors), and `extend` refuses scikit-learn heads.
+(`exemplars.Memory`, `memory.*` tensors), and `extend` refuses scikit-learn heads.
 """
 
 from __future__ import annotations
