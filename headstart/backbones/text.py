@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..errors import BackboneUnavailable
-from .base import Backbone, BackboneSpec, TextPreprocess, files_folder, transformer_grouping
+from .base import Backbone, BackboneSpec, TextPreprocess, files_folder
+from .grouping import transformer_grouping
 from .hf_config import model_from_config
 from .hub import require_hub
 from .packaged import unpacked_model_folder

@@ -15,11 +15,9 @@ from .base import (
     Backbone,
     BackboneSpec,
     ImagePreprocess,
-    child_grouping,
     files_folder,
-    timm_grouping,
-    transformer_grouping,
 )
+from .grouping import child_grouping, timm_grouping, transformer_grouping
 from .hf_config import CONFIG_FILE, model_from_config
 from .hub import cached_snapshot, download_failed, hf_cached, require_hub
 from .packaged import require_wheels
