@@ -35,10 +35,10 @@ from .methods.continual import ContinualSettings, extend_estimator, remember
 from .methods.fewshot import fewshot_advice, fit_fewshot
 from .plan_runner import describe_plan, open_run_log, refit_final_probe, run_plan
 from .probe import is_probe_head
-from .probe_heads import set_decision_thresholds
 from .progress import say
 from .race import announce_plan, race_baseline, race_frozen_probe, races_frozen_probe
 from .strategies import get_strategy
+from .thresholds import set_decision_thresholds
 from .train import LoopConfig
 
 
