@@ -119,7 +119,8 @@ def create_app(est: "TransferEstimator | ObjectDetector", limits: ServeLimits | 
                 **({"tile_size": est.tile_size} if detector else {})}
 
     def predict_items(items: list, prepared: bool = False) -> dict:
-        """Scores for texts, or for images already reduced to model inputs (`prepared`, see _open_images)."""
+        """Scores for texts, or for images already reduced to model inputs (`prepared`, see
+        serve_uploads.open_images)."""
         if not items:
             raise RequestProblem(422, "no inputs: send at least one image file or text")
         if len(items) > limits.max_batch:
