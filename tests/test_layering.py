@@ -28,7 +28,9 @@ LOCAL_IMPORTS = {  # (importing module, imported module): why the import waits f
 # layer. Every other module of headstart/ outside methods/, deploy/ and detection/ is the core.
 TOP = {"headstart", "headstart.cli", "headstart.cli_common", "headstart.cli_explore", "headstart.api"}
 ABOVE_THE_CORE = ("headstart.methods", "headstart.deploy", "headstart.detection")
-CORE_IMPORTS_OF_METHODS = {  # (core module, methods module): why the core imports it (none imports the core back)
+# The methods listed here sit below the estimator in the import order (none imports it, or restore, back: the cycle
+# check holds them to that); each edge stays for the reason given.
+CORE_IMPORTS_OF_METHODS = {  # (core module, methods module): why the core imports it
     ("headstart.estimator", "headstart.methods.adapt"):
         "fit(unlabeled=...) adapts to the target domain inside the estimator's fit",
     ("headstart.estimator", "headstart.methods.classical"):
@@ -36,7 +38,7 @@ CORE_IMPORTS_OF_METHODS = {  # (core module, methods module): why the core impor
     ("headstart.estimator", "headstart.methods.continual"):
         "the estimator's `extend` and the rehearsal memory it keeps at fit",
     ("headstart.estimator", "headstart.methods.fewshot"):
-        "fit dispatches few labels (or strategy fewshot / setfit) to fewshot; fewshot.py is not to be reshaped here",
+        "fit hands few labels (strategy fewshot / setfit, or auto's advice) to fewshot, which fits the estimator",
     ("headstart.estimator_internals", "headstart.methods.classical"):
         "a scikit-learn head's probabilities by class code (predict_proba_full), when the estimator predicts",
     ("headstart.restore", "headstart.methods.classical"): "a bundle's scikit-learn head is rebuilt from its tensors",
