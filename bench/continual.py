@@ -31,7 +31,8 @@ from headstart.data.fashion_mnist import CLASSES, export_subset
 from headstart.data.images import list_image_files
 from headstart.heads import HeadConfig, build_head
 from headstart.inference import embed
-from headstart.methods.continual import ContinualSettings, build_memory, train_incremental
+from headstart.methods.continual import ContinualSettings, train_incremental
+from headstart.methods.exemplars import build_memory
 
 METHODS = ("finetune", "rehearsal", "lwf", "ewc")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "continual.json")

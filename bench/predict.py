@@ -31,7 +31,7 @@ TARGET = 0.9
 
 
 def bare_loop(est, items: list, batch_size: int) -> tuple[float, np.ndarray]:
-    from headstart.deploy.predict_stream import BatchScorer
+    from headstart.deploy.batch_scorer import BatchScorer
 
     scorer = BatchScorer(est)
     start = time.perf_counter()
@@ -77,7 +77,7 @@ def inputs_for(modality: str, n: int, folder: str) -> tuple[list[str], list]:
     """(what `headstart predict` is given, the items the bare loop iterates over)."""
     if modality == "image":
         from headstart.data.fashion_mnist import export_subset
-        from headstart.deploy.predict_stream import iter_inputs
+        from headstart.deploy.predict_inputs import iter_inputs
 
         test = export_subset(os.path.join(folder, "test"), "test", max(1, n // 10), seed=1)
         return [test], list(iter_inputs("image", [test]))

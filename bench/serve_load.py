@@ -47,7 +47,7 @@ def build_bundle(modality: str, folder: str) -> tuple[str, list]:
 
     if modality == "image":
         from headstart.data.fashion_mnist import export_subset
-        from headstart.deploy.predict_stream import iter_inputs
+        from headstart.deploy.predict_inputs import iter_inputs
 
         train = export_subset(os.path.join(folder, "train"), "train", 3, seed=0)
         test = export_subset(os.path.join(folder, "test"), "test", 5, seed=1)
@@ -74,7 +74,7 @@ def direct_baseline(bundle: str, runtime: str, batches: list[list], modality: st
     from PIL import Image
 
     import headstart as hs
-    from headstart.deploy.predict_stream import BatchScorer
+    from headstart.deploy.batch_scorer import BatchScorer
 
     scorer = BatchScorer(hs.load(bundle, runtime=runtime))
 

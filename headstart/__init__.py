@@ -26,7 +26,7 @@ _PUBLIC = {
     "create_backbone": "backbones",
     "list_backbones": "backbones",
     "register_backbone": "backbones",
-    "Embedder": "methods.classical",
+    "Embedder": "methods.embedder",
     "compare": "methods.compare",
     "ObjectDetector": "detection",
     "fewshot_eval": "methods.episodes",
@@ -37,7 +37,7 @@ _PUBLIC = {
     "export_model": "deploy.export",
     "MultiTaskModel": "methods.multitask",
     "rank": "rank",
-    "load": "restore",
+    "load": "deploy.loading",
     "STRATEGIES": "strategies",
 }
 
@@ -96,13 +96,13 @@ if TYPE_CHECKING:  # what type checkers, IDEs and tests/test_layering.py read: t
     from .api import backbone_status
     from .backbones import create_backbone, list_backbones, register_backbone
     from .deploy.export import export_model
+    from .deploy.loading import load
     from .detection import ObjectDetector
     from .errors import BackboneUnavailable, BundleError, DataError, HeadstartError
     from .estimator import ImageClassifier, ImageRegressor, TextClassifier, TextRegressor
-    from .methods.classical import Embedder
     from .methods.compare import compare
+    from .methods.embedder import Embedder
     from .methods.episodes import fewshot_eval
     from .methods.multitask import MultiTaskModel
     from .rank import rank
-    from .restore import load
     from .strategies import STRATEGIES

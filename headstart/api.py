@@ -12,6 +12,7 @@ from .backbones import BackboneSpec, available_offline, install_command, list_ba
 from .data.detect import detect_modality
 from .demo import run_demo
 from .deploy.export import export_model
+from .deploy.loading import load
 from .deploy.predict_shards import sharded_predict
 from .deploy.serve import ServeLimits, serve
 from .detection import ObjectDetector
@@ -23,7 +24,6 @@ from .methods.continual import describe
 from .methods.episodes import fewshot_eval
 from .methods.pretrain import PretrainSettings, pretrain
 from .rank import rank
-from .restore import load
 from .text_demo import run_text_demo
 
 __all__ = ["ObjectDetector", "PretrainSettings", "ServeLimits", "backbone_status", "backbone_table", "compare",

@@ -2,7 +2,7 @@
 
 A method contributes only what differs: an `nn.Module` objective whose `forward(*batch)` returns the batch's loss
 (or `(loss, {name: value})` to log more), the optimiser's parameter groups, a scheduler, and the batches. The loop
-does the rest, on Accelerate like `train.run_stage`, through the same step (`train.optimizer_step`): device
+does the rest, on Accelerate like `train.run_stage`, through the same step (`training_step.optimizer_step`): device
 placement, mixed precision, DDP under `torchrun` / `accelerate launch`, gradient clipping, the progress bar, a
 deadline every process agrees on, and losses reduced over processes so every process sees one process's numbers.
 
@@ -27,7 +27,7 @@ from torch import nn
 from .checkpoint import Checkpointer, TrainState, match_layouts, rng_states, set_rng_states
 from .distributed import state
 from .progress import make_progress
-from .train import make_accelerator, optimizer_step, time_is_up
+from .training_step import make_accelerator, optimizer_step, time_is_up
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class LoopSettings:
     name: str  # the progress bar's label
     epochs: int
     grad_clip: float | None = None
-    mixed_precision: str = "no"  # "auto": bf16 on a CUDA device that has it (train.resolve_precision)
+    mixed_precision: str = "no"  # "auto": bf16 on a CUDA device that has it (training_step.resolve_precision)
     verbose: bool = True
     deadline: float | None = None  # time.perf_counter() after which no batch starts (agreed by every process)
 

@@ -43,7 +43,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
 
 def multilabel_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str],
                        thresholds: list[float] | None = None) -> dict:
-    """Decisions at each label's threshold (the model's `thresholds_`, probe_heads.choose_thresholds), else 0.5."""
+    """Decisions at each label's threshold (the model's `thresholds_`, thresholds.choose_thresholds), else 0.5."""
     y_pred = (proba >= (0.5 if thresholds is None else np.asarray(thresholds))).astype(int)
     return {
         "n": int(len(y_true)),

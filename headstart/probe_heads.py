@@ -14,8 +14,8 @@ subsets 0-2, ridge 0.285 / 0.231 / 0.271 where the gradient head scored 0.204 / 
   scikit-learn's RidgeCV does with gcv; its predictions and choice are the reference in the tests).
 - Multi-label: one logistic regression per label (one-vs-rest, scikit-learn's objective), every label and fold
   solved together in one L-BFGS; each label's C and one input scaling chosen by cross-validated log loss.
-  Per-label decision thresholds are chosen where they raise micro-F1 over 0.5 (`choose_thresholds`): out of fold
-  on every labeled row when the head is refitted on them, else on the validation rows.
+  Per-label decision thresholds are chosen where they raise micro-F1 over 0.5 (thresholds.choose_thresholds): out
+  of fold on every labeled row when the head is refitted on them, else on the validation rows.
 
 Either result is copied into the torch `linear` head, which predicts, exports, saves and fine-tunes as before.
 """
@@ -30,13 +30,14 @@ from torch import nn
 
 from .heads import HeadConfig, Standardize, build_head
 from .probe import C_GRID, DEFAULT_C, MAX_ITER, SEARCH_MAX_ITER, _scale, lbfgs_folds, probe_stage, refit_probe
+from .thresholds import choose_thresholds, micro_f1
 
 # Standardised features: X^T X has trace rows x features, so useful penalties span small (many rows, few
 # features) to very large (a few hundred rows of 1,280 correlated features); half-decade steps.
 ALPHA_GRID = tuple(float(a) for a in np.logspace(-1, 5, 13))
 SOLVERS = {"classification": "logistic regression", "regression": "ridge regression",
            "multilabel": "one-vs-rest logistic regression"}
-THRESHOLD_GRID = tuple(round(float(t), 2) for t in np.arange(0.05, 0.96, 0.05))
+
 
 
 # --- regression: ridge with leave-one-out alpha --------------------------------------------------------------
@@ -190,35 +191,7 @@ def cross_validated_micro_f1(features: torch.Tensor, targets: torch.Tensor, seed
     decided = np.zeros(tuple(y.shape), dtype=bool)
     for f, rows in enumerate(held):
         decided[rows] = (x[torch.as_tensor(rows)] @ weight[f].T + bias[f] >= 0).numpy()  # sigmoid >= 0.5
-    return _micro_f1(y.numpy() >= 0.5, decided)
-
-
-def _micro_f1(y: np.ndarray, decided: np.ndarray) -> float:
-    tp = float((decided & y).sum())
-    wrong = float((decided != y).sum())  # false positives + false negatives
-    return 2 * tp / (2 * tp + wrong) if tp else 0.0
-
-
-def choose_thresholds(targets: np.ndarray, proba: np.ndarray) -> dict:
-    """Per-label decision thresholds that raise micro-F1 on these (validation) rows over 0.5 everywhere: one pass
-    of coordinate ascent over THRESHOLD_GRID, a label keeping 0.5 unless another value does strictly better.
-    `thresholds` is None when nothing improved (or there are no rows); the micro-F1s are in-sample for the
-    thresholds, so the gain they show is optimistic."""
-    y = np.asarray(targets) > 0.5
-    if not len(y):
-        return {"thresholds": None, "micro_f1_at_0.5": None, "micro_f1_thresholds": None}
-    thresholds = np.full(y.shape[1], 0.5)
-    at_half = best = _micro_f1(y, proba >= thresholds)
-    for label in range(y.shape[1]):
-        for t in THRESHOLD_GRID:
-            trial = thresholds.copy()
-            trial[label] = t
-            score = _micro_f1(y, proba >= trial)
-            if score > best + 1e-12:
-                best, thresholds = score, trial
-    improved = best > at_half + 1e-12
-    return {"thresholds": [float(t) for t in thresholds] if improved else None,
-            "micro_f1_at_0.5": round(at_half, 4), "micro_f1_thresholds": round(best, 4)}
+    return micro_f1(y.numpy() >= 0.5, decided)
 
 
 # --- the head stage and the final refit, for every task ------------------------------------------------------
@@ -308,16 +281,3 @@ def cross_validated_predictions(task: str, features: torch.Tensor, targets: torc
     for f, rows in enumerate(held):
         out[rows] = torch.sigmoid(x[torch.as_tensor(rows)] @ weight[f].T + bias[f]).numpy()
     return out
-
-
-def set_decision_thresholds(est, val, val_scores: tuple[np.ndarray, np.ndarray]) -> None:
-    """Multi-label: the fitted model's per-label thresholds (`thresholds_`, saved in the bundle), chosen on its
-    validation scores, and both micro-F1s in `metrics_["thresholds"]`; other tasks decide without them. A solved
-    head refitted on every row replaces them with out_of_fold_thresholds (plan_runner.refit_final_probe)."""
-    est.thresholds_ = None
-    if est._task != "multilabel":
-        return
-    scores, ok = val_scores
-    choice = choose_thresholds(val.targets[ok], scores[ok])
-    est.thresholds_ = choice["thresholds"]
-    est.metrics_["thresholds"] = choice

@@ -1,6 +1,8 @@
-"""Loading a bundle: `load` reads it (JSON and safetensors only) and rebuilds the fitted estimator, architecture
-from the spec and the backbone files the bundle carries, weights from the bundle, fitted attributes from the JSON.
-Nothing is downloaded: a bundle loads on a machine with no network, hub cache or model package."""
+"""Rebuilding a bundle: `load_bundle` reads it (JSON and safetensors only) and rebuilds the fitted estimator,
+architecture from the spec and the backbone files the bundle carries, weights from the bundle, fitted attributes from
+the JSON. Nothing is downloaded: a bundle loads on a machine with no network, hub cache or model package.
+
+`hs.load` (deploy/loading.py) calls it, then attaches onnxruntime where asked: the core never imports deployment."""
 
 from __future__ import annotations
 
@@ -13,24 +15,18 @@ from ._version import __version__
 from .advisor import Advice
 from .backbones import BackboneSpec, rebuild_backbone
 from .bundle import read_bundle_files, unbuildable
-from .deploy.export import attach_onnx_runtime
 from .detection import ObjectDetector
 from .errors import BackboneUnavailable, BundleError, HeadstartError
 from .estimator import TransferEstimator, estimator_class
 from .heads import HeadConfig, TransferModel, build_head
 from .methods.classical import from_tensors, resaved
-from .methods.continual import Memory
+from .methods.exemplars import Memory
 from .methods.fewshot import PrototypeHead
 from .methods.multitask import MultiTaskModel
 
 
-def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskModel | ObjectDetector:
-    """A saved bundle, ready to predict. Reads only JSON and safetensors; refuses newer bundle formats.
-
-    runtime="onnx" predicts through onnxruntime on the exported graph (exported once per bundle, then cached).
-    """
-    if runtime not in ("torch", "onnx"):
-        raise HeadstartError(f"unknown runtime '{runtime}': choose torch or onnx")
+def load_bundle(path: str) -> TransferEstimator | MultiTaskModel | ObjectDetector:
+    """A saved bundle, ready to predict on torch. Reads only JSON and safetensors; refuses newer bundle formats."""
     config, state, files = read_bundle_files(path)
     if config["task"] == "pretrain":
         raise HeadstartError(f"{path}: a pre-trained backbone (headstart pretrain), not a model with a head; "
@@ -51,8 +47,6 @@ def load(path: str, runtime: str = "torch") -> TransferEstimator | MultiTaskMode
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OSError) as err:
         # a crafted or hand-edited config (OSError: transformers on a backbone config.json it cannot read): one line
         raise unbuildable(path, err) from None
-    if runtime == "onnx":
-        attach_onnx_runtime(est, path)
     return est
 
 

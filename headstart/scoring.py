@@ -1,4 +1,4 @@
-"""The fitted model's scoring pipeline as one torch module: what `predict` runs on torch (predict_stream.BatchScorer)
+"""The fitted model's scoring pipeline as one torch module: what `predict` runs on torch (batch_scorer.BatchScorer)
 and what `export` writes to ONNX or TorchScript (deploy/export.py), so the two compute the same thing.
 
 For images it holds the normalisation, the backbone and the head, from float32 NCHW pixels in [0, 1] at the

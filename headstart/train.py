@@ -2,21 +2,20 @@
 
 One call runs one stage of a strategy's plan: it sets which groups train (and at which rate), keeps frozen
 BatchNorm in eval mode, runs a one-cycle schedule, validates each epoch, stops early on validation loss and
-leaves the best weights in the model.
+leaves the best weights in the model. The Accelerate set-up, the optimiser step and the agreed deadline it shares
+with loop.run_loop are in training_step.py.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, is_initialized
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -27,6 +26,7 @@ from .distributed import loader_config
 from .heads import TransferModel
 from .progress import make_progress, say
 from .strategies import HEAD, LORA, Stage
+from .training_step import make_accelerator, optimizer_step, time_is_up
 
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -43,25 +43,6 @@ class LoopConfig:
     verbose: bool = True
     deadline: float | None = None  # time.perf_counter() when the fit's `time_limit` runs out
     reserve_s: float = 0.0  # ... of which this much is kept for the work after training (scoring, the race)
-
-
-def resolve_precision(requested: str) -> str:
-    """The "auto" precision: bf16 on CUDA devices that support it (no loss scaling needed, unlike fp16), full
-    precision on CPU, where autocast gains little for these convolution-heavy models and changes results."""
-    if requested != "auto":
-        return requested
-    if os.environ.get("ACCELERATE_MIXED_PRECISION"):  # what `accelerate launch --mixed_precision` asked for
-        return os.environ["ACCELERATE_MIXED_PRECISION"]
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
-def make_accelerator(mixed_precision: str, **kwargs) -> Accelerator:
-    precision = resolve_precision(mixed_precision)
-    if is_initialized() and AcceleratorState().mixed_precision != precision:
-        # Accelerate keeps one precision per process and refuses another; a later fit that asks for a different
-        # one gets a fresh state (the distributed process group, held apart in PartialState, is kept).
-        AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(), **kwargs)
 
 
 def param_groups(model: nn.Module, stage: Stage) -> list[dict]:
@@ -148,26 +129,6 @@ def _summed_over_processes(accel: Accelerator, total_loss: float, seen: int) -> 
         return total_loss, seen
     sums = accel.reduce(torch.tensor([total_loss, float(seen)], dtype=torch.float64, device=accel.device), "sum")
     return float(sums[0]), int(sums[1])
-
-
-def time_is_up(accel: Accelerator, moment: float) -> bool:
-    """Whether time.perf_counter() has passed `moment`, agreed by every process: each process's clock and start
-    differ, and one stopping while the others step would leave them waiting on its gradients for ever."""
-    past = time.perf_counter() > moment
-    if accel.num_processes == 1:
-        return past
-    return bool(accel.reduce(torch.tensor([float(past)], device=accel.device), "max")[0] > 0)
-
-
-def optimizer_step(accel: Accelerator, opt: torch.optim.Optimizer, loss: torch.Tensor, trainable: list,
-                   grad_clip: float | None) -> None:
-    """One optimiser step, the same in every loop (this one and loop.run_loop): clear the gradients, back-propagate
-    through Accelerate (loss scaling under fp16, DDP's gradient average), clip, step."""
-    opt.zero_grad(set_to_none=True)
-    accel.backward(loss)
-    if grad_clip:
-        accel.clip_grad_norm_(trainable, grad_clip)
-    opt.step()
 
 
 def _scores(scored: tuple[torch.Tensor, torch.Tensor] | None, loss_fn: nn.Module, task: str) -> dict:

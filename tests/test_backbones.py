@@ -122,7 +122,7 @@ HUB = [("timm:resnet18", "image"), ("torchvision:resnet18", "image"), ("hf:googl
 @pytest.mark.parametrize("name, modality", HUB)
 def test_hub_backbones_fail_fast_and_name_offline_ones(name, modality, no_network):
     # The fast path: one refused probe of the host, then the error naming what works offline, rather than the
-    # hub client's own retries (those would end in _download_failed, whose message says "no network or unknown id").
+    # hub client's own retries (those would end in hub.download_failed, whose message says "no network or unknown id").
     with pytest.raises(hs.BackboneUnavailable, match=r"unreachable \(offline\?\).*efficientnet_lite0, .*minilm_l6"):
         create_backbone(name, modality=modality)
     assert no_network, "the test's network block was never reached: the check went some other way"

@@ -20,14 +20,13 @@ from sklearn.utils.estimator_checks import check_estimator
 from headstart.errors import DataError, HeadstartError
 from headstart.methods.classical import (
     CLASSICAL_HEADS,
-    EMBEDDER_INAPPLICABLE_CHECKS,
     PREFIX,
-    Embedder,
     fit_classical,
     from_tensors,
     predict_proba_full,
     to_tensors,
 )
+from headstart.methods.embedder import EMBEDDER_INAPPLICABLE_CHECKS, Embedder
 
 
 def tiny_embedder(**kw) -> Embedder:

@@ -52,7 +52,7 @@ def test_evaluate_json(fitted):
     assert {"accuracy", "macro_f1", "n"} <= set(result) and result["n"] == 30
     # The bundle's own predictions on the same images, in this process: evaluate must report exactly their accuracy.
     import headstart as hs
-    from headstart.deploy.predict_stream import iter_inputs
+    from headstart.deploy.predict_inputs import iter_inputs
 
     paths = list(iter_inputs("image", [data]))
     est = hs.load(os.path.join(out, "model.hs"))

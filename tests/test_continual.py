@@ -12,7 +12,8 @@ from conftest import TINY, TINY_SIZE, make_class_images
 
 import headstart as hs
 from headstart.heads import HeadConfig, build_head
-from headstart.methods.continual import ContinualSettings, grow_head, herding
+from headstart.methods.continual import ContinualSettings, grow_head
+from headstart.methods.exemplars import herding
 
 OLD = {"red": (200, 40, 40), "green": (40, 200, 40)}
 NEW = {"blue": (40, 40, 200), "yellow": (220, 220, 40)}  # the loaders need two classes or more

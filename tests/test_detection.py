@@ -89,7 +89,7 @@ def test_tiles_cover_the_image_and_keep_boxes_at_least_half_inside():
 
 
 def test_validation_holds_out_whole_images_and_never_a_pixel_trained_on():
-    from headstart.detection.estimator import _overlap
+    from headstart.detection.tile_training import tiles_overlap
 
     boxes = np.array([[30, 30, 50, 50]], np.float32)
     images = [Labelled(f"{i}.png", 100, 60, boxes, ["square"]) for i in range(10)]
@@ -99,7 +99,7 @@ def test_validation_holds_out_whole_images_and_never_a_pixel_trained_on():
     assert len(train) + len(val) == 10 * len(windows(100, 60, 40))  # whole images: every tile of each kept
     # one image alone: its tiles are split, and training keeps none that shares a pixel with a validation tile
     train, val = det._split(images[:1])
-    assert val and train and not any(_overlap(t, v) for t in train for v in val)
+    assert val and train and not any(tiles_overlap(t, v) for t in train for v in val)
     assert len(train) + len(val) < len(windows(100, 60, 40))  # an edge tile overlapping a held-out one: dropped
 
 
@@ -122,7 +122,7 @@ def test_a_transformer_backbone_is_refused_with_a_reason():
 
 
 def _batches(tmp_path, n=6):
-    from headstart.detection.estimator import TileDataset, collate
+    from headstart.detection.tile_training import TileDataset, collate
 
     items = read_csv(make_box_images(str(tmp_path), n))
     data = TileDataset(items, ["bar", "square"], flip=False)

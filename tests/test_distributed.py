@@ -123,10 +123,11 @@ def test_two_processes_match_one_and_only_the_first_writes(fashion, tmp_path):
 
 
 def test_a_time_limit_stops_every_process_together(fashion, tmp_path):
-    """Under two processes the deadline is agreed (train.time_is_up, a collective every batch): a process that stopped
-    alone would leave the other waiting on its gradients for ever. A 1 s limit has passed before the first batch:
-    both processes take the agreed path and stop there, the epoch is validated and the bundle written. (A real
-    disagreement, one clock past and one not, cannot be staged from outside; this checks the collective runs.)"""
+    """Under two processes the deadline is agreed (training_step.time_is_up, a collective every batch): a process
+    that stopped alone would leave the other waiting on its gradients for ever. A 1 s limit has passed before the
+    first batch: both processes take the agreed path and stop there, the epoch is validated and the bundle written.
+    (A real disagreement, one clock past and one not, cannot be staged from outside; this checks the collective
+    runs.)"""
     train, _ = fashion
     fit = ["-m", "headstart.cli", "fit", train, "--backbone", TINY, "--scratch", "--image-size", str(TINY_SIZE),
            "--no-augment", "--strategy", "full", "--epochs", "50", "--time-limit", "1", "--quiet"]

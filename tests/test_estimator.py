@@ -34,7 +34,7 @@ def test_fit_predict_save_load_round_trip(colour_folder, tmp_path, strategy):
 
 def test_fits_in_one_process_may_ask_for_different_precisions(colour_folder):
     # Accelerate holds one precision per process; a second fit asking for another must not fail.
-    from headstart.train import resolve_precision
+    from headstart.training_step import resolve_precision
 
     assert resolve_precision("auto") == ("bf16" if torch.cuda.is_available() else "no")
     full = _clf(strategy="full", epochs=1, mixed_precision="no").fit(colour_folder)

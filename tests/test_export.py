@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 import headstart as hs
 from headstart.cli import app
+from headstart.deploy.batch_scorer import BatchScorer
 from headstart.deploy.export import export_model
-from headstart.deploy.predict_stream import BatchScorer, iter_inputs
+from headstart.deploy.predict_inputs import iter_inputs
 from headstart.errors import HeadstartError
 
 

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 import headstart as hs
 from headstart import probe
 from headstart.cli import app
-from headstart.deploy import export
+from headstart.deploy import export, onnx_runtime
 from headstart.deploy.export import SCORE_CAP, SCORE_FLOOR, export_model, parity_failure, parity_tolerance
-from headstart.deploy.predict_stream import iter_inputs
+from headstart.deploy.predict_inputs import iter_inputs
 from headstart.errors import HeadstartError
 from headstart.heads import HeadConfig, build_head
 
@@ -78,7 +78,7 @@ def test_features_heads_from_strong_to_weak_regularisation_export(tmp_path, monk
         result = export_model(clf, str(tmp_path / f"c{c_value}.onnx"), "onnx", check_inputs=[data], verbose=False)
         assert os.path.isfile(result["path"]) and result["max_abs_diff"] <= result["tolerance"]
         on_torch = clf.predict(images)
-        clf.runtime_ = export.OnnxScorer(result["path"])  # as hs.load(..., runtime="onnx") attaches it
+        clf.runtime_ = onnx_runtime.OnnxScorer(result["path"])  # as hs.load(..., runtime="onnx") attaches it
         assert clf.predict(images) == on_torch
 
 

@@ -1,4 +1,6 @@
-"""The package's import graph is layered: no module imports, directly or through others, one that imports it back.
+"""The package's import graph is layered: no module imports, directly or through others, one that imports it back;
+and the core (the modules of headstart/ outside methods/, deploy/ and detection/, below the CLI and `api`) never
+imports deployment, and imports a method only where CORE_IMPORTS_OF_METHODS says why.
 
 Read from the source with `ast` (nothing is imported), counting every import of a headstart module: at the top of
 a file, under `if TYPE_CHECKING:`, and inside functions. A function-local import of a headstart module hides an
@@ -14,13 +16,40 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "headstart"
 
 LOCAL_IMPORTS = {  # (importing module, imported module): why the import waits for the call
-    ("headstart.cli", "headstart.api"): "`--help` and argument errors answer without loading torch (~10 s)",
+    ("headstart.cli_common", "headstart.api"): "`--help` and argument errors answer without loading torch (~10 s)",
     ("headstart.estimator", "headstart.run_outputs"): "the report's plots load matplotlib only when a run writes one",
     ("headstart.methods.fewshot", "headstart.run_outputs"):
         "the report's plots load matplotlib only when a run writes one",
     ("headstart.methods.compare", "headstart.report"):
         "the report's plots load matplotlib only when a comparison is drawn",
 }
+
+# The modules that sit on top of everything (the package's face, the CLI, what the CLI calls): they may import any
+# layer. Every other module of headstart/ outside methods/, deploy/ and detection/ is the core.
+TOP = {"headstart", "headstart.cli", "headstart.cli_common", "headstart.cli_explore", "headstart.api"}
+ABOVE_THE_CORE = ("headstart.methods", "headstart.deploy", "headstart.detection")
+# The methods listed here sit below the estimator in the import order (none imports it, or restore, back: the cycle
+# check holds them to that); each edge stays for the reason given.
+CORE_IMPORTS_OF_METHODS = {  # (core module, methods module): why the core imports it
+    ("headstart.estimator", "headstart.methods.adapt"):
+        "fit(unlabeled=...) adapts to the target domain inside the estimator's fit",
+    ("headstart.estimator", "headstart.methods.classical"):
+        "head='svm' etc.: the estimator fits a scikit-learn head on its cached features and saves it",
+    ("headstart.estimator", "headstart.methods.continual"):
+        "the estimator's `extend` and the rehearsal memory it keeps at fit",
+    ("headstart.estimator", "headstart.methods.fewshot"):
+        "fit hands few labels (strategy fewshot / setfit, or auto's advice) to fewshot, which fits the estimator",
+    ("headstart.estimator_internals", "headstart.methods.classical"):
+        "a scikit-learn head's probabilities by class code (predict_proba_full), when the estimator predicts",
+    ("headstart.restore", "headstart.methods.classical"): "a bundle's scikit-learn head is rebuilt from its tensors",
+    ("headstart.restore", "headstart.methods.exemplars"): "a bundle's rehearsal memory is rebuilt with the model",
+    ("headstart.restore", "headstart.methods.fewshot"): "a fewshot bundle's head is a PrototypeHead",
+    ("headstart.restore", "headstart.methods.multitask"): "a multi-task bundle rebuilds a MultiTaskModel",
+}
+
+
+def _under(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
 
 
 def _module_name(path: Path) -> str:
@@ -118,6 +147,35 @@ def test_the_checks_see_cycles_and_local_imports():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     _, local = import_graph()
     assert {(m, t) for m, t, _ in local} == set(LOCAL_IMPORTS)  # every listed import still exists
+
+
+def core_imports_above(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """(core module, deploy or methods module it imports) for every such edge."""
+    core = [m for m in graph if m not in TOP and not any(_under(m, p) for p in ABOVE_THE_CORE)]
+    return {(m, t) for m in core for t in graph[m]
+            if _under(t, "headstart.deploy") or _under(t, "headstart.methods")}
+
+
+def test_the_core_never_imports_deployment_and_methods_only_where_listed():
+    graph, _ = import_graph()
+    found = core_imports_above(graph)
+    assert "headstart.estimator" in graph and "headstart.restore" in graph  # the core was read
+    deploy = sorted(f"{m} imports {t}" for m, t in found if _under(t, "headstart.deploy"))
+    assert not deploy, ("the core must not import deployment: hand it what it needs (the estimator predicts through "
+                        "the runtime deploy/loading.py attaches): " + "; ".join(deploy))
+    unlisted = sorted(f"{m} imports {t}" for m, t in found - set(CORE_IMPORTS_OF_METHODS))
+    assert not unlisted, ("a core module imports a method: move what it needs down into the core, or list it in "
+                          "CORE_IMPORTS_OF_METHODS with the reason: " + "; ".join(unlisted))
+    assert set(CORE_IMPORTS_OF_METHODS) <= found  # every listed import still exists
+    assert not any(_under(t, "headstart.deploy") for _, t in CORE_IMPORTS_OF_METHODS)
+
+
+def test_the_core_check_sees_an_upward_import():
+    graph = {"headstart.restore": {"headstart.deploy.export"}, "headstart.api": {"headstart.deploy.export"},
+             "headstart.deploy.export": set(), "headstart.probe": {"headstart.methods.fewshot"},
+             "headstart.methods.fewshot": {"headstart.probe"}}
+    assert core_imports_above(graph) == {("headstart.restore", "headstart.deploy.export"),
+                                         ("headstart.probe", "headstart.methods.fewshot")}
 
 
 def test_public_names_load_lazily_and_all_resolve():

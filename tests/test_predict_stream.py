@@ -14,7 +14,8 @@ import pytest
 from conftest import COLOURS, TINY, TINY_SIZE, make_class_images, tiny_colour_bundle
 
 import headstart as hs
-from headstart.deploy.predict_stream import iter_inputs, stream_predict
+from headstart.deploy.predict_inputs import iter_inputs
+from headstart.deploy.predict_stream import stream_predict
 from headstart.errors import HeadstartError
 
 
@@ -79,14 +80,14 @@ def test_jsonl_output_and_resume_refuses_other_inputs(tiny_bundle, tmp_path):
 # (A named pipe did this once; predict now refuses to open anything but regular files, so the stall is simulated.)
 STALLING_CLI = """
 import os, sys, time
-import headstart.deploy.predict_stream as ps
+import headstart.deploy.batch_scorer as bs
 from headstart.cli import main
-prepare = ps.BatchScorer.prepare
+prepare = bs.BatchScorer.prepare
 def stalled(self, item):
     while isinstance(item, str) and item.endswith(os.environ["STALL_AT"]):
         time.sleep(1)
     return prepare(self, item)
-ps.BatchScorer.prepare = stalled
+bs.BatchScorer.prepare = stalled
 main()
 """
 

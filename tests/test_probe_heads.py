@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader, TensorDataset
 import headstart as hs
 from headstart.heads import HeadConfig, build_head
 from headstart.probe import C_GRID, is_probe_head
-from headstart.probe_heads import ALPHA_GRID, _solve_ovr_folds, choose_thresholds, fit_ovr, fit_ridge
+from headstart.probe_heads import ALPHA_GRID, _solve_ovr_folds, fit_ovr, fit_ridge
 from headstart.strategies import Stage
+from headstart.thresholds import choose_thresholds
 from headstart.train import LoopConfig, run_stage
 
 

@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from ..errors import BackboneUnavailable
-from .base import Backbone, BackboneSpec, TextPreprocess, files_folder, transformer_grouping
+from .base import Backbone, BackboneSpec, TextPreprocess, files_folder
+from .grouping import transformer_grouping
 from .hf_config import model_from_config
+from .hub import require_hub
 from .packaged import unpacked_model_folder
-from .vision import _require_hub
 
 POOLINGS = ("mean", "cls", "pooler")
 
@@ -94,7 +95,7 @@ def _model_folder(spec: BackboneSpec) -> str:
     try:  # cached snapshots load with no network at all
         return snapshot_download(spec.arch, local_files_only=True)
     except Exception:  # not cached: ask the hub, failing fast when it cannot be reached
-        _require_hub(spec, None)
+        require_hub(spec, None)
     try:
         return snapshot_download(spec.arch, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"])
     except Exception as err:  # unknown id, gated repo, network dropped mid-way

@@ -1,11 +1,10 @@
-"""Image backbone builders: packaged offline weights, timm, torchvision, Hugging Face, local checkpoints."""
+"""Image backbone builders: packaged offline weights, timm, torchvision, Hugging Face, local checkpoints. (Whether
+hub weights can be had before a builder asks for them: hub.py.)"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import socket
-import urllib.parse
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -16,14 +15,12 @@ from .base import (
     Backbone,
     BackboneSpec,
     ImagePreprocess,
-    child_grouping,
     files_folder,
-    timm_grouping,
-    transformer_grouping,
 )
+from .grouping import child_grouping, timm_grouping, transformer_grouping
 from .hf_config import CONFIG_FILE, model_from_config
-from .packaged import missing_wheels, require_wheels
-from .registry import list_backbones
+from .hub import cached_snapshot, download_failed, hf_cached, require_hub
+from .packaged import require_wheels
 
 # Stage repeats of EfficientNet-Lite0: the packaged checkpoints number their blocks flat, timm per stage. Lite1 and
 # Lite2 repeat more; their builder reads the repeats from the timm model it loads into.
@@ -109,61 +106,6 @@ def build_packaged_lite(spec: BackboneSpec, pretrained: bool) -> Backbone:
     return _split_timm(spec, model)
 
 
-def _offline_hint() -> str:
-    names = [s.name for s in list_backbones() if s.offline and not missing_wheels(s)]
-    return "available offline: " + ", ".join(names) + " (or pretrained=False for random weights)"
-
-
-def _download_failed(spec: BackboneSpec, err: Exception) -> BackboneUnavailable:
-    first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-    return BackboneUnavailable(
-        f"cannot fetch pretrained weights for '{spec.name}' from {spec.source} (no network or unknown id: {first}); "
-        + _offline_hint()
-    )
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether the host serving `url` answers at all. Hub clients retry with back-off for minutes when offline;
-    one quick probe turns that into an immediate, clear error."""
-    parsed = urllib.parse.urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _hf_cached(repo_id: str, filenames: tuple[str, ...]) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in filenames)
-
-
-def _cached_snapshot(repo_id: str) -> str:
-    """The local folder of `repo_id`'s cached snapshot (raises when there is none); no network call."""
-    from huggingface_hub import snapshot_download
-
-    return snapshot_download(repo_id, local_files_only=True)
-
-
-def _require_hub(spec: BackboneSpec, repo_id: str | None, url: str | None = None,
-                 weights: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")) -> None:
-    """Fail fast, naming the offline backbones, when weights are neither cached nor downloadable. Only the
-    weights count as cached: a repository's config.json alone (left by an interrupted download) would send the
-    loader to the hub, which it retries for minutes when offline."""
-    if repo_id and _hf_cached(repo_id, weights):
-        return
-    from huggingface_hub import constants
-
-    target = url or constants.ENDPOINT
-    if not _reachable(target):
-        host = urllib.parse.urlparse(target).hostname
-        raise BackboneUnavailable(
-            f"cannot fetch pretrained weights for '{spec.name}': {host} is unreachable (offline?) and they are not "
-            "in the local cache; " + _offline_hint()
-        )
-
-
 def build_timm(spec: BackboneSpec, pretrained: bool) -> Backbone:
     import timm
 
@@ -171,11 +113,11 @@ def build_timm(spec: BackboneSpec, pretrained: bool) -> Backbone:
         raise BackboneUnavailable(f"unknown timm model '{spec.arch}': see timm.list_models() or `headstart models`")
     if pretrained:
         cfg = timm.get_pretrained_cfg(spec.arch)
-        _require_hub(spec, getattr(cfg, "hf_hub_id", None), None if getattr(cfg, "hf_hub_id", None) else cfg.url)
+        require_hub(spec, getattr(cfg, "hf_hub_id", None), None if getattr(cfg, "hf_hub_id", None) else cfg.url)
     try:
         model = timm.create_model(spec.arch, pretrained=pretrained, **spec.options)
     except (OSError, RuntimeError, ValueError) as err:
-        raise _download_failed(spec, err) from None
+        raise download_failed(spec, err) from None
     return _split_timm(spec, model)
 
 
@@ -209,11 +151,11 @@ def build_torchvision(spec: BackboneSpec, pretrained: bool) -> Backbone:
         url = torchvision.models.get_model_weights(spec.arch).DEFAULT.url
         cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
         if not os.path.exists(cached):
-            _require_hub(spec, None, url)
+            require_hub(spec, None, url)
     try:
         model = torchvision.models.get_model(spec.arch, weights="DEFAULT" if pretrained else None)
     except (OSError, RuntimeError, ValueError) as err:  # urllib's URLError is an OSError
-        raise _download_failed(spec, err) from None
+        raise download_failed(spec, err) from None
     head_name = next((h for h in _TV_HEADS if hasattr(model, h)), None)
     if head_name is None:
         raise BackboneUnavailable(f"torchvision model '{spec.arch}' has no classifier attribute headstart knows")
@@ -252,17 +194,17 @@ def build_hf_image(spec: BackboneSpec, pretrained: bool) -> Backbone:
     # looks for optional files (adapter_config.json) on the hub first, even with local_files_only, and the hub
     # client retries each with back-off for ~20 s when offline.
     source = spec.arch
-    if _hf_cached(spec.arch, (CONFIG_FILE,)) and (not pretrained or _hf_cached(spec.arch, HF_WEIGHTS)):
-        source = _cached_snapshot(spec.arch)
+    if hf_cached(spec.arch, (CONFIG_FILE,)) and (not pretrained or hf_cached(spec.arch, HF_WEIGHTS)):
+        source = cached_snapshot(spec.arch)
     else:
-        _require_hub(spec, None)
+        require_hub(spec, None)
     try:
         if pretrained:  # safetensors only: a pickled checkpoint (pytorch_model.bin) runs code while it loads
             model = AutoModel.from_pretrained(source, use_safetensors=True)
         else:
             model = AutoModel.from_config(AutoConfig.from_pretrained(source))
     except (OSError, ValueError) as err:
-        raise _download_failed(spec, err) from None
+        raise download_failed(spec, err) from None
     return _hf_image_backbone(spec, model)
 
 
@@ -277,9 +219,9 @@ def rebuild_hf_image(spec: BackboneSpec, files: dict[str, bytes], weights: Mappi
         with files_folder(files) as folder:
             return _hf_image_backbone(spec, model_from_config(folder, weights))
     try:  # from the snapshot folder: given the id, transformers builds hub request headers (a network call)
-        if not _hf_cached(spec.arch, (CONFIG_FILE,)):
+        if not hf_cached(spec.arch, (CONFIG_FILE,)):
             raise OSError(spec.arch)
-        config = AutoConfig.from_pretrained(_cached_snapshot(spec.arch))
+        config = AutoConfig.from_pretrained(cached_snapshot(spec.arch))
     except (OSError, ValueError):  # not cached (or an id no hub knows: a bundle can name anything)
         raise BackboneUnavailable(
             "the bundle was written before bundles carried their backbone's config, and headstart never downloads "
@@ -301,11 +243,11 @@ def hf_image_preprocess(model_id: str) -> ImagePreprocess:
     try:
         from transformers import AutoImageProcessor
 
-        if not _hf_cached(model_id, ("preprocessor_config.json",)):
+        if not hf_cached(model_id, ("preprocessor_config.json",)):
             return ImagePreprocess()  # resolving a name must not wait on the network
         # from the snapshot folder: given the id, even local_files_only builds hub request headers, which fetch
         # the hub client's agent list from the network
-        proc = AutoImageProcessor.from_pretrained(_cached_snapshot(model_id))
+        proc = AutoImageProcessor.from_pretrained(cached_snapshot(model_id))
     except Exception:  # unreadable config: the builder will say what is wrong
         return ImagePreprocess()
     size = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}

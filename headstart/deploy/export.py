@@ -1,4 +1,5 @@
-"""Exporting a bundle to ONNX or TorchScript, and running a bundle on onnxruntime.
+"""Exporting a bundle to ONNX or TorchScript, checked for parity with the torch model. (Running a graph on
+onnxruntime: onnx_runtime.py; a bundle loaded onto it: loading.py.)
 
 The graph holds everything that can live in it: for images the normalisation, the backbone and the head, from
 float32 NCHW pixels in [0, 1] at the backbone's size (resize and centre crop stay outside: they depend on each
@@ -38,7 +39,6 @@ with probabilities within 7e-6 of torch and the same top class on every input.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import warnings
@@ -50,14 +50,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._runtime import cache_root
 from ..detection import ObjectDetector
-from ..detection.onnx import OnnxDetector, export_detector
+from ..detection.onnx import export_detector
 from ..errors import HeadstartError
 from ..heads import outputs_to_scores
 from ..progress import say
-from ..scoring import onnx_session, scoring_graph, write_onnx_metadata
-from .predict_stream import BatchScorer, default_check_inputs, iter_inputs, score_items
+from ..scoring import scoring_graph, write_onnx_metadata
+from .batch_scorer import BatchScorer, default_check_inputs
+from .onnx_runtime import OnnxScorer, bundle_digest
+from .predict_inputs import iter_inputs
 
 if TYPE_CHECKING:
     from ..estimator import TransferEstimator
@@ -236,66 +237,3 @@ def _annotate(path: str, est, digest: str | None) -> None:
     if getattr(est, "thresholds_", None):  # multi-label decisions: label j is on where score_j >= thresholds[j]
         meta["headstart.thresholds"] = json.dumps(est.thresholds_)
     write_onnx_metadata(path, meta, digest)
-
-
-class OnnxScorer:
-    """An onnxruntime session over an exported graph: numpy batches in, scores out."""
-
-    def __init__(self, path: str, threads: int | None = None) -> None:
-        self.session = onnx_session(path, threads)
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        self.path = path
-
-    def run(self, batch: dict) -> np.ndarray:
-        feed = {}
-        for name in self.inputs:
-            value = batch[name]
-            value = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-            feed[name] = value.astype(np.int64 if name != "pixels" else np.float32, copy=False)
-        return self.session.run(["scores"], feed)[0]
-
-    def score_items(self, est: TransferEstimator, items: Sequence, verbose: bool = False
-                    ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ok) of `items` for `est` through this graph: how an estimator loaded with runtime="onnx"
-        predicts (it asks the runtime attached to it, attach_onnx_runtime)."""
-        return score_items(est, items, verbose)
-
-
-def bundle_digest(path: str) -> str:
-    h = hashlib.sha256()
-    if os.path.isdir(path):
-        for name in sorted(os.listdir(path)):
-            with open(os.path.join(path, name), "rb") as f:
-                h.update(name.encode() + f.read())
-    else:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:24]
-
-
-def _exported_from(path: str) -> str | None:
-    import onnx
-
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception:  # not an ONNX file we can read: simply not a match
-        return None
-    return {p.key: p.value for p in model.metadata_props}.get("headstart.bundle_digest")
-
-
-def attach_onnx_runtime(est: TransferEstimator | ObjectDetector, bundle_path: str, verbose: bool = False) -> str:
-    """Make `est` predict through onnxruntime; returns the graph's path.
-
-    Uses `headstart export`'s file beside the bundle (BUNDLE.onnx) when it was exported from this very bundle,
-    else exports once per bundle content into the cache (the parity check runs then too).
-    """
-    digest = bundle_digest(bundle_path)
-    sibling = os.path.splitext(bundle_path)[0] + ".onnx"
-    path = os.path.join(cache_root(), "onnx", f"{digest}.onnx")
-    if os.path.isfile(sibling) and _exported_from(sibling) == digest:
-        path = sibling
-    elif not os.path.exists(path):
-        export_model(est, path, "onnx", verbose=verbose, bundle=bundle_path)
-    est.runtime_ = OnnxDetector(path) if isinstance(est, ObjectDetector) else OnnxScorer(path)
-    return path

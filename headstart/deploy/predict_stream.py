@@ -1,8 +1,6 @@
-"""Streaming prediction: inputs of any number read lazily, prepared in a background thread while the model
-computes, written batch by batch; an interrupted run resumes where it stopped.
-
-`BatchScorer` is the one prediction path shared by `headstart predict`, the HTTP server and ONNX parity checks:
-prepare one input (decode + resize, or validate a text), collate a batch, run it on torch or onnxruntime.
+"""Streaming prediction: inputs of any number read lazily (predict_inputs.py), prepared in a background thread
+while the model computes (batch_scorer.BatchScorer), written batch by batch; an interrupted run resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -14,188 +12,20 @@ import os
 import queue
 import sys
 import threading
-import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
-import torch
-from PIL import Image
-from torchvision.transforms import v2 as T
 
-from ..data.images import _INTERP
-from ..data.labeled import csv_dict_reader, csv_problem
-from ..data.texts import TABLE_SUFFIXES, _has_undecodable, read_text_file
-from ..errors import DataError, HeadstartError
-from ..scoring import scoring_graph
+from ..data.texts import _has_undecodable
+from ..progress import make_progress
+from .batch_scorer import BatchScorer
+from .predict_checkpoint import PredictCheckpoint
+from .predict_inputs import iter_inputs
 
 if TYPE_CHECKING:
     from ..estimator import TransferEstimator
-from ..data import fashion_mnist
-from ..methods.classical import predict_proba_full
-from ..progress import make_progress
-from .predict_checkpoint import PredictCheckpoint
-
-SAMPLE_TEXTS = [  # parity checks for text models when the user gives none: ordinary sentences of mixed length
-    "The delivery arrived two days late and the box was damaged.",
-    "I love this phone, the battery lasts all day!",
-    "Meeting moved to Thursday at 3pm, please update your calendars.",
-    "What a game last night",
-    "The new policy takes effect next month and applies to every employee in the company, including contractors.",
-    "ok",
-]
-
-
-class BatchScorer:
-    """Inputs -> scores for a fitted estimator, on its torch model or on an attached onnxruntime session."""
-
-    def __init__(self, est: TransferEstimator, device: str | None = None) -> None:
-        self.est, self.modality = est, est.modality
-        self.onnx = getattr(est, "runtime_", None)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.graph = None
-        if self.onnx is None:
-            self.graph = scoring_graph(est, features_for_classical=True).to(self.device)
-        if self.modality == "image":
-            pre = est.spec_.preprocess
-            # The graph normalises; outside it only what depends on each image's size: resize and crop.
-            self.transform = T.Compose([T.Resize(pre.resize, interpolation=_INTERP[pre.interpolation], antialias=True),
-                                        T.CenterCrop(pre.size), T.ToImage(), T.ToDtype(torch.float32, scale=True)])
-        else:
-            self.tokenizer = est.model_.backbone.tokenizer
-            self.max_length = est.spec_.preprocess.max_length
-
-    def prepare(self, item):
-        """One input ready to batch (a [0, 1] tensor, or the text), or None when it cannot be used."""
-        if self.modality == "text":
-            usable = isinstance(item, str) and item.strip() and not _has_undecodable(item)
-            return item if usable else None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                if isinstance(item, Image.Image):  # convert() copies even an RGB image: a full-size copy saved
-                    return self.transform(item if item.mode == "RGB" else item.convert("RGB"))
-                if not os.path.isfile(item):  # a pipe or device named like an image: opening it may never return
-                    return None
-                with Image.open(item) as img:
-                    return self.transform(img.convert("RGB"))
-        except Exception:  # PIL raises many types; each means "not an image we can read"
-            return None
-
-    def collate(self, prepared: list) -> dict:
-        if self.modality == "image":
-            return {"pixels": torch.stack(prepared)}
-        enc = self.tokenizer(prepared, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-
-    def run(self, batch: dict) -> np.ndarray:
-        """Scores (what predict_proba returns) for a collated batch."""
-        if self.onnx is not None:
-            return self.onnx.run(batch).astype(np.float64)
-        with torch.inference_mode():
-            out = self.graph(*(v.to(self.device) for v in batch.values())).float().cpu().numpy()
-        if getattr(self.est, "classical_", None) is not None:
-            return predict_proba_full(self.est.classical_, out, len(self.est.classes_)).astype(np.float64)
-        return out.astype(np.float64)
-
-    def score(self, items: Sequence) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ok) for a small list: rows of unusable inputs are NaN with ok False."""
-        return self.score_prepared([self.prepare(x) for x in items])
-
-    def score_prepared(self, prepared: Sequence) -> tuple[np.ndarray, np.ndarray]:
-        """`score` for inputs `prepare` has already made ready (None: unusable)."""
-        ok = np.array([p is not None for p in prepared], dtype=bool)
-        scores = np.full((len(prepared), self.n_outputs), np.nan)
-        if ok.any():
-            scores[ok] = self.run(self.collate([p for p in prepared if p is not None]))
-        return scores, ok
-
-    @property
-    def n_outputs(self) -> int:
-        return 1 if self.est._task == "regression" else len(self.est.classes_)
-
-
-def default_check_inputs(est: TransferEstimator) -> list:
-    """Real inputs for a parity check when the user names none: Fashion-MNIST test images, or sample texts."""
-    if est.modality == "text":
-        return list(SAMPLE_TEXTS)
-
-    if not fashion_mnist.available():
-        raise HeadstartError("no images to check the export on: pass some with --check (files or a folder)")
-    x, _ = fashion_mnist.load_split("test")
-    return [Image.fromarray(x[i]) for i in range(8)]
-
-
-# --- reading inputs lazily --------------------------------------------------------------------------------
-def _table_rows(path: str, column: str) -> Iterator[str]:
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.ParquetFile(path)
-        if column not in table.schema_arrow.names:
-            raise DataError(f"{path}: no '{column}' column (found {table.schema_arrow.names}); name it with --column")
-        for batch in table.iter_batches(columns=[column], batch_size=4096):
-            yield from ("" if v is None else str(v) for v in batch.column(0).to_pylist())
-        return
-    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        if suffix == ".csv":
-            reader = csv_dict_reader(f)
-            try:
-                if column not in (reader.fieldnames or []):
-                    raise DataError(f"{path}: no '{column}' column (found {reader.fieldnames}); name it with --column")
-                yield from (row.get(column) or "" for row in reader)
-            except csv.Error as err:
-                raise csv_problem(path, reader, err) from None
-            return
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}, line {line_no}: invalid JSON ({err.msg}); fix or remove that line") from None
-            yield "" if not isinstance(row, dict) or row.get(column) is None else str(row[column])
-
-
-def walk_files(folder: str) -> Iterator[str]:
-    """Visible files under `folder`, folders and files sorted, yielded one directory at a time: the order of
-    `headstart fit`'s folder scan without holding the whole tree's paths in memory."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        yield from (os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
-
-
-def iter_inputs(modality: str, inputs: Iterable[str], column: str | None = None) -> Iterator[str]:
-    """Every input named, in a stable order, without listing them all first: folders walk lazily, tables stream.
-
-    Images: files, folders, or tables of paths (relative to the table). Texts: .txt files, folders of them,
-    tables (their text column), or the texts themselves.
-    """
-    column = column or ("text" if modality == "text" else "path")
-    for item in inputs:
-        item = os.fspath(item)
-        is_file = "\n" not in item and os.path.isfile(item)
-        if is_file and item.lower().endswith(TABLE_SUFFIXES):
-            base = os.path.dirname(os.path.abspath(item))
-            rows = _table_rows(item, column)
-            yield from (rows if modality == "text" else (os.path.join(base, r.strip()) for r in rows))
-        elif modality == "text":
-            if is_file:
-                yield read_text_file(item) or ""
-            elif os.path.isdir(item):
-                yield from (read_text_file(p) or "" for p in walk_files(item) if p.endswith(".txt"))
-            else:
-                yield item
-        elif os.path.isdir(item):
-            yield from walk_files(item)
-        elif is_file:
-            yield item
-        elif os.path.exists(item):
-            raise DataError(f"{item}: not a regular file (a pipe, socket or device); name image files or folders")
-        else:
-            raise DataError(f"{item}: no such file or folder")
 
 
 # --- rows -------------------------------------------------------------------------------------------------

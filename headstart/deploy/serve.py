@@ -4,20 +4,18 @@ OpenAPI schema at `/openapi.json` (browsable at `/docs`).
 Every limit (request bytes, batch size, pixels per image and per request, text length) answers a 4xx with
 `{"error": ...}`; a corrupt upload is a 400. Requests are checked before any pixel is decoded, and the model runs
 under a lock: torch already uses every core for one batch, so concurrent batches would only fight over them.
-In front of the app (serve_guard.py): an optional API token (401), and a bound on requests in flight (503).
+In front of the app (serve_guard.py): an optional API token (401), a bound on requests in flight (503), the body
+limit (413). Image uploads are checked and decoded in serve_uploads.py.
 An unexpected failure answers a generic 500 and is logged here: exception text can reveal paths and internals.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations (Request, the pydantic models
 # defined inside create_app) at runtime, and string annotations of local classes cannot be resolved.
-import io
 import logging
 import sys
 import threading
 import time
-import warnings
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,77 +24,14 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from ..detection import ObjectDetector
 from ..errors import HeadstartError
-from ..restore import load
-from .predict_stream import BatchScorer, format_row
-from .serve_guard import InFlightLimit, TokenAuth, exposure_warning, json_response, resolve_token
+from .batch_scorer import BatchScorer
+from .loading import load
+from .predict_stream import format_row
+from .serve_guard import BodyLimit, InFlightLimit, ServeLimits, TokenAuth, exposure_warning, resolve_token
+from .serve_uploads import RequestProblem, open_images
 
 if TYPE_CHECKING:
     from ..estimator import TransferEstimator
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    max_request_bytes: int = 32 << 20
-    max_batch: int = 64
-    max_pixels: int = 40_000_000  # width x height of one image, checked from the header before decoding
-    max_text_chars: int = 10_000
-    # Width x height summed over a request's images, also from the headers: 100 M pixels decode to ~300 MB of
-    # RGB (eight 12-megapixel photos), and max_batch images each under max_pixels could otherwise reach 2.5 G.
-    max_request_pixels: int = 100_000_000
-    # Requests held at once (body, decoded image, waiting batch): the model runs one batch at a time, so a few
-    # keep it busy; worst-case memory is about this many times (max_request_bytes + 3 x max_pixels), as a request
-    # decodes one image at a time (_open_images).
-    max_in_flight: int = 4
-
-
-class RequestProblem(Exception):
-    """A bad request: answered with `status` and a one-line JSON error, and the server goes on."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-class BodyLimit:
-    """ASGI middleware: refuses bodies over the limit, whether announced by Content-Length or streamed (chunked).
-
-    The body is read here, up to the limit, then replayed to the app: a 413 is answered before any parser sees a
-    byte (parsers turn errors raised mid-read into a generic 400).
-    """
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await json_response(send, 413, self._message())
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.max_bytes:
-                return await json_response(send, 413, self._message())
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()  # after the body: wait for a disconnect, as the server would
-            replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    def _message(self) -> str:
-        return f"request body over {self.max_bytes} bytes; send fewer or smaller inputs per request"
 
 
 # Errors and their tracebacks; without logging configured, Python's last-resort handler prints them to stderr.
@@ -184,7 +119,8 @@ def create_app(est: "TransferEstimator | ObjectDetector", limits: ServeLimits | 
                 **({"tile_size": est.tile_size} if detector else {})}
 
     def predict_items(items: list, prepared: bool = False) -> dict:
-        """Scores for texts, or for images already reduced to model inputs (`prepared`, see _open_images)."""
+        """Scores for texts, or for images already reduced to model inputs (`prepared`, see
+        serve_uploads.open_images)."""
         if not items:
             raise RequestProblem(422, "no inputs: send at least one image file or text")
         if len(items) > limits.max_batch:
@@ -232,7 +168,7 @@ def create_app(est: "TransferEstimator | ObjectDetector", limits: ServeLimits | 
             raw = [(await u.read(), u.filename or f"file {i}") for i, u in enumerate(uploads)]
 
             def decode_and_predict() -> dict:  # off the event loop: decoding and the model take CPU time
-                return predict_items(_open_images(raw, limits, scorer.prepare), prepared=True)
+                return predict_items(open_images(raw, limits, scorer.prepare), prepared=True)
 
             return await run_in_threadpool(decode_and_predict)
     else:
@@ -271,53 +207,6 @@ class DetectorScorer:
 
 
 INTERNAL_ERROR = "internal error while answering this request; the details are in the server's log"
-
-
-def _open_images(raw: list[tuple[bytes, str]], limits: ServeLimits, prepare) -> list:
-    """A request's uploads as model inputs (`prepare`: BatchScorer.prepare), decoded once every header has passed
-    the pixel limits, per image and in total: a request that would decode too much is refused before its first
-    pixel is decoded. Images are decoded one at a time, each reduced to the model's input size and its full-size
-    pixels freed before the next: a request holds one full-size image at a time, not all of them (measured by
-    bench/serve_load.py: four requests of three 32-megapixel images at once took the server from 1.1 to 2.7 GB)."""
-    headers = [_image_header(data, name, limits.max_pixels) for data, name in raw]
-    total = sum(img.width * img.height for img, _ in headers)
-    if total > limits.max_request_pixels:
-        raise RequestProblem(413, f"{total} pixels in {len(headers)} images; at most {limits.max_request_pixels} "
-                                  "per request: send fewer or smaller images per request")
-    return [_decode(img, name, prepare) for img, name in headers]
-
-
-def _image_header(raw: bytes, name: str, max_pixels: int) -> tuple[Image.Image, str]:
-    """Open one upload lazily (PIL reads only the header), refusing it (400/413) rather than failing the server."""
-    with _image_problems(name), warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = Image.open(io.BytesIO(raw))
-        if img.width * img.height > max_pixels:
-            raise RequestProblem(413, f"{name}: {img.width}x{img.height} pixels; at most {max_pixels} allowed")
-        return img, name
-
-
-def _decode(img: Image.Image, name: str, prepare):
-    with _image_problems(name), warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img.load()
-            return prepare(img)
-        finally:
-            img.close()  # frees the decoded pixels now, not when the request's list of images goes
-
-
-@contextmanager
-def _image_problems(name: str):
-    """PIL's failures as a 413 (decompression bomb) or a 400 naming the upload, never PIL's own text."""
-    try:
-        yield
-    except RequestProblem:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise RequestProblem(413, f"{name}: image too large (decompression bomb guard)") from None
-    except Exception as err:  # PIL raises many types for many formats; each means "not an image we can read"
-        raise RequestProblem(400, f"{name}: not a readable image ({type(err).__name__})") from None
 
 
 def _plain_metrics(metrics: dict) -> dict:

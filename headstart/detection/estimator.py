@@ -3,7 +3,7 @@
 Training reuses the classifier's pieces: the backbone registry, the strategies' plans over named layer groups and
 the one training loop (train.run_stage, on Accelerate), which keeps the weights of the epoch with the lowest
 validation loss. Images are cut into tiles (data.py) for training and evaluation; prediction slides the same tiles
-over each whole image and merges what they found.
+over each whole image and merges what they found. The tiles as a training set: tile_training.py.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import os
 import time
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchvision.ops import batched_nms
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -33,6 +32,7 @@ from .data import Labelled, image_size, load_image, read_boxes, tile, windows
 from .metrics import box_map
 from .model import DetectionLoss, DetectorModel, choose_levels
 from .picture import draw_boxes
+from .tile_training import TileDataset, collate, split_tiles
 
 # The strategies that carry over to detection: the head here is a pyramid and an FCOS head trained by gradient,
 # so the solved-probe, LoRA, truncate and few-shot plans of classification do not apply.
@@ -41,54 +41,9 @@ PREDICT_OVERLAP = 0.25  # tiles overlap when predicting, so an object cut by one
 MERGE_IOU = 0.5  # boxes of one class from overlapping tiles that overlap more than this are one object
 
 
-class TileDataset(Dataset):
-    """(index, image tensor in [0, 1], target) per tile; training tiles are flipped at random (left-right)."""
-
-    def __init__(self, items: list[Labelled], classes: list[str], flip: bool) -> None:
-        self.items, self.index, self.flip = items, {c: i for i, c in enumerate(classes)}, flip
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        item = self.items[i]
-        image = pil_to_tensor(load_image(item)).float() / 255.0
-        boxes = torch.as_tensor(item.boxes, dtype=torch.float32).reshape(-1, 4)
-        labels = torch.as_tensor([self.index[lab] for lab in item.labels], dtype=torch.long)
-        if self.flip and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-            boxes = torch.stack([image.shape[-1] - boxes[:, 2], boxes[:, 1], image.shape[-1] - boxes[:, 0],
-                                 boxes[:, 3]], 1)
-        return i, image, {"boxes": boxes, "labels": labels}
-
-
 def _source(data) -> str:
     """How an error names the data: its path, or what a list of images amounts to."""
     return os.fspath(data) if isinstance(data, (str, os.PathLike)) else f"the {len(data)} images given"
-
-
-def _split_tiles(rows: list[Labelled], val_fraction: float, seed: int) -> tuple[list[Labelled], list[Labelled]]:
-    """`val_fraction` of the rows (at least one, never all) held out at random; training rows that overlap a
-    held-out one in the same file are dropped, so no pixel is both trained on and validated."""
-    order = np.random.default_rng(seed).permutation(len(rows))
-    n_val = int(round(val_fraction * len(rows))) if len(rows) > 1 else 0
-    n_val = min(max(n_val, 1 if val_fraction > 0 and len(rows) > 1 else 0), len(rows) - 1)
-    val = [rows[i] for i in order[:n_val]]
-    return [rows[i] for i in order[n_val:] if not any(_overlap(rows[i], v) for v in val)], val
-
-
-def _overlap(a: Labelled, b: Labelled) -> bool:
-    if a.path != b.path or a.window is None or b.window is None:
-        return a.path == b.path
-    return a.window[0] < b.window[2] and b.window[0] < a.window[2] and a.window[1] < b.window[3] and \
-        b.window[1] < a.window[3]
-
-
-def collate(rows: list) -> tuple[torch.Tensor, dict, torch.Tensor]:
-    """The loop's (index, inputs, targets) batch: the model takes images and boxes together and returns its loss,
-    so the loop's own target is a placeholder that only counts the images."""
-    idx = torch.as_tensor([r[0] for r in rows])
-    return idx, {"images": [r[1] for r in rows], "targets": [r[2] for r in rows]}, torch.zeros(len(rows))
 
 
 class ObjectDetector:
@@ -173,8 +128,8 @@ class ObjectDetector:
         neighbour, so tiles of one image split between the two would share pixels and boxes. A single image has
         its tiles split instead, without the training tiles that overlap a validation tile."""
         if len(items) < 2:
-            return _split_tiles(self._tiles(items), self.val_fraction, self.seed)
-        held = _split_tiles(items, self.val_fraction, self.seed)
+            return split_tiles(self._tiles(items), self.val_fraction, self.seed)
+        held = split_tiles(items, self.val_fraction, self.seed)
         return self._tiles(held[0]), self._tiles(held[1])
 
     # --- fit --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ the backbone's features stay what they were, so an exemplar buffer of stored *fe
 Methods (one switch, `method=`):
 - `finetune`: train the grown head on the new data alone. The baseline: it forgets old classes almost at once.
 - `rehearsal`: mix a small exemplar buffer of old-class features into the new data (iCaRL's herding picks the
-  exemplars whose mean best matches the class mean). The buffer lives in the bundle.
+  exemplars whose mean best matches the class mean). The buffer lives in the bundle (exemplars.py).
 - `lwf`: Learning without Forgetting: the old head's outputs on the new data are distillation targets for the
   old classes' outputs (no old data needed).
 - `ewc`: Elastic Weight Consolidation: a quadratic pull on each old parameter, weighted by its Fisher information
@@ -29,6 +29,7 @@ from ..errors import HeadstartError
 from ..inference import embed
 from ..loop import LoopSettings, run_loop
 from ..progress import say
+from .exemplars import Memory, build_memory
 
 METHODS = ("finetune", "rehearsal", "lwf", "ewc")
 
@@ -56,65 +57,6 @@ class ContinualSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class Memory:
-    """The exemplar buffer: backbone features and class indices of a few training examples per class."""
-
-    features: np.ndarray  # (n, feature_dim) float32
-    labels: np.ndarray  # (n,) int64
-
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        return {"memory.features": torch.as_tensor(self.features, dtype=torch.float32),
-                "memory.labels": torch.as_tensor(self.labels, dtype=torch.int64)}
-
-    @classmethod
-    def from_tensors(cls, state: dict[str, torch.Tensor]) -> Memory | None:
-        if "memory.features" not in state:
-            return None
-        return cls(state["memory.features"].numpy().astype(np.float32), state["memory.labels"].numpy().astype(np.int64))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def herding(features: np.ndarray, k: int) -> np.ndarray:
-    """Indices of `k` rows whose running mean tracks the class mean most closely (iCaRL, Rebuffi et al. 2017).
-
-    Herding keeps a buffer representative of the whole class, not just its densest part, which is what a
-    nearest-mean or rehearsal method needs from a handful of exemplars.
-    """
-    k = min(k, len(features))
-    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-    mu = x.mean(0)
-    chosen: list[int] = []
-    running = np.zeros_like(mu)
-    available = np.ones(len(x), dtype=bool)
-    for step in range(1, k + 1):
-        gaps = np.linalg.norm(mu[None, :] - (running[None, :] + x) / step, axis=1)
-        gaps[~available] = np.inf
-        best = int(np.argmin(gaps))
-        chosen.append(best)
-        available[best] = False
-        running += x[best]
-    return np.array(chosen, dtype=np.int64)
-
-
-def build_memory(features: np.ndarray, labels: np.ndarray, per_class: int, previous: Memory | None = None) -> Memory:
-    """Herding exemplars for each class present in `labels`; classes only in `previous` keep their exemplars."""
-    feats, labs = [], []
-    present = set(np.unique(labels).tolist())
-    if previous is not None:
-        keep = ~np.isin(previous.labels, list(present))
-        feats.append(previous.features[keep])
-        labs.append(previous.labels[keep])
-    for c in sorted(present):
-        rows = np.flatnonzero(labels == c)
-        pick = rows[herding(features[rows], per_class)]
-        feats.append(features[pick])
-        labs.append(labels[pick])
-    return Memory(np.concatenate(feats).astype(np.float32), np.concatenate(labs).astype(np.int64))
 
 
 def output_layer(head: nn.Module) -> nn.Linear:
