@@ -27,6 +27,8 @@ Needs the anchors extra (`pip install -e .[anchors]`) and `make suite-data`. ben
 machine, arguments, every run, verdicts) and time_budget.png are written after every run. The committed results:
   PYTHONPATH=. MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python bench/time_budget.py
     (= --tasks tweets,election --per-class 64 --test-size 1000 --seed 0 --setfit-iterations 20 --trainer-epochs 3)
+`--anchors-from FILE` reuses the anchors' runs of an earlier results file of this script (same split and settings;
+the new file names the commit and date they were measured at): they do not depend on headstart's code.
 Smoke run (every code path, minutes):
   ... bench/time_budget.py --tasks tweets --per-class 8 --test-size 100 --setfit-iterations 1 --trainer-epochs 1 \
       --hs-epochs 1 --json /tmp/time_budget.json
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -211,8 +214,12 @@ def run_task(task: str, args: argparse.Namespace, out: dict, tmp: str, models: s
         anchors.save(out, args.json)
         plot(out, os.path.splitext(args.json)[0] + ".png")
 
+    earlier = reused_anchors(args, task)
     for tool in args.anchors.split(","):
-        entry["anchors"][tool] = anchors.run_child(tool, split, args, tmp, {"run": tool}, models)
+        if tool in earlier:  # measured by this script at an earlier commit (--anchors-from): not run again
+            entry["anchors"][tool] = {**earlier[tool], "reused_from": args.anchors_from}
+        else:
+            entry["anchors"][tool] = anchors.run_child(tool, split, args, tmp, {"run": tool}, models)
         record(tool, entry["anchors"][tool])
     fast = {"run": "auto-fast", "quality": "fast", "time_limit": None, "for": []}
     run_auto(fast, split, args, tmp, models, entry, record)
@@ -224,6 +231,23 @@ def run_task(task: str, args: argparse.Namespace, out: dict, tmp: str, models: s
         run_auto({"run": f"auto-best-{b['budget_s']:g}s", "quality": "best", "budget_s": b["budget_s"],
                   "time_limit": round(max(1.0, b["budget_s"] - predict_s), 1), "for": b["for"]},
                  split, args, tmp, models, entry, record)
+
+
+def reused_anchors(args: argparse.Namespace, task: str) -> dict:
+    """The anchors' runs on `task` from `--anchors-from` (a results file this script wrote), where it ran the same
+    split and the same anchor settings; they do not depend on headstart's code, and SetFit's take 10-15 minutes.
+    The new results file names the file and the commit and date they were measured at."""
+    if not args.anchors_from:
+        return {}
+    with open(args.anchors_from, encoding="utf-8") as f:
+        old = json.load(f)
+    same = ("per_class", "test_size", "seed", "setfit_iterations", "epochs")
+    if any(old["args"].get(k) != getattr(args, k) for k in same):
+        raise SystemExit(f"--anchors-from {args.anchors_from}: other settings ({', '.join(same)} must match)")
+    entry = next((e for e in old["tasks"] if e["task"] == task), None)
+    stamp = {"commit": old["code"]["commit"], "date": old["date"]}
+    return {} if entry is None else {k: {**v, "measured_at": stamp} for k, v in entry["anchors"].items()
+                                     if "accuracy" in v}
 
 
 def run_auto(p: dict, split: dict, args: argparse.Namespace, tmp: str, models: str | None, entry: dict,
@@ -253,6 +277,8 @@ def main() -> int:
     ap.add_argument("--backbone", default="", help="headstart's backbone; empty: auto chooses")
     ap.add_argument("--no-quality", action="store_true", help="omit `quality` (a headstart without it)")
     ap.add_argument("--run-timeout", type=float, default=3600)
+    ap.add_argument("--anchors-from", default="", help="a results file of this script whose anchor runs (same "
+                    "split and settings) are reused rather than run again")
     ap.add_argument("--json", default=os.path.join(anchors.RESULTS, "time_budget.json"))
     args = ap.parse_args()
     args.image_size = 0  # bench/anchors.py's runner passes it on; texts have none
