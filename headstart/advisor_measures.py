@@ -21,8 +21,9 @@ from .rank import cv_accuracy, probe_accuracy
 
 
 def raw_input_accuracy(modality: str, items: list, labels: np.ndarray, seed: int = 0) -> float:
-    """A from-scratch reference: logistic regression on raw inputs (tiny grey images, or TF-IDF of texts), scored
-    as the frozen features' probe is (rank.cv_accuracy)."""
+    """A from-scratch reference: logistic regression on raw inputs, scored as the frozen features' probe is: on tiny
+    grey images, that very probe (rank.probe_accuracy); on TF-IDF of texts (sparse), scikit-learn's logistic
+    regression on the same folds (rank.cv_accuracy)."""
     if modality == "text":
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
