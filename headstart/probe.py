@@ -26,8 +26,12 @@ MAX_ITER = 100  # L-BFGS iterations of a head's final solve
 # solution. Measured on Lite0 features of Fashion-MNIST (3 subsets each of 100 and 1,000 rows): the same C and
 # scaling chosen at 40 as at 100 every time, log losses within 0.004, the search 2.3x faster at 1,000 rows.
 SEARCH_MAX_ITER = 40
+TOLERANCE_GRAD = 1e-6  # L-BFGS stops once no component of the (mean) objective's gradient exceeds this
 MAX_SELECT_ROWS = 2000  # the grid search runs on a stratified subsample; the final fit uses every row
 DEFAULT_C = 1.0  # scikit-learn's default, for when there are too few rows to cross-validate
+# fixed_c_predictions (the advisor's probe) stops where scikit-learn's LogisticRegression does: at most 300
+# iterations, or no gradient component of the mean objective above its tol (1e-4)
+FIXED_C_MAX_ITER, FIXED_C_TOLERANCE = 300, 1e-4
 
 
 def is_probe_head(head: nn.Module) -> bool:
@@ -41,16 +45,18 @@ def _smallest_class(y: torch.Tensor) -> int:
     return int(torch.unique(y, return_counts=True)[1].min())
 
 
-def _solve(x: torch.Tensor, y: torch.Tensor, n_classes: int, c_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _solve(x: torch.Tensor, y: torch.Tensor, n_classes: int, c_value: float, max_iter: int = MAX_ITER,
+           tolerance_grad: float = TOLERANCE_GRAD) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression with scikit-learn's objective (C * summed log loss + |W|^2 / 2, here
     divided by C * n) on every row of `x`: returns (weight [classes, features], bias [classes])."""
-    weight, bias = _solve_folds(x, y, torch.ones(1, len(y), dtype=torch.bool), n_classes, c_value)
+    weight, bias = _solve_folds(x, y, torch.ones(1, len(y), dtype=torch.bool), n_classes, c_value,
+                                max_iter=max_iter, tolerance_grad=tolerance_grad)
     return weight[0], bias[0]
 
 
 def _solve_folds(x: torch.Tensor, y: torch.Tensor, fit_masks: torch.Tensor, n_classes: int, c_value: float,
-                 start: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 max_iter: int = MAX_ITER) -> tuple[torch.Tensor, torch.Tensor]:
+                 start: tuple[torch.Tensor, torch.Tensor] | None = None, max_iter: int = MAX_ITER,
+                 tolerance_grad: float = TOLERANCE_GRAD) -> tuple[torch.Tensor, torch.Tensor]:
     """One logistic regression per row of `fit_masks` [folds, rows] (each on its masked rows of `x`), solved
     together, full-batch, by torch's L-BFGS: their objectives are independent, so the sum's minimum is each
     one's, and the folds of one search are alike enough to share a step. Returns weights [folds, classes,
@@ -64,16 +70,17 @@ def _solve_folds(x: torch.Tensor, y: torch.Tensor, fit_masks: torch.Tensor, n_cl
     def log_loss(logits: torch.Tensor, row_weights: torch.Tensor) -> torch.Tensor:
         return -(torch.log_softmax(logits, -1).gather(-1, targets)[..., 0] * row_weights).sum()
 
-    return lbfgs_folds(x, fit_masks, n_classes, c_value, log_loss, start, max_iter)
+    return lbfgs_folds(x, fit_masks, n_classes, c_value, log_loss, start, max_iter, tolerance_grad)
 
 
 def lbfgs_folds(x: torch.Tensor, fit_masks: torch.Tensor, n_outputs: int, c_value: float | torch.Tensor, data_loss,
-                start: tuple[torch.Tensor, torch.Tensor] | None = None,
-                max_iter: int = MAX_ITER) -> tuple[torch.Tensor, torch.Tensor]:
+                start: tuple[torch.Tensor, torch.Tensor] | None = None, max_iter: int = MAX_ITER,
+                tolerance_grad: float = TOLERANCE_GRAD) -> tuple[torch.Tensor, torch.Tensor]:
     """The L-BFGS solve shared by the softmax probe (_solve_folds) and the one-vs-rest one (probe_heads): weights
     [folds, outputs, features] and biases [folds, outputs] minimising `data_loss(logits [rows, folds, outputs],
     row_weights [rows, folds])` (each fold's mean over its rows) plus scikit-learn's L2 term divided by C * rows.
-    `c_value`: one C, or one per output ([outputs]: independent one-vs-rest problems, each at its own C)."""
+    `c_value`: one C, or one per output ([outputs]: independent one-vs-rest problems, each at its own C).
+    `tolerance_grad`: it stops once no gradient component exceeds this."""
     folds = len(fit_masks)
     if start is None:
         weight = torch.zeros(folds, n_outputs, x.shape[1], dtype=x.dtype)
@@ -86,7 +93,7 @@ def lbfgs_folds(x: torch.Tensor, fit_masks: torch.Tensor, n_outputs: int, c_valu
     row_weights = (fit_masks.to(x.dtype) / fit_counts).T  # [rows, folds]: each fold's loss is a mean over its rows
     c_per_output = torch.as_tensor(c_value, dtype=x.dtype).reshape(1, -1)  # [1, 1] or [1, outputs]
     penalty = (1.0 / (2.0 * c_per_output * fit_counts))[:, :, None]  # [folds, 1 or outputs, 1]
-    opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-6,
+    opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=tolerance_grad,
                             line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -113,6 +120,46 @@ def _folds(y: torch.Tensor, seed: int) -> tuple[torch.Tensor, list[np.ndarray]]:
     for f, rows in enumerate(held):
         masks[f, torch.as_tensor(rows)] = False
     return masks, held
+
+
+def _standard_deviation(x: torch.Tensor) -> torch.Tensor:
+    """Per-feature standard deviation as scikit-learn's StandardScaler takes it: over the rows (not unbiased), and
+    1 where the feature is constant (its variance within rounding of zero, by StandardScaler's own test)."""
+    mean, var, n = x.mean(0), x.var(0, unbiased=False), len(x)
+    eps = torch.finfo(torch.float64).eps
+    return torch.where(var <= n * eps * var + (n * mean * eps) ** 2, torch.ones_like(var), var.sqrt())
+
+
+def fixed_c_predictions(features: np.ndarray, labels: np.ndarray, held: list[np.ndarray], c_value: float,
+                        max_iter: int = FIXED_C_MAX_ITER) -> np.ndarray:
+    """Out-of-fold labels of logistic regression at a fixed `c_value` on standardised features, each fold fitted on
+    every row it does not hold out (`held`: each fold's held-out rows), by this module's solver: what
+    scikit-learn's cross_val_predict of make_pipeline(StandardScaler(), LogisticRegression(C=c_value)) gives. Each
+    fold is standardised by its own fitting rows, as the pipeline's scaler is, so each fold is its own solve. Two
+    classes: scikit-learn solves one weight vector; the softmax pair at C / 2 is that model (half of the pair's
+    difference in each, so the same penalty)."""
+    classes, codes = np.unique(labels, return_inverse=True)
+    features = np.asarray(features)
+    dtype = torch.float64 if features.dtype == np.float64 else torch.float32  # scikit-learn keeps float32 too
+    x = torch.as_tensor(features, dtype=torch.float64)
+    y = torch.as_tensor(codes, dtype=torch.long)
+    c_value = c_value / 2 if len(classes) == 2 else c_value
+    predicted = np.zeros(len(y), dtype=np.int64)
+    threads = torch.get_num_threads()
+    # One thread, as rank.cv_accuracy limits BLAS: 1,000 x 1,280 Lite0 features took 0.35 s; with two threads on
+    # this 2-core CPU while a benchmark ran, 13-15 s
+    torch.set_num_threads(1)
+    try:
+        for rows in held:
+            fit = np.ones(len(y), dtype=bool)
+            fit[rows] = False
+            mean, std = x[fit].mean(0), _standard_deviation(x[fit])
+            weight, bias = _solve(((x[fit] - mean) / std).to(dtype), y[fit], len(classes), c_value, max_iter,
+                                  FIXED_C_TOLERANCE)
+            predicted[rows] = (((x[rows] - mean) / std).to(dtype) @ weight.T + bias).argmax(-1).numpy()
+    finally:
+        torch.set_num_threads(threads)
+    return classes[predicted]
 
 
 def _cv_search(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int) -> tuple[float, float]:

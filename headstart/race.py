@@ -9,6 +9,8 @@ multi-label) are paired, so their standard error measures the comparison's noise
 is better by more than SHIP_MARGIN_SE standard errors out of fold (0, fitted on the suite: the better point
 estimate), VALIDATION_MARGIN_SE on validation rows alone (1, not yet fitted); otherwise the transferred model stays,
 and both candidates, with their scores, intervals and times, are in the reasons and the report.
+Before this race, a text encoder tuned or fine-tuned with no probe to fall back on races its untuned probe
+(race_untuned.py). announce_plan prints the chosen plan's estimated time before it runs.
 """
 
 from __future__ import annotations
@@ -18,17 +20,17 @@ import time
 import numpy as np
 import torch
 
-from .advisor import time_forward
+from .advisor_measures import time_forward
 from .backbones import create_backbone, scratch_spec
 from .blend import applies, race_blend
 from .data.labeled import LabeledData
 from .heads import HeadConfig, TransferModel, build_head
-from .inference import embed, feature_cache_for
-from .modalities import modality_of
 from .plan_runner import run_plan
-from .probe import cross_validated_proba, fit_probe, is_probe_head
+from .probe import cross_validated_proba, is_probe_head
 from .probe_heads import cross_validated_predictions
 from .progress import say
+from .race_untuned import _frozen_features, frozen_head_seconds, races_frozen_probe
+from .race_untuned import race_frozen_probe as race_frozen_probe  # re-exported: methods/fewshot.py imports it here
 from .strategies import Baseline
 from .verdicts import (
     SHIP_MARGIN_SE,
@@ -40,12 +42,6 @@ from .verdicts import (
     paired,
     row_scores,
 )
-
-
-def _frozen_features(est, backbone, items: list) -> tuple[np.ndarray, np.ndarray]:
-    """`backbone`'s features of `items` at the estimator's batch, worker and cache settings, quietly."""
-    return embed(backbone, items, batch_size=est.batch_size, num_workers=est.num_workers, use_cache=est.use_cache,
-                 cache_dir=est.cache_dir, verbose=False)
 
 
 def fit_baseline(est, train: LabeledData, val: LabeledData, loop) -> tuple[TransferModel, list[dict], dict]:
@@ -218,86 +214,6 @@ def _cross_validated_rows(est, model: TransferModel, history: list[dict], train:
             outputs.append(cross_validated_predictions(est._task, x, y, chosen, est.seed))
     return {"rows": tuple(row_scores(est._task, scored_against, out) for out in outputs), "outputs": tuple(outputs),
             "targets": scored_against, "chosen": (ours_chosen, theirs_chosen)}
-
-
-def races_frozen_probe(est, stages: list) -> bool:
-    """A text classification plan under `auto` whose every stage trains the encoder (`full` from a fresh head, the
-    Trainer's recipe): nothing in it falls back to the probe the advisor measured, so that probe races it
-    (race_frozen_probe). Seen fail without it: under a time limit that cut `full` short, a model below chance
-    shipped. Images' `full` (large data unlike the source) is not raced yet: its probe needs every image's features."""
-    return (est.strategy == "auto" and est.modality == "text" and est._task == "classification" and bool(stages)
-            and all(not stage.backbone_frozen for stage in stages))
-
-
-def race_frozen_probe(est, train: LabeledData, val: LabeledData, tuned: tuple[np.ndarray, np.ndarray],
-                      tuned_seconds: float, rows_from: str = "held-out rows") -> tuple[np.ndarray, np.ndarray]:
-    """`setfit` (or a fine-tune with no probe stage: races_frozen_probe) under `auto`: the untuned backbone's probe
-    (what strategy `features` fits) on the same training rows, raced on the held-out (validation) rows against the
-    tuned model (`tuned`: its validation scores), paired; it ships when better by more than VALIDATION_MARGIN_SE
-    standard errors. Its features are usually in the cache already (the advisor measured them). Returns the
-    shipped model's validation scores."""
-    plan, setfit = est.strategy_["name"], est.strategy_["name"] == "setfit"
-    tuned_as = "tuned" if setfit else "fine-tuned"
-    backbone = create_backbone(est.spec_, pretrained=est.pretrained)
-    estimate, how = frozen_head_seconds(est, backbone, [*train.items, *val.items])
-    say(est.verbose, f"auto: candidate transfer (features on {est.spec_.name}, the encoder untuned): about "
-        f"{estimate:.0f} s ({how})")
-    started = time.perf_counter()
-    (f_train, ok_train), (f_val, ok_val) = (_frozen_features(est, backbone, part.items) for part in (train, val))
-    n = len(est.classes_)
-    head = build_head(HeadConfig(kind="linear"), backbone.feature_dim, n).eval()
-    chosen = fit_probe(head, torch.as_tensor(f_train[ok_train]), torch.as_tensor(train.targets[ok_train]), n, est.seed)
-    scores = np.full((len(val), n), np.nan)
-    with torch.no_grad():
-        scores[ok_val] = torch.softmax(head(torch.as_tensor(f_val[ok_val]).float()), -1).numpy()
-    seconds = time.perf_counter() - started
-    both = tuned[1] & ok_val
-    ours = row_scores("classification", val.targets[both], tuned[0][both])
-    theirs = row_scores("classification", val.targets[both], scores[both])
-    verdict = {**paired(ours, theirs), "rows_from": rows_from}
-    ships = challenger_wins(verdict, VALIDATION_MARGIN_SE)
-    measured = est.advice_.measurements if est.advice_ is not None else {}
-    tuned_estimate = measured.get("setfit_seconds_estimate" if setfit else "plan_seconds_estimate")
-    candidates = [{"candidate": name, "validation": round(float(rows.mean()), 4), "estimate": verdict["rows_from"],
-                   "interval": interval(rows), "seconds": round(secs, 1), "estimate_s": guess, "shipped": shipped}
-                  for name, rows, secs, guess, shipped in
-                  [(f"transfer ({plan} on {est.spec_.name})", ours, tuned_seconds, tuned_estimate, not ships),
-                   (f"transfer (features on {est.spec_.name}, the encoder untuned)", theirs, seconds,
-                    round(estimate, 1), ships)]]
-    gap = f"{100 * abs(verdict['difference']):.1f} points of accuracy"
-    said = (f"the untuned encoder's probe is better by {gap} on {verdict['rows']} {rows_from}; shipping it"
-            if ships else f"kept the {tuned_as} encoder: on {verdict['rows']} {rows_from} the untuned one "
-            + ("ties it" if verdict["difference"] == 0 else
-               f"is {'ahead' if verdict['difference'] > 0 else 'behind'} by {gap}")
-            + (f", within {VALIDATION_MARGIN_SE:g} standard errors: noise" if verdict["difference"] > 0 else ""))
-    lines = [*candidate_lines(candidates, "accuracy"), said]
-    if est.advice_ is not None:
-        est.advice_.measurements["candidates"] = candidates
-        est.advice_.measurements["race_untuned"] = {k: round(v, 5) if isinstance(v, float) else v
-                                                    for k, v in verdict.items()}
-        est.advice_.reasons.extend(lines[:-1] + [f"-> {said}"])
-    for line in lines:
-        say(est.verbose, f"auto: {line}")
-    if not ships:
-        return tuned
-    est.model_, est.backbone_trained_ = TransferModel(backbone, head).eval(), False
-    est.strategy_ = {"name": "features", "stages": [{"name": "head", "epochs": 1}]}
-    est.history_.append({"stage": "head", "epoch": 1, "solver": "logistic regression (L-BFGS)", "probe": chosen,
-                         "seconds": round(seconds, 3), "candidate": "features"})
-    return scores, ok_val
-
-
-def frozen_head_seconds(est, backbone, items: list) -> tuple[float, str]:
-    """Seconds a head on `backbone`'s frozen features would take: the inputs not yet in the feature cache at the
-    advisor's measured forward time per input, plus a second for the solve. (estimate, how it was made)."""
-    if est.use_cache and backbone.cache_features:
-        _, found = feature_cache_for(backbone, est.cache_dir).get(modality_of(backbone).digests(items))
-    else:
-        found = np.zeros(len(items), dtype=bool)
-    missing = int((~np.asarray(found, dtype=bool)).sum())
-    per_item = est.advice_.measurements.get("seconds_per_item_forward", 0.0) if est.advice_ is not None else 0.0
-    return per_item * missing + 1.0, (f"{len(items) - missing} of {len(items)} inputs' features cached, the rest at "
-                                      f"the measured {1000 * per_item:.1f} ms each, then the head solved")
 
 
 def announce_plan(est, backbone, stages: list, train: LabeledData, val: LabeledData, loop, started: float):

@@ -4,7 +4,8 @@
   class (one-vs-rest targets), averaged. Higher is better; comparable across backbones on the same data.
 - LEEP (Nguyen et al., ICML 2020): how well the source classifier's predictions, mapped to target labels
   through their empirical joint distribution, explain the target labels. Only where the source head exists.
-- Cross-validated linear-probe accuracy: logistic regression on standardised features, stratified folds.
+- Cross-validated linear-probe accuracy: logistic regression on standardised features at a fixed C, stratified
+  folds, solved by the head stage's own solver (probe.fixed_c_predictions).
 All three read cached features, so ranking after a fit (or fitting after a ranking) costs no extra forward pass.
 """
 
@@ -19,6 +20,9 @@ import torch
 from .backbones import create_backbone, resolve_backbone
 from .inference import embed
 from .modalities import MODALITIES
+from .probe import fixed_c_predictions
+
+PROBE_C = 0.5  # the probe's fixed L2 strength, in scikit-learn's convention (C x summed log loss + |W|^2 / 2)
 
 
 def logme(features: np.ndarray, labels: np.ndarray, iterations: int = 11, gram: bool | None = None) -> float:
@@ -71,7 +75,8 @@ def leep(source_probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def cv_accuracy(model, x, labels: np.ndarray, folds: int = 3, seed: int = 0) -> float:
-    """Mean stratified cross-validated accuracy of a scikit-learn `model` (fewer folds when a class is smaller)."""
+    """Mean stratified cross-validated accuracy of a scikit-learn `model` (fewer folds when a class is smaller), on
+    probe_accuracy's folds: the raw-input reference on TF-IDF texts (advisor_measures.raw_input_accuracy)."""
     from sklearn.model_selection import cross_val_score
     from threadpoolctl import threadpool_limits
 
@@ -83,34 +88,35 @@ def cv_accuracy(model, x, labels: np.ndarray, folds: int = 3, seed: int = 0) -> 
         return float(cross_val_score(model, x, labels, cv=cv).mean())
 
 
-def _probe_model():
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.5))
-
-
 def _folds(labels: np.ndarray, folds: int, seed: int):
     from sklearn.model_selection import StratifiedKFold
 
     return StratifiedKFold(max(2, min(folds, int(np.bincount(labels).min()))), shuffle=True, random_state=seed)
 
 
+def _probe_predictions(features: np.ndarray, labels: np.ndarray, folds: int,
+                       seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """The folds' held-out rows and every row's out-of-fold label: logistic regression at PROBE_C on features
+    standardised by each fold's fitting rows, what scikit-learn's make_pipeline(StandardScaler(),
+    LogisticRegression(C=0.5, max_iter=300)) under cross_val_predict gives (tests/test_probe.py checks it does),
+    by the head stage's solver (probe.fixed_c_predictions)."""
+    labels = np.asarray(labels)
+    held = [rows for _, rows in _folds(labels, folds, seed).split(np.zeros(len(labels)), labels)]
+    return held, fixed_c_predictions(features, labels, held, PROBE_C)
+
+
 def probe_accuracy(features: np.ndarray, labels: np.ndarray, folds: int = 3, seed: int = 0) -> float:
-    """Mean cross-validated accuracy of logistic regression on standardised features."""
-    return cv_accuracy(_probe_model(), features, labels, folds, seed)
+    """Mean cross-validated accuracy (the folds' mean, as scikit-learn's cross_val_score) of logistic regression on
+    standardised features."""
+    held, predicted = _probe_predictions(features, labels, folds, seed)
+    return float(np.mean([np.mean(predicted[rows] == np.asarray(labels)[rows]) for rows in held]))
 
 
 def probe_rows(features: np.ndarray, labels: np.ndarray, folds: int = 3, seed: int = 0) -> np.ndarray:
     """`probe_accuracy`'s model and folds, one number per row: 1 where its out-of-fold prediction is right. Two
     backbones scored on the same rows and seed share the folds, so their rows pair (verdicts.paired)."""
-    from sklearn.model_selection import cross_val_predict
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):  # as cv_accuracy: one BLAS thread is faster on solves this small
-        predicted = cross_val_predict(_probe_model(), features, labels, cv=_folds(labels, folds, seed))
-    return (predicted == labels).astype(np.float64)
+    _, predicted = _probe_predictions(features, labels, folds, seed)
+    return (predicted == np.asarray(labels)).astype(np.float64)
 
 
 def transferability(features: np.ndarray, labels: np.ndarray, source_head: torch.nn.Module | None = None,

@@ -107,3 +107,58 @@ def test_no_refit_when_the_validation_set_is_the_users(colour_folder):
     clf = hs.ImageClassifier(TINY, strategy="features", pretrained=False, image_size=TINY_SIZE, verbose=False,
                              use_cache=False).fit(colour_folder, valid=colour_folder)
     assert "refit" not in clf.metrics_
+
+
+def _scikit_learn_probe(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
+    """What rank's probe was before it moved onto probe.py's solver: scikit-learn's pipeline, out of fold, on the
+    same folds (rank._folds); (every row's predicted label, the folds' mean accuracy as cross_val_score takes it)."""
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from headstart.rank import _folds
+
+    folds = _folds(labels, 3, seed)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.5))
+    predicted = cross_val_predict(model, features, labels, cv=folds)
+    held = [rows for _, rows in folds.split(np.zeros(len(labels)), labels)]
+    return predicted, float(np.mean([np.mean(predicted[rows] == labels[rows]) for rows in held]))
+
+
+@pytest.mark.slow
+def test_the_advisors_probe_is_scikit_learns_on_real_features_and_pixels(fashion):
+    """rank.probe_accuracy / probe_rows (what the advisor's thresholds and backbone_choice read) now run on this
+    module's solver: on Lite0's features of real Fashion-MNIST photos and on their 16x16 grey pixels (the advisor's
+    no-transfer reference), the same out-of-fold predictions as scikit-learn's probe on >= 99% of the rows, and
+    accuracies within half a point."""
+    from PIL import Image
+
+    from headstart.backbones import create_backbone
+    from headstart.inference import embed
+    from headstart.modalities import MODALITIES
+    from headstart.rank import probe_accuracy, probe_rows
+
+    data = MODALITIES["image"].load(fashion[0], "classification", False, {})
+    backbone = create_backbone("efficientnet_lite0", image_size=32)
+    features, ok = embed(backbone, data.items, use_cache=False, verbose=False)
+    pixels = np.stack([np.asarray(Image.open(p).convert("L").resize((16, 16)), dtype=np.float32).ravel() / 255
+                       for p in data.items])
+    labels = data.targets
+    for inputs in (features[ok], pixels[ok]):
+        for seed in (0, 1):
+            theirs, their_accuracy = _scikit_learn_probe(inputs, labels[ok], seed)
+            rows = probe_rows(inputs, labels[ok], seed=seed)
+            assert np.mean((rows == 1) == (theirs == labels[ok])) >= 0.99
+            assert abs(probe_accuracy(inputs, labels[ok], seed=seed) - their_accuracy) <= 0.005
+
+
+def test_the_advisors_probe_is_scikit_learns_on_two_classes():
+    """Two classes: scikit-learn fits one weight vector where the solver fits a softmax pair; at C / 2 the pair is
+    the same model (probe.fixed_c_predictions), so the predictions are the same."""
+    from headstart.rank import probe_rows
+
+    x, y = _blobs(240, 30, 2, noise=4.0, seed=3)
+    features, labels = x.numpy(), y.numpy()
+    theirs, _ = _scikit_learn_probe(features, labels, 0)
+    assert 0.6 < np.mean(theirs == labels) < 0.95  # hard enough that the penalty decides some rows
+    assert np.array_equal(probe_rows(features, labels, seed=0), (theirs == labels).astype(float))

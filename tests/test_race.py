@@ -187,7 +187,7 @@ def test_the_untuned_encoder_ships_when_the_tuned_one_is_worse_on_the_held_out_r
     estimate is printed before it runs."""
     from headstart.advisor import Advice
     from headstart.data.labeled import stratified_split
-    from headstart.race import race_frozen_probe
+    from headstart.race_untuned import race_frozen_probe
 
     clf = hs.TextClassifier(strategy="features", verbose=False).fit(tweets[0])
     full = clf._align(clf._load(tweets[0]), clf.classes_)
@@ -196,13 +196,13 @@ def test_the_untuned_encoder_ships_when_the_tuned_one_is_worse_on_the_held_out_r
     clf.advice_ = Advice("setfit", {}, [], {"seconds_per_item_forward": 0.01})
     clf.verbose, said = True, []
     wrong = np.eye(len(clf.classes_))[(val.targets + 1) % len(clf.classes_)]
-    import headstart.race as race
+    import headstart.race_untuned as race_untuned
 
-    original, race.say = race.say, lambda verbose, line: said.append(line)
+    original, race_untuned.say = race_untuned.say, lambda verbose, line: said.append(line)
     try:
         scores, ok = race_frozen_probe(clf, train, val, (wrong, np.ones(len(val), dtype=bool)), 5.0)
     finally:
-        race.say = original
+        race_untuned.say = original
     assert said[0].startswith("auto: candidate transfer (features on minilm_l6, the encoder untuned): about")
     assert clf.strategy_["name"] == "features" and not clf.backbone_trained_
     first, second = clf.advice_.measurements["candidates"]
