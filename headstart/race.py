@@ -30,7 +30,6 @@ from .probe import cross_validated_proba, is_probe_head
 from .probe_heads import cross_validated_predictions
 from .progress import say
 from .race_untuned import _frozen_features, frozen_head_seconds, races_frozen_probe
-from .race_untuned import race_frozen_probe as race_frozen_probe  # re-exported: methods/fewshot.py imports it here
 from .strategies import Baseline
 from .verdicts import (
     SHIP_MARGIN_SE,

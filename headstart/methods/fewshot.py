@@ -33,14 +33,12 @@ from ..errors import DataError, HeadstartError
 from ..heads import HeadConfig, TransferModel, build_head
 from ..inference import _device, _to, embed, run_over
 from ..loop import LoopSettings, WholeBatchObjective, run_loop
-from ..metrics import task_metrics
-from ..plan_runner import open_run_log, refit_final_probe
-from ..probe import cross_validated_proba, fit_probe, refit_probe
+from ..plan_runner import open_run_log
+from ..probe import cross_validated_proba, fit_probe
 from ..progress import say
-from ..race import race_baseline, race_frozen_probe
 from ..strategies import SetFit, get_strategy
-from ..train import LoopConfig
 from .classical import CLASSICAL_HEADS
+from .fewshot_validation import checked_on, held_out_setfit, validate_on_every_label
 from .text_finetune import finetune_encoder
 
 DEFAULT_SCALE = 10.0  # cosine in [-1, 1] times this: softmax probabilities neither flat nor saturated
@@ -262,11 +260,11 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
         tune = partial(contrastive_tune, verbose=est.verbose, log=log, mixed_precision=est.mixed_precision)
         tune_set = Labeled([full.items[i] for i in tune_rows], full.targets[tune_rows])
         if setfit is not None and est.quality == "best":  # spend the budget where held-out rows show a gain
-            checked_on = _checked_on(est, full, split, valid)
+            held_out = checked_on(est, full, split, valid)
             finetune = partial(finetune_encoder, lr=est.lr, verbose=est.verbose, n_classes=len(est.classes_),
                                mixed_precision=est.mixed_precision)
             tools = Tools(tune, estimate_setfit_seconds, log, finetune)
-            backbone, est.history_, passes = spend_on_setfit(est, backbone, tune_set, checked_on, passes, started,
+            backbone, est.history_, passes = spend_on_setfit(est, backbone, tune_set, held_out, passes, started,
                                                              advice, tools)
         else:
             est.history_ = tune(backbone, tune_set.items, tune_set.targets, epochs=passes, seed=est.seed,
@@ -301,70 +299,10 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     est.strategy_ = {"name": name, "stages": stages + ([{"name": "head", "epochs": 1}] if setfit else [])}
     est.advice_ = advice
     if split is not None:
-        val, val_scores = _held_out_setfit(est, full, split, (x, y, np.flatnonzero(ok)), fit_rows, chosen,
+        val, val_scores = held_out_setfit(est, full, split, (x, y, np.flatnonzero(ok)), fit_rows, chosen,
                                            (started, tuning))
     else:
-        val, val_scores = _validate_on_every_label(est, full, valid, ok, scored, how, started)
+        val, val_scores = validate_on_every_label(est, full, valid, ok, scored, how, started)
     if est.out_dir and is_main_process():  # one writer, as in estimator.fit
         write_run_outputs(est, val, val_scores)
     return est
-
-
-def _checked_on(est, full: LabeledData, split, valid: LabeledData | None) -> Labeled:
-    """The rows `quality="best"` checks its candidates on: the held-out fifth, else the validation set given."""
-    if split is not None:
-        return Labeled([full.items[i] for i in split[1]], full.targets[split[1]])
-    return Labeled(list(valid.items), valid.targets)
-
-
-def _validate_on_every_label(est, full: LabeledData, valid: LabeledData | None, ok: np.ndarray, scored, how: dict,
-                             started: float):
-    """Validation metrics on `valid`, or else on the labeled rows themselves, scored out of fold (`scored`: their
-    leave-one-out or cross-validated probabilities and which rows have one). Returns the rows and scores the
-    report reads, as `_raw_scores` gives them."""
-    est.data_summary_ = {"train": len(full), "validation": 0 if valid is None else "given",
-                         "class_counts": full.class_counts(),
-                         "skipped": [{"path": p, "reason": r} for p, r in full.skipped]}
-    if valid is not None:
-        val = valid
-        val_scores = est._raw_scores(val.items)
-        validation = est._score(val, val_scores)
-    else:
-        (proba, keep), val = scored, full.subset(np.flatnonzero(ok))
-        val_scores = (np.full((len(val), len(est.classes_)), np.nan), keep)
-        val_scores[0][keep] = proba
-        validation = ({**task_metrics("classification", val.targets[keep], proba, est.classes_), **how,
-                       **({"optimistic": "the encoder was tuned on these labels"} if est.backbone_trained_ else {})}
-                      if keep.any() else {"n": 0, "note": "one example per class: nothing to validate on"})
-    est.metrics_ = {"validation": validation, "fit_seconds": round(time.perf_counter() - started, 2)}
-    return val, val_scores
-
-
-def _held_out_setfit(est, full: LabeledData, split: tuple[list[int], list[int]], embedded, fit_rows: np.ndarray,
-                     chosen: dict, since: tuple[float, float]):
-    """`setfit` validated on its held-out fifth: metrics out of sample, the race against the no-transfer model
-    (auto), then the shipped head solved again on every labeled row. Returns the held-out rows and the shipped
-    model's scores on them (the report's)."""
-    (x, y, rows), (started, tuning) = embedded, since
-    train, val = full.subset(split[0]), full.subset(split[1])
-    with torch.no_grad():
-        proba = torch.softmax(est.model_.head(x[~fit_rows].float()), -1).numpy().astype(np.float64)
-    scores = np.full((len(val), len(est.classes_)), np.nan)
-    scored = np.isin(split[1], rows)
-    scores[scored] = proba
-    val_scores = (scores, scored)
-    if est.advice_ is not None:  # auto: never ship a model worse than one it measured (the untuned, no-transfer)
-        val_scores = race_frozen_probe(est, train, val, val_scores, time.perf_counter() - tuning)
-        loop = LoopConfig(patience=est.patience, mixed_precision=est.mixed_precision, verbose=est.verbose,
-                          deadline=None if est.time_limit is None else started + est.time_limit)
-        val_scores = race_baseline(est, train, val, val_scores, time.perf_counter() - tuning, loop)
-    est.data_summary_ = {"train": len(train), "validation": len(val), "class_counts": full.class_counts(),
-                         "skipped": [{"path": p, "reason": r} for p, r in full.skipped]}
-    est.metrics_ = {"validation": {**est._score(val, val_scores), "held_out": True},
-                    "fit_seconds": round(time.perf_counter() - started, 2)}
-    if est.strategy_["name"] in ("baseline", "features"):  # a race's winner on frozen inputs
-        refit_final_probe(est, est.model_.backbone, train, val)
-    else:
-        est.metrics_["refit"] = refit_probe(est.model_.head, [(x[fit_rows], y[fit_rows]), (x[~fit_rows], y[~fit_rows])],
-                                            len(est.classes_), chosen)
-    return val, val_scores
