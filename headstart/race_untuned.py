@@ -1,10 +1,11 @@
-"""`auto` on texts: a tuned or fine-tuned encoder races the untuned encoder's probe on the held-out rows.
+"""`auto`: a tuned or fine-tuned backbone races the untuned backbone's probe on the held-out rows.
 
 After `setfit`, or a fine-tune with no probe stage to fall back to (races_frozen_probe: `full` from a fresh head,
-the Trainer's recipe), the probe the advisor measured on the frozen encoder (what strategy `features` fits) is
-fitted on the same training rows and raced on the validation rows, paired; it ships when better by more than
-VALIDATION_MARGIN_SE standard errors. frozen_head_seconds estimates what such a frozen-feature head costs before it
-runs (race.announce_plan counts it too). The no-transfer race that follows is race.py's.
+texts' Trainer's recipe or images' plan for large data unlike the source), the probe the advisor measured on the
+frozen backbone (what strategy `features` fits) is fitted on the same training rows and raced on the validation
+rows, paired; it ships when better by more than VALIDATION_MARGIN_SE standard errors. frozen_head_seconds
+estimates what such a frozen-feature head costs before it runs (race.announce_plan counts it too). The
+no-transfer race that follows is race.py's.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ def _frozen_features(est, backbone, items: list) -> tuple[np.ndarray, np.ndarray
 
 
 def races_frozen_probe(est, stages: list) -> bool:
-    """A text classification plan under `auto` whose every stage trains the encoder (`full` from a fresh head, the
-    Trainer's recipe): nothing in it falls back to the probe the advisor measured, so that probe races it
-    (race_frozen_probe). Seen fail without it: under a time limit that cut `full` short, a model below chance
-    shipped. Images' `full` (large data unlike the source) is not raced yet: its probe needs every image's features."""
-    return (est.strategy == "auto" and est.modality == "text" and est._task == "classification" and bool(stages)
+    """A classification plan under `auto` whose every stage trains the backbone (`full` from a fresh head: texts'
+    Trainer's recipe, images' plan for large data unlike the source): nothing in it falls back to the probe the
+    advisor measured, so that probe races it (race_frozen_probe). Seen fail without it: under a time limit that cut
+    a text `full` short, a model below chance shipped. For images the probe reads every image's frozen features: a
+    forward pass each, a small part of a fine-tune's epochs of forward and backward passes."""
+    return (est.strategy == "auto" and est._task == "classification" and bool(stages)
             and all(not stage.backbone_frozen for stage in stages))
 
 
@@ -47,10 +49,11 @@ def race_frozen_probe(est, train: LabeledData, val: LabeledData, tuned: tuple[np
     standard errors. Its features are usually in the cache already (the advisor measured them). Returns the
     shipped model's validation scores."""
     plan, setfit = est.strategy_["name"], est.strategy_["name"] == "setfit"
-    tuned_as = "tuned" if setfit else "fine-tuned"
-    backbone = create_backbone(est.spec_, pretrained=est.pretrained)
+    tuned_as, part = "tuned" if setfit else "fine-tuned", "encoder" if est.modality == "text" else "backbone"
+    backbone = create_backbone(est.spec_, pretrained=est.pretrained,
+                               image_size=est.image_size if est.modality == "image" else None)
     estimate, how = frozen_head_seconds(est, backbone, [*train.items, *val.items])
-    say(est.verbose, f"auto: candidate transfer (features on {est.spec_.name}, the encoder untuned): about "
+    say(est.verbose, f"auto: candidate transfer (features on {est.spec_.name}, the {part} untuned): about "
         f"{estimate:.0f} s ({how})")
     started = time.perf_counter()
     (f_train, ok_train), (f_val, ok_val) = (_frozen_features(est, backbone, part.items) for part in (train, val))
@@ -72,11 +75,11 @@ def race_frozen_probe(est, train: LabeledData, val: LabeledData, tuned: tuple[np
                    "interval": interval(rows), "seconds": round(secs, 1), "estimate_s": guess, "shipped": shipped}
                   for name, rows, secs, guess, shipped in
                   [(f"transfer ({plan} on {est.spec_.name})", ours, tuned_seconds, tuned_estimate, not ships),
-                   (f"transfer (features on {est.spec_.name}, the encoder untuned)", theirs, seconds,
+                   (f"transfer (features on {est.spec_.name}, the {part} untuned)", theirs, seconds,
                     round(estimate, 1), ships)]]
     gap = f"{100 * abs(verdict['difference']):.1f} points of accuracy"
-    said = (f"the untuned encoder's probe is better by {gap} on {verdict['rows']} {rows_from}; shipping it"
-            if ships else f"kept the {tuned_as} encoder: on {verdict['rows']} {rows_from} the untuned one "
+    said = (f"the untuned {part}'s probe is better by {gap} on {verdict['rows']} {rows_from}; shipping it"
+            if ships else f"kept the {tuned_as} {part}: on {verdict['rows']} {rows_from} the untuned one "
             + ("ties it" if verdict["difference"] == 0 else
                f"is {'ahead' if verdict['difference'] > 0 else 'behind'} by {gap}")
             + (f", within {VALIDATION_MARGIN_SE:g} standard errors: noise" if verdict["difference"] > 0 else ""))

@@ -237,3 +237,33 @@ def test_a_text_fine_tune_with_no_probe_stage_races_the_probe_the_advisor_measur
         assert not candidates[0]["shipped"] and not clf.backbone_trained_
     else:
         assert not candidates[1]["shipped"]
+
+
+def test_an_image_fine_tune_with_no_probe_stage_races_the_frozen_probe_too(fashion, monkeypatch):
+    """Images' `full` (large data unlike the source) starts from a fresh head too: the frozen backbone's probe races
+    it on the validation rows, and the race's candidates name the backbone, not an encoder."""
+    import headstart.advisor as advisor
+
+    train, test = fashion
+    measured = advisor.decide
+
+    def fine_tune(**kw) -> advisor.Advice:  # the measurements as ever; the plan forced to a fine-tune
+        said = measured(**kw)
+        return advisor.Advice("full", {}, [*said.reasons[:-1], "-> full: forced by this test"], said.measurements)
+
+    monkeypatch.setattr(advisor, "decide", fine_tune)
+    clf = hs.ImageClassifier(backbone="efficientnet_lite0", image_size=32, epochs=1, seed=0, verbose=False).fit(train)
+    candidates = clf.advice_.measurements["candidates"]
+    assert [c["candidate"] for c in candidates][:2] == ["transfer (full on efficientnet_lite0)",
+                                                        "transfer (features on efficientnet_lite0, the backbone "
+                                                        "untuned)"]
+    assert sum(c["shipped"] for c in candidates) == 1 and all(c["estimate_s"] is not None for c in candidates[:2])
+    race = clf.advice_.measurements["race_untuned"]
+    assert race["rows_from"] == "validation rows" and race["rows"] == clf.data_summary_["validation"]
+    # whichever won is what ships: the fine-tuned backbone, the frozen probe as strategy `features`, or what beat
+    # both in the race after (the no-transfer model on raw pixels, or a blend)
+    won = [c["shipped"] for c in candidates].index(True)
+    assert clf.backbone_trained_ == (won == 0)
+    if won < 2:
+        assert clf.strategy_["name"] == ["full", "features"][won]
+    assert clf.evaluate(test)["accuracy"] > 0.3  # 10 classes: chance is 0.1
