@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cache_index import DigestIndex
+
 
 def file_digest(path: str) -> str:
     h = hashlib.blake2b(digest_size=16)
@@ -56,60 +58,60 @@ def write_atomic(path: str, write) -> None:
 
 
 class FeatureCache:
-    """Rows of features keyed by file content hash, for one model key."""
+    """Rows of features keyed by file content hash, for one model key. Its index of where each digest's row is
+    (cache_index.DigestIndex: sorted NumPy keys, about 24 bytes a row) is read once, on the first look-up."""
 
     def __init__(self, root: str, key: str) -> None:
         self.dir = os.path.join(root, "features", key)
-        self._index: dict[str, tuple[np.ndarray, int]] | None = None
+        self._index: DigestIndex | None = None
 
-    def _load_index(self) -> dict[str, tuple[np.ndarray, int]]:
-        if self._index is not None:
-            return self._index
-        index: dict[str, tuple[np.ndarray, int]] = {}
-        if os.path.isdir(self.dir):
-            for name in sorted(os.listdir(self.dir)):
-                if not (name.startswith("shard-") and name.endswith(".json")):
-                    continue
-                base = os.path.join(self.dir, name[: -len(".json")])
-                try:
-                    with open(base + ".json") as f:
-                        digests = json.load(f)["digests"]
-                    rows = np.load(base + ".npy", mmap_mode="r")
-                except (OSError, ValueError, KeyError, json.JSONDecodeError):
-                    continue  # half-written or damaged: recomputed on demand
-                if rows.ndim != 2 or rows.shape[0] != len(digests):
-                    continue
-                for i, d in enumerate(digests):
-                    index[d] = (rows, i)
-        self._index = index
-        return index
+    def _shards(self) -> Iterator[tuple[str, np.ndarray, list[str]]]:
+        """(path, memory-mapped rows, digests) of each complete shard, in name order, one at a time."""
+        if not os.path.isdir(self.dir):
+            return
+        for name in sorted(os.listdir(self.dir)):
+            if not (name.startswith("shard-") and name.endswith(".json")):
+                continue
+            base = os.path.join(self.dir, name[: -len(".json")])
+            try:
+                with open(base + ".json") as f:
+                    digests = json.load(f)["digests"]
+                rows = np.load(base + ".npy", mmap_mode="r")
+            except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+                continue  # half-written or damaged: recomputed on demand
+            if not (isinstance(digests, list) and all(isinstance(d, str) for d in digests)):
+                continue
+            if rows.ndim != 2 or rows.shape[0] != len(digests):
+                continue
+            yield rows.filename, rows, digests
+
+    def _load_index(self) -> DigestIndex:
+        if self._index is None:
+            self._index = DigestIndex.build(self._shards())
+        return self._index
+
+    def digests(self) -> list[str]:
+        """Every digest cached, once each."""
+        return self._load_index().digests()
 
     def locate(self, digests: list[str]) -> tuple[ShardRows, np.ndarray]:
         """Where the digests' rows are, as a ShardRows in the digests' order (those found), and a mask of which
         were found. Nothing is read: the rows stay on disk."""
         index = self._load_index()
-        found = np.array([d in index for d in digests], dtype=bool)
-        paths: list[str] = []
-        rows: list[int] = []
-        for d in (d for d, f in zip(digests, found) if f):
-            shard, r = index[d]
-            paths.append(shard.filename)
-            rows.append(r)
-        dim = next(iter(index.values()))[0].shape[1] if index else 0
-        return ShardRows.of_rows(paths, rows, dim), found
+        found, shards, rows = index.lookup(digests)
+        return ShardRows.of_shard_rows(index.paths, shards, rows, index.dim), found
 
     def get(self, digests: list[str]) -> tuple[np.ndarray | None, np.ndarray]:
         """Features for the digests found (zeros elsewhere) and a boolean mask of which were found."""
         index = self._load_index()
-        found = np.array([d in index for d in digests], dtype=bool)
+        found, shards, rows = index.lookup(digests)
         if not found.any():
             return None, found
-        dim = next(iter(index.values()))[0].shape[1]
-        out = np.zeros((len(digests), dim), dtype=np.float32)
-        for i, d in enumerate(digests):
-            if found[i]:
-                rows, r = index[d]
-                out[i] = rows[r]
+        out = np.zeros((len(digests), index.dim), dtype=np.float32)
+        at = np.flatnonzero(found)
+        for s in np.unique(shards):
+            mine = np.flatnonzero(shards == s)
+            out[at[mine]] = index.shards[s][rows[mine]]
         return out, found
 
     def put(self, digests: list[str], features: np.ndarray) -> None:
@@ -156,12 +158,21 @@ class ShardRows:
     @classmethod
     def of_rows(cls, paths: list[str], rows: list[int], dim: int) -> ShardRows:
         """One part per run of consecutive rows from the same shard (a cache written in order is a few parts)."""
-        parts: list[tuple[str, range]] = []
-        start = 0
-        for i in range(1, len(paths) + 1):
-            if i == len(paths) or paths[i] != paths[start] or rows[i] != rows[i - 1] + 1:
-                parts.append((paths[start], range(rows[start], rows[i - 1] + 1)))
-                start = i
+        names = sorted(set(paths))
+        number = {p: i for i, p in enumerate(names)}
+        return cls.of_shard_rows(names, np.array([number[p] for p in paths], dtype=np.int64), np.asarray(rows), dim)
+
+    @classmethod
+    def of_shard_rows(cls, paths: list[str], shards: np.ndarray, rows: np.ndarray, dim: int) -> ShardRows:
+        """As of_rows, from arrays: row `rows[i]` of shard `paths[shards[i]]`; runs found without a Python loop
+        over the rows."""
+        shards, rows = np.asarray(shards, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return cls([], dim)
+        starts = np.flatnonzero(np.r_[True, (shards[1:] != shards[:-1]) | (rows[1:] != rows[:-1] + 1)])
+        stops = np.r_[starts[1:], len(rows)]
+        parts = [(paths[s], range(a, b + 1)) for s, a, b in
+                 zip(shards[starts].tolist(), rows[starts].tolist(), rows[stops - 1].tolist())]
         return cls(parts, dim)
 
     def __len__(self) -> int:

@@ -105,7 +105,7 @@ def test_two_processes_match_one_and_only_the_first_writes(fashion, tmp_path):
     # features were split between the processes and gathered: the cache holds every row, equal to one process's
     cache_one, cache_two = (FeatureCache(c, os.listdir(os.path.join(c, "features"))[0]) for c in (one_cache,
                                                                                                   two_cache))
-    digests = list(cache_one._load_index())
+    digests = cache_one.digests()
     rows_one, found_one = cache_one.get(digests)
     rows_two, found_two = cache_two.get(digests)
     assert found_one.all() and found_two.all() and len(digests) == 200
