@@ -59,35 +59,41 @@ def write_atomic(path: str, write) -> None:
 
 class FeatureCache:
     """Rows of features keyed by file content hash, for one model key. Its index of where each digest's row is
-    (cache_index.DigestIndex: sorted NumPy keys, about 24 bytes a row) is read once, on the first look-up."""
+    (cache_index.DigestIndex: sorted NumPy records, 20 bytes a row) is read once, on the first look-up."""
 
     def __init__(self, root: str, key: str) -> None:
         self.dir = os.path.join(root, "features", key)
         self._index: DigestIndex | None = None
 
-    def _shards(self) -> Iterator[tuple[str, np.ndarray, list[str]]]:
-        """(path, memory-mapped rows, digests) of each complete shard, in name order, one at a time."""
-        if not os.path.isdir(self.dir):
-            return
-        for name in sorted(os.listdir(self.dir)):
-            if not (name.startswith("shard-") and name.endswith(".json")):
-                continue
-            base = os.path.join(self.dir, name[: -len(".json")])
-            try:
-                with open(base + ".json") as f:
-                    digests = json.load(f)["digests"]
-                rows = np.load(base + ".npy", mmap_mode="r")
-            except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
-                continue  # half-written or damaged: recomputed on demand
-            if not (isinstance(digests, list) and all(isinstance(d, str) for d in digests)):
-                continue
-            if rows.ndim != 2 or rows.shape[0] != len(digests):
-                continue
-            yield rows.filename, rows, digests
-
     def _load_index(self) -> DigestIndex:
-        if self._index is None:
-            self._index = DigestIndex.build(self._shards())
+        if self._index is not None:
+            return self._index
+        bases, shards = [], []
+        if os.path.isdir(self.dir):
+            for name in sorted(os.listdir(self.dir)):
+                if not (name.startswith("shard-") and name.endswith(".json")):
+                    continue
+                base = os.path.join(self.dir, name[: -len(".json")])
+                try:
+                    rows = np.load(base + ".npy", mmap_mode="r")
+                except (OSError, ValueError):
+                    continue  # half-written or damaged: recomputed on demand
+                if rows.ndim == 2:
+                    bases.append(base)
+                    shards.append(rows)
+
+        def read(s: int) -> list[str] | None:
+            """Shard s's digests, or None where its JSON is damaged or does not match its rows."""
+            try:
+                with open(bases[s] + ".json") as f:
+                    digests = json.load(f)["digests"]
+            except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+                return None
+            if not (isinstance(digests, list) and all(isinstance(d, str) for d in digests)):
+                return None
+            return digests if len(digests) == shards[s].shape[0] else None
+
+        self._index = DigestIndex.build([rows.filename for rows in shards], shards, read)
         return self._index
 
     def digests(self) -> list[str]:
@@ -166,7 +172,7 @@ class ShardRows:
     def of_shard_rows(cls, paths: list[str], shards: np.ndarray, rows: np.ndarray, dim: int) -> ShardRows:
         """As of_rows, from arrays: row `rows[i]` of shard `paths[shards[i]]`; runs found without a Python loop
         over the rows."""
-        shards, rows = np.asarray(shards, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+        shards, rows = np.asarray(shards), np.asarray(rows)
         if not len(rows):
             return cls([], dim)
         starts = np.flatnonzero(np.r_[True, (shards[1:] != shards[:-1]) | (rows[1:] != rows[:-1] + 1)])

@@ -1,18 +1,22 @@
-"""The feature cache's digest index (cache.FeatureCache): where each cached digest's row is, in NumPy arrays.
+"""The feature cache's digest index (cache.FeatureCache): where each cached digest's row is, in one NumPy array.
 
-Every digest of every shard as one fixed-width byte string, sorted once, beside the shard number and row of each
-(int32): 24 bytes a row for headstart's 32-character hexadecimal digests, where a dictionary of Python strings
-and tuples took about 100. Look-ups are binary searches (`np.searchsorted`) a chunk of digests at a time, so a
-query of millions never builds a Python object per digest.
+Each cached row is one fixed-width record: its digest's key, then its position among all cached rows (shards in
+name order, rows in order; big-endian, so bytes sort as numbers). The records are sorted in place, once; a
+position gives the shard (`ends`) and row. For headstart's 32-character hexadecimal digests a record is 20 bytes,
+where a dictionary of Python strings and tuples took about 250, and loading holds nothing larger than the records
+and one shard's JSON. Look-ups are binary searches (`np.searchsorted`) a chunk of digests at a time, so a query
+of millions never builds a Python object per digest.
 
 Keys are exact, not hashed: where every cached digest is lowercase hexadecimal of one even length, each is
-packed into its bytes (`bytes.fromhex`, one to one on such strings; a digest of any other form cannot be cached
-and is simply not found); otherwise each is its UTF-8 bytes followed by b"\\x01", so that NumPy's padding of short
-byte strings with NULs cannot make two digests equal. As the dictionary did, the last shard in name order (the
-last row, within a shard) wins where a digest is cached twice.
+packed into its bytes (`bytes.fromhex`, one to one on such strings; a digest of another form cannot be cached and
+is simply not found); otherwise each is its UTF-8 bytes followed by b"\\x01", so that padding short keys with NULs
+cannot make two digests equal. As the dictionary did, where a digest is cached twice the last shard in name order
+(the last row, within a shard) wins: of the records with one key, a look-up takes the one of highest position.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -23,9 +27,10 @@ _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
 def _packed_hex(digests: list[str], length: int) -> np.ndarray | None:
-    """Lowercase hexadecimal digests of `length` characters as their bytes (S<length/2>); None if any is not."""
+    """Lowercase hexadecimal digests of `length` characters as their bytes, [n, length/2] uint8; None if any
+    is not of that form."""
     if not digests:
-        return np.zeros(0, dtype=f"S{length // 2}")
+        return np.zeros((0, length // 2), dtype=np.uint8)
     joined = "".join(digests)
     if len(joined) != length * len(digests) or any(len(d) != length for d in digests):
         return None
@@ -35,118 +40,135 @@ def _packed_hex(digests: list[str], length: int) -> np.ndarray | None:
         return None
     if packed.hex() != joined:  # upper case, or spaces fromhex skips
         return None
-    return np.frombuffer(packed, dtype=f"S{length // 2}")
+    return np.frombuffer(packed, dtype=np.uint8).reshape(len(digests), length // 2)
 
 
-def _text(digests: list[str]) -> np.ndarray:
-    """Any digests as their UTF-8 bytes and a closing b'\\x01' (a trailing NUL stays significant)."""
-    return np.array([d.encode("utf-8", "surrogatepass") + b"\x01" for d in digests], dtype=bytes)
+def _text(digests: list[str], width: int | None = None) -> np.ndarray:
+    """Digests of any form as their UTF-8 bytes and a closing b'\\x01' (a trailing NUL stays significant),
+    [n, width] uint8 padded with NULs (cut at `width`: the caller masks out those longer)."""
+    encoded = np.array([d.encode("utf-8", "surrogatepass") + b"\x01" for d in digests], dtype=bytes)
+    width = width or max(1, encoded.dtype.itemsize)
+    return np.ascontiguousarray(encoded.astype(f"S{width}")).view(np.uint8).reshape(len(digests), width)
 
 
-def _hex_as_text(packed: np.ndarray) -> np.ndarray:
-    """Packed hexadecimal keys re-encoded as _text would have encoded their digests."""
-    width = packed.dtype.itemsize
-    raw = np.ascontiguousarray(packed).view(np.uint8).reshape(-1, width)
-    out = np.empty((len(raw), 2 * width + 1), dtype=np.uint8)
-    out[:, 0:2 * width:2] = _HEX[raw >> 4]
-    out[:, 1:2 * width:2] = _HEX[raw & 15]
-    out[:, -1] = 1
-    return out.view(f"S{2 * width + 1}").ravel()
+def _position_bytes(total: int) -> int:
+    return 4 if total < (1 << 32) - 1 else 8
 
 
 class DigestIndex:
-    """Sorted keys, and per key its shard's number (in `paths` / `shards`) and its row there."""
+    """`records` [n] of S<width + position bytes>, sorted; `ends[s]`: the positions before shard s's end."""
 
     def __init__(self, paths: list[str], shards: list[np.ndarray]) -> None:
         self.paths, self.shards = paths, shards
         self.hex_length: int | None = None  # the digests' length where keys are packed hexadecimal, else None
-        self.keys = np.zeros(0, dtype="S1")
-        self.shard = np.zeros(0, dtype=np.int32)
-        self.row = np.zeros(0, dtype=np.int32)
-        self.first_shard = -1  # the shard whose width `dim` reports (the dictionary's first entry's)
+        self.width, self.position_bytes = 1, 4
+        self.records = np.zeros(0, dtype="S5")
+        self.ends = np.zeros(len(shards), dtype=np.int64)
+        self.first_digest: str | None = None  # the dictionary's first entry: `dim` is its shard's width
 
     @classmethod
-    def build(cls, shards: list[tuple[str, np.ndarray, list[str]]]) -> DigestIndex:
-        """From (path, memory-mapped rows, digests) per shard, in the order their entries override (last wins).
-        Each shard's digest list is encoded as it comes, so only one shard's Python strings are held at once
-        (the caller's iterator may read them lazily)."""
-        paths: list[str] = []
-        arrays: list[np.ndarray] = []
-        parts: list[np.ndarray] = []
-        hex_length: int | None = None
-        packing = True
-        for path, rows, digests in shards:
-            if packing and digests:
-                if hex_length is None and len(digests[0]) % 2 == 0 and digests[0]:
-                    hex_length = len(digests[0])
-                packed = _packed_hex(digests, hex_length) if hex_length else None
-                if packed is None:  # not all one form: every key as text, those packed so far re-encoded
-                    packing = False
-                    parts = [_hex_as_text(p) for p in parts]
-            keys = (packed if packing else _text(digests)) if digests else np.zeros(0, dtype="S1")
-            paths.append(path)
-            arrays.append(rows)
-            parts.append(keys)
-        index = cls(paths, arrays)
-        if not parts or not sum(len(p) for p in parts):
-            return index
-        counts = [len(p) for p in parts]
-        keys = np.concatenate([p for p in parts if len(p)])
-        del parts
-        shard = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
-        row = np.concatenate([np.arange(c, dtype=np.int32) for c in counts])
-        order = np.argsort(keys, kind="stable")  # equal keys keep their shard order: the last one wins
-        first_key = keys[0]
-        keys = keys[order]
-        last = np.ones(len(keys), dtype=bool)
-        last[:-1] = keys[1:] != keys[:-1]
-        order = order[last]
-        index.keys, index.shard, index.row = keys[last], shard[order], row[order]
-        index.hex_length = hex_length if packing else None
-        index.first_shard = int(index.shard[np.searchsorted(index.keys, first_key)])
+    def build(cls, paths: list[str], shards: list[np.ndarray], read: Callable[[int], list[str] | None]) -> DigestIndex:
+        """From each shard's path and memory-mapped rows, in name order; `read(s)`: shard s's digests (one per
+        row), or None where it is damaged (skipped). Hexadecimal keys are written into the records shard by
+        shard; at the first digest of another form every shard is read again as text (two passes: the widest
+        digest first), so no more than one shard's digests are ever held as Python strings."""
+        index = cls(paths, shards)
+        capacity = sum(len(rows) for rows in shards)
+        index.position_bytes = _position_bytes(capacity)
+        hex_length = None
+        for s in range(len(shards)):
+            digests = read(s)
+            if digests:
+                hex_length = len(digests[0])
+                break
+        if hex_length and hex_length % 2 == 0 and index._fill(read, capacity, hex_length // 2, hex_length):
+            index.hex_length = hex_length
+        else:
+            width = max([max((len(d.encode("utf-8", "surrogatepass")) for d in read(s) or []), default=0)
+                         for s in range(len(shards))], default=0) + 1
+            index._fill(read, capacity, width, None)
+        index.records.sort()  # in place: each record is unique (its position), so no stability is needed
         return index
 
+    def _fill(self, read: Callable[[int], list[str] | None], capacity: int, width: int, hex_length: int | None) -> bool:
+        """Every shard's records, keys packed (hex_length) or as text of `width`; False at a digest that does
+        not pack."""
+        self.width = width
+        record = width + self.position_bytes
+        records = np.empty(capacity, dtype=f"S{record}")  # pages untouched until written: skipped rows cost nothing
+        raw = records.view(np.uint8).reshape(capacity, record)
+        at = 0
+        self.first_digest = None
+        for s in range(len(self.shards)):
+            digests = read(s) or []
+            keys = _packed_hex(digests, hex_length) if hex_length else _text(digests, width)
+            if keys is None:
+                return False
+            raw[at:at + len(keys), :width] = keys
+            raw[at:at + len(keys), width:] = np.arange(at, at + len(keys), dtype=f">u{self.position_bytes}").view(
+                np.uint8).reshape(len(keys), self.position_bytes)
+            if self.first_digest is None and digests:
+                self.first_digest = digests[0]
+            at += len(keys)
+            self.ends[s] = at
+        self.records = records[:at]
+        return True
+
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.records)
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.shard.nbytes + self.row.nbytes
+        return self.records.nbytes + self.ends.nbytes
 
     @property
     def dim(self) -> int:
-        return self.shards[self.first_shard].shape[1] if len(self) else 0
+        if self.first_digest is None:
+            return 0
+        return self.shards[int(self.lookup([self.first_digest])[1][0])].shape[1]
+
+    def _raw(self) -> np.ndarray:
+        """The records as [n, record bytes] uint8."""
+        return self.records.view(np.uint8).reshape(len(self.records), self.records.dtype.itemsize)
 
     def _encode(self, digests: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Query digests as keys of the index's width, and which could be in it at all."""
-        width = self.keys.dtype.itemsize
+        """Query digests as keys, [n, width] uint8, and which could be in the index at all."""
         if self.hex_length is not None:
             packed = _packed_hex(digests, self.hex_length)
             if packed is not None:
                 return packed, np.ones(len(digests), dtype=bool)
             one = [_packed_hex([d], self.hex_length) for d in digests]
             ok = np.array([p is not None for p in one], dtype=bool)
-            return np.array([p[0] if p is not None else b"" for p in one], dtype=self.keys.dtype), ok
-        encoded = _text(digests)
-        ok = np.char.str_len(encoded) <= width if len(encoded) else np.zeros(0, dtype=bool)
-        return encoded.astype(self.keys.dtype), ok  # too long to be cached: cut here, and masked out
+            keys = np.zeros((len(digests), self.width), dtype=np.uint8)
+            for i in np.flatnonzero(ok):
+                keys[i] = one[i][0]
+            return keys, ok
+        too_long = np.array([len(d.encode("utf-8", "surrogatepass")) >= self.width for d in digests], dtype=bool)
+        return _text(digests, self.width), ~too_long  # too long to be cached: cut here, and masked out
 
     def lookup(self, digests: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(found mask, shard numbers, rows) in the digests' order, the last two for the digests found."""
         found = np.zeros(len(digests), dtype=bool)
         shards, rows = [np.zeros(0, dtype=np.int32)], [np.zeros(0, dtype=np.int32)]
-        if not len(self):
-            return found, np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32)
-        for start in range(0, len(digests), LOOKUP_CHUNK):
-            query, ok = self._encode(list(digests[start:start + LOOKUP_CHUNK]))
-            at = np.minimum(np.searchsorted(self.keys, query), len(self.keys) - 1)
-            hit = ok & (self.keys[at] == query)
-            found[start:start + len(query)] = hit
-            shards.append(self.shard[at[hit]])
-            rows.append(self.row[at[hit]])
+        raw = self._raw()
+        starts = self.ends - np.diff(self.ends, prepend=0)
+        for start in range(0, len(digests) if len(self) else 0, LOOKUP_CHUNK):
+            keys, ok = self._encode(list(digests[start:start + LOOKUP_CHUNK]))
+            query = np.full((len(keys), raw.shape[1]), 255, dtype=np.uint8)  # above every position of the key
+            query[:, :self.width] = keys
+            at = np.searchsorted(self.records, query.view(self.records.dtype).ravel()) - 1  # its last record
+            hit = ok & (at >= 0) & (raw[np.maximum(at, 0), :self.width] == keys).all(axis=1)
+            found[start:start + len(keys)] = hit
+            position = raw[at[hit], self.width:].copy().view(f">u{self.position_bytes}").ravel().astype(np.int64)
+            shard = np.searchsorted(self.ends, position, side="right")
+            shards.append(shard.astype(np.int32))
+            rows.append((position - starts[shard]).astype(np.int32))  # rows of one shard: np.save's 2^31 at most
         return found, np.concatenate(shards), np.concatenate(rows)
 
     def digests(self) -> list[str]:
         """Every digest cached, once each (sorted by key, not by shard)."""
-        keys = _hex_as_text(self.keys) if self.hex_length is not None else self.keys  # packed: trailing NULs count
-        return [k[:-1].decode("utf-8", "surrogatepass") for k in keys.tolist()]
+        keys = self._raw()[:, :self.width]
+        keys = keys[np.r_[True, (keys[1:] != keys[:-1]).any(axis=1)]] if len(keys) else keys
+        if self.hex_length is not None:
+            return [bytes(k).hex() for k in keys]
+        return [bytes(k).rstrip(b"\x00")[:-1].decode("utf-8", "surrogatepass") for k in keys]
