@@ -51,8 +51,9 @@ def finetune_encoder(backbone: nn.Module, texts: Sequence[str], labels: np.ndarr
         raise HeadstartError(f"fine-tuning on texts needs a text backbone; '{backbone.spec.name}' has no tokenizer")
     targets = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     objective = _Classify(backbone, n_classes or int(targets.max()) + 1)
-    torch.manual_seed(seed)  # the fresh head's initial weights
-    objective.head.reset_parameters()
+    with torch.random.fork_rng():  # the fresh head's initial weights, seeded, leaving the global stream as it was
+        torch.manual_seed(seed)
+        objective.head.reset_parameters()
     rng = np.random.default_rng(seed)
     for p in backbone.parameters():
         p.requires_grad_(True)
