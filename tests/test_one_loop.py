@@ -43,8 +43,10 @@ def captured(monkeypatch):
         results.append(original(*args, **kwargs))
         return results[-1]
 
-    for module in ("multitask", "continual", "pretrain", "adapt", "fewshot"):
-        monkeypatch.setattr(f"headstart.methods.{module}.run_loop", recording, raising=False)
+    # text_finetune.tune_text_encoder runs both text tunings (SetFit's and the Trainer's recipe); raising: a module
+    # that stopped importing run_loop would otherwise go unrecorded without a word
+    for module in ("multitask", "continual", "pretrain", "adapt", "text_finetune"):
+        monkeypatch.setattr(f"headstart.methods.{module}.run_loop", recording)
     return results
 
 

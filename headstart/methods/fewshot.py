@@ -32,14 +32,14 @@ from ..distributed import is_main_process
 from ..errors import DataError, HeadstartError
 from ..heads import HeadConfig, TransferModel, build_head
 from ..inference import _device, _to, embed, run_over
-from ..loop import LoopSettings, WholeBatchObjective, run_loop
+from ..loop import LoopSettings, WholeBatchObjective
 from ..plan_runner import open_run_log
 from ..probe import cross_validated_proba, fit_probe
 from ..progress import say
 from ..strategies import SetFit, get_strategy
 from .classical import CLASSICAL_HEADS
 from .fewshot_validation import checked_on, held_out_setfit, validate_on_every_label
-from .text_finetune import finetune_encoder
+from .text_finetune import finetune_encoder, tune_text_encoder
 
 DEFAULT_SCALE = 10.0  # cosine in [-1, 1] times this: softmax probabilities neither flat nor saturated
 
@@ -127,37 +127,19 @@ def contrastive_tune(backbone: nn.Module, texts: Sequence[str], labels: np.ndarr
     passes over the texts in shuffled batches, `pair_loss` on each. Returns one record per pass (mean loss), each
     also given to `log` as its pass ends (metrics.jsonl). No batch starts after `deadline` (a time.perf_counter()
     value: the estimator's time limit)."""
-    if getattr(backbone, "tokenizer", None) is None:
-        raise HeadstartError(f"contrastive tuning needs a text backbone; '{backbone.spec.name}' has no tokenizer")
-
     labels = torch.as_tensor(np.asarray(labels))
     rng = np.random.default_rng(seed)
-    for p in backbone.parameters():
-        p.requires_grad_(True)
-    max_length = backbone.spec.preprocess.max_length
 
-    def batches(_epoch: int):
+    def rows_of(_epoch: int):
         order = rng.permutation(len(texts))
         # batches of at most batch_size, of near-equal sizes: never a last batch of one text, which has no pair
-        for rows in np.array_split(order, -(-len(order) // batch_size)):
-            enc = backbone.tokenizer([texts[r] for r in rows], padding=True, truncation=True, max_length=max_length,
-                                     return_tensors="pt")
-            yield dict(enc), labels[rows]
+        return np.array_split(order, -(-len(order) // batch_size))
 
-    def record(r: dict) -> dict:
-        done = {"stage": "setfit", "epoch": r["epoch"], "train_loss": float(np.mean(r["loss"] or [np.nan])),
-                "texts": len(texts)}
-        return {**done, "stopped": "time limit"} if r.get("stopped") else done
-
-    result = run_loop(_PairObjective(backbone), [{"params": list(backbone.parameters())}], batches,
-                      LoopSettings("setfit", epochs, mixed_precision=mixed_precision, verbose=verbose,
-                                   deadline=deadline),
-                      optimizer=lambda groups: adamw(groups, lr=lr), steps_per_epoch=-(-len(texts) // batch_size),
-                      on_epoch=None if log is None else lambda r: log(record(r)))
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    backbone.eval()
-    return [record(r) for r in result.epochs]
+    return tune_text_encoder(
+        backbone, texts, labels, _PairObjective(backbone), [{"params": list(backbone.parameters())}], rows_of,
+        stage="setfit", settings=LoopSettings("setfit", epochs, mixed_precision=mixed_precision, verbose=verbose,
+                                              deadline=deadline),
+        optimizer=lambda groups: adamw(groups, lr=lr), steps_per_epoch=-(-len(texts) // batch_size), log=log)
 
 
 # --- fit(strategy="fewshot") -------------------------------------------------------------------------------------

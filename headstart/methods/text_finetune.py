@@ -15,7 +15,7 @@ tweets against 0.890 (bench/results/time_budget.json at d31d642): neither wins o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,40 @@ class _Classify(nn.Module):
         return nn.functional.cross_entropy(self.head(self.backbone(encoded)), labels)
 
 
+def tune_text_encoder(backbone: nn.Module, texts: Sequence[str], targets: torch.Tensor, objective: nn.Module,
+                      groups: list[dict], rows_of: Callable[[int], Iterable[np.ndarray]], *, stage: str,
+                      settings: LoopSettings, optimizer: Callable, steps_per_epoch: int,
+                      scheduler: Callable | None = None, log: Callable[[dict], None] | None = None) -> list[dict]:
+    """What both text tunings share (this recipe and fewshot.contrastive_tune): every encoder weight trains through
+    the methods' loop on `objective(tokenised texts, targets[rows])` for the rows `rows_of(epoch)` yields, and is
+    left frozen and in eval mode. Returns one record per pass (`stage`, mean loss), each also given to `log` as its
+    pass ends (metrics.jsonl)."""
+    if getattr(backbone, "tokenizer", None) is None:
+        raise HeadstartError(f"tuning on texts ({stage}) needs a text backbone; '{backbone.spec.name}' has no "
+                             "tokenizer")
+    max_length = backbone.spec.preprocess.max_length
+
+    def batches(epoch: int):
+        for rows in rows_of(epoch):
+            enc = backbone.tokenizer([texts[r] for r in rows], padding=True, truncation=True, max_length=max_length,
+                                     return_tensors="pt")
+            yield dict(enc), targets[rows]
+
+    def record(r: dict) -> dict:
+        done = {"stage": stage, "epoch": r["epoch"], "train_loss": float(np.mean(r["loss"] or [np.nan])),
+                "texts": len(texts)}
+        return {**done, "stopped": "time limit"} if r.get("stopped") else done
+
+    for p in backbone.parameters():
+        p.requires_grad_(True)
+    result = run_loop(objective, groups, batches, settings, optimizer=optimizer, scheduler=scheduler,
+                      steps_per_epoch=steps_per_epoch, on_epoch=None if log is None else lambda r: log(record(r)))
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    backbone.eval()
+    return [record(r) for r in result.epochs]
+
+
 def finetune_encoder(backbone: nn.Module, texts: Sequence[str], labels: np.ndarray, *, epochs: int = 3,
                      lr: float = 1e-3, batch_size: int = TEXT_FINETUNE["finetune_batch_size"], seed: int = 0,
                      n_classes: int | None = None,
@@ -47,42 +81,23 @@ def finetune_encoder(backbone: nn.Module, texts: Sequence[str], labels: np.ndarr
     `epochs` passes in shuffled batches. Returns one record per pass (mean loss), each also given to `log` as its
     pass ends. No batch starts after `deadline` (a time.perf_counter() value). Same contract as
     methods.fewshot.contrastive_tune: the encoder is left tuned, frozen and in eval mode."""
-    if getattr(backbone, "tokenizer", None) is None:
-        raise HeadstartError(f"fine-tuning on texts needs a text backbone; '{backbone.spec.name}' has no tokenizer")
     targets = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     objective = _Classify(backbone, n_classes or int(targets.max()) + 1)
     with torch.random.fork_rng():  # the fresh head's initial weights, seeded, leaving the global stream as it was
         torch.manual_seed(seed)
         objective.head.reset_parameters()
     rng = np.random.default_rng(seed)
-    for p in backbone.parameters():
-        p.requires_grad_(True)
-    max_length = backbone.spec.preprocess.max_length
     steps_per_epoch = -(-len(texts) // batch_size)
     total = max(1, epochs * steps_per_epoch)
 
-    def batches(_epoch: int):
+    def rows_of(_epoch: int):
         order = rng.permutation(len(texts))
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            enc = backbone.tokenizer([texts[r] for r in rows], padding=True, truncation=True, max_length=max_length,
-                                     return_tensors="pt")
-            yield dict(enc), targets[rows]
-
-    def record(r: dict) -> dict:
-        done = {"stage": "finetune", "epoch": r["epoch"], "train_loss": float(np.mean(r["loss"] or [np.nan])),
-                "texts": len(texts)}
-        return {**done, "stopped": "time limit"} if r.get("stopped") else done
+        return (order[start : start + batch_size] for start in range(0, len(order), batch_size))
 
     groups = [{"params": list(backbone.parameters()), "lr": lr * TEXT_FINETUNE["backbone_lr_scale"]},
               {"params": list(objective.head.parameters()), "lr": lr}]
-    result = run_loop(objective, groups, batches,
-                      LoopSettings("fine-tune", epochs, mixed_precision=mixed_precision, verbose=verbose,
-                                   deadline=deadline),
-                      optimizer=lambda g: adamw(g, weight_decay=0.0),
-                      scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / total),
-                      steps_per_epoch=steps_per_epoch, on_epoch=None if log is None else lambda r: log(record(r)))
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    backbone.eval()
-    return [record(r) for r in result.epochs]
+    return tune_text_encoder(
+        backbone, texts, targets, objective, groups, rows_of, stage="finetune",
+        settings=LoopSettings("fine-tune", epochs, mixed_precision=mixed_precision, verbose=verbose, deadline=deadline),
+        optimizer=lambda g: adamw(g, weight_decay=0.0), steps_per_epoch=steps_per_epoch,
+        scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / total), log=log)
