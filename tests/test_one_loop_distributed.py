@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent("""
     import test_one_loop as problems
     from conftest import TINY, TINY_SIZE
     from headstart import loop
-    from headstart.methods import adapt, continual, fewshot, multitask, pretrain
+    from headstart.methods import adapt, continual, fewshot, multitask, pretrain, text_finetune
     from headstart.distributed import is_main_process
 
     runs, run_loop = [], loop.run_loop
@@ -43,7 +43,8 @@ SCRIPT = textwrap.dedent("""
         runs.append(result.step_losses)
         return result
 
-    for module in (multitask, continual, pretrain, adapt, fewshot):
+    for module in (multitask, continual, pretrain, adapt, text_finetune):  # text_finetune: both text tunings
+        assert hasattr(module, "run_loop"), module.__name__  # else its runs would go unrecorded
         module.run_loop = recording
 
     class NoBatchNorm(torch.nn.Module):  # SimCLR's backbone here: see the test's docstring
