@@ -38,6 +38,7 @@ import tempfile
 import time
 
 import numpy as np
+from suite import headstart_state
 
 ACC_MARGIN, TIME_TARGET = 0.005, 0.5
 IMAGE_TOOLS = ("headstart-auto", "fastai", "sklearn-logreg", "scratch")
@@ -392,23 +393,6 @@ def save(out: dict, path: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def code_state() -> dict:
-    """The headstart measured: where `import headstart` resolves (PYTHONPATH decides), that checkout's commit and
-    whether its headstart/ has uncommitted changes."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("headstart")
-    if spec is None or not spec.origin:
-        raise SystemExit("headstart is not importable: set PYTHONPATH to the checkout to measure")
-    package = os.path.dirname(spec.origin)
-
-    def git(*a: str) -> str:
-        return subprocess.run(["git", "-C", package, *a], capture_output=True, text=True).stdout.strip()
-
-    return {"path": package, "commit": git("rev-parse", "HEAD") or "unknown",
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", "."))}
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settings", default="fm10,fm100,fm1000,tweets8,tweets64,tweets512")
@@ -436,7 +420,7 @@ def main() -> int:
     scale = (f"image size {args.image_size} px, {args.epochs} epochs, {args.test_per_class} test images/class, "
              f"{args.tweets_test} test tweets, SetFit num_iterations {args.setfit_iterations or 'default'}"
              + (f", mean of {args.repeats} training subsets" if args.repeats > 1 else ""))
-    out: dict = {"code": code_state(), "args": {k: v for k, v in vars(args).items() if not k.startswith("child")},
+    out: dict = {"code": headstart_state(), "args": {k: v for k, v in vars(args).items() if not k.startswith("child")},
                  "scale": scale,
                  "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                              "torch": torch.__version__, "cuda": torch.cuda.is_available(),

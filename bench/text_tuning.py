@@ -6,7 +6,8 @@ training subsets of the suite's text tasks (bench/suite_data.py), to show whethe
 
 Per (task, subset): all-MiniLM-L6-v2 built fresh for each recipe, seeded with the subset; tuned on every training
 text; the head solved on the tuned embeddings (probe.fit_probe: scaling and C by cross-validation); accuracy on
-`--test-size` test texts; the tuning's wall seconds. One process; rows are written to the JSON as they finish.
+`--test-size` test texts (budget.check, the test rows as its held-out ones); the tuning's wall seconds. One
+process; rows are written to the JSON as they finish.
 
   PYTHONPATH=. MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python bench/text_tuning.py \
       --tasks tweets,election --subsets 0,1,2,3,4,5 --per-class 64
@@ -34,15 +35,13 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 def measure(task: str, subset: int, per_class: int, test_size: int) -> dict:
     import headstart as hs
     from headstart.backbones import create_backbone
-    from headstart.heads import HeadConfig, build_head
-    from headstart.inference import run_over
+    from headstart.budget import Labeled, check
     from headstart.methods.fewshot import contrastive_tune
     from headstart.methods.text_finetune import finetune_encoder
-    from headstart.probe import fit_probe
     from headstart.strategies import SetFit
 
     train_csv, test_csv = suite_data.TASKS[task].split(per_class, subset, test_size)
-    reader = hs.TextClassifier(verbose=False)
+    reader = hs.TextClassifier(verbose=False, seed=subset, batch_size=32)  # check() reads its seed and batch
     train = reader._load(train_csv)
     test = reader._align(reader._load(test_csv), list(train.classes))
     n_classes = len(train.classes)
@@ -60,14 +59,10 @@ def measure(task: str, subset: int, per_class: int, test_size: int) -> dict:
         if tune is not None:
             tune(backbone)
         seconds = time.perf_counter() - started
-        feats, ok = run_over(backbone, [*train.items, *test.items], 32, 0, False)
-        x, n = torch.as_tensor(feats), len(train.items)
-        head = build_head(HeadConfig(kind="linear"), backbone.feature_dim, n_classes).eval()
-        fit_probe(head, x[:n], torch.as_tensor(train.targets), n_classes, subset)
-        with torch.no_grad():
-            predicted = head(x[n:].float()).argmax(1).numpy()
-        row[name] = {"accuracy": round(float((predicted == test.targets).mean()), 4),
-                     "tuning_seconds": round(seconds, 2)}
+        # the head and its score as quality="best" checks a candidate, with the test rows as the held-out ones
+        scored = check(reader, backbone, Labeled(train.items, train.targets), Labeled(test.items, test.targets),
+                       n_classes)
+        row[name] = {"accuracy": scored["accuracy"], "tuning_seconds": round(seconds, 2)}
     return row
 
 

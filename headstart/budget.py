@@ -126,7 +126,9 @@ def spend_on_setfit(est, backbone: Backbone, tuning: Labeled, held_out: Labeled,
     tuning records, and its passes."""
     tune, estimate, log = tools.tune, tools.estimate, tools.log
     # the Trainer's recipe starts from the untuned weights: kept before the fast plan tunes them in place
-    untuned = copy.deepcopy(backbone) if tools.finetune is not None and est.strategy == "auto" else None
+    # (not copied where too few held-out rows mean nothing will be checked)
+    races_recipe = tools.finetune is not None and est.strategy == "auto" and len(held_out.targets) >= MIN_CHECK_ROWS
+    untuned = copy.deepcopy(backbone) if races_recipe else None
     fast_estimate = advice.measurements.get("setfit_seconds_estimate") if advice is not None else None
     if fast_estimate is None and est.time_limit is None:  # an explicit `setfit`: nothing was estimated yet
         fast_estimate = estimate(backbone, tuning.items, passes, seed=est.seed)
