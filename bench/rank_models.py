@@ -32,6 +32,7 @@ from scipy.stats import weightedtau
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bench modules beside this file
 import suite_data  # noqa: E402
 from auto_regret import register_cuts, run_fit, save, spearman  # noqa: E402
+from suite import headstart_state, machine  # noqa: E402
 
 import headstart as hs  # noqa: E402
 from headstart._allocator import tune_allocator  # noqa: E402
@@ -120,7 +121,8 @@ def main() -> int:
     tuned = tune_allocator()
     transformers.logging.disable_progress_bar()
     started = time.perf_counter()
-    out: dict = {"args": vars(args), "allocator_tuned": tuned, "tasks": []}
+    out: dict = {"benchmark": "rank_models", "code": headstart_state(), "machine": machine(), "args": vars(args),
+                 "allocator_tuned": tuned, "tasks": []}
     image_names = [n for n in args.image_backbones.split(",") if n]
     image_names += register_cuts([int(k) for k in args.cuts.split(",") if k]) if args.image_tasks else []
     text_names = [n for n in args.text_backbones.split(",") if n]
