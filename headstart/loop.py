@@ -15,7 +15,6 @@ masks are drawn per share).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -24,10 +23,10 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from torch import nn
 
-from .checkpoint import Checkpointer, TrainState, match_layouts, rng_states, set_rng_states
+from .checkpoint import Checkpointer
 from .distributed import state
-from .progress import make_progress
-from .training_step import make_accelerator, optimizer_step, time_is_up
+from .epochs import Pass, Saving, run_epochs
+from .training_step import make_accelerator
 
 
 @dataclass(frozen=True)
@@ -136,6 +135,56 @@ def _losses_of(output) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
     return output if isinstance(output, tuple) else (output, {})
 
 
+class _SharedSteps:
+    """run_loop's part of the epoch loop (epochs.run_epochs): each process trains on its share of every whole
+    batch, and each epoch's record holds every step's rows and logged values, summed over the processes."""
+
+    def __init__(self, accel: Accelerator, model: nn.Module, objective: nn.Module) -> None:
+        self.accel, self.model, self.objective = accel, model, objective
+        self.n, self.rank = accel.num_processes, accel.process_index
+        self.whole_batch = isinstance(objective, WholeBatchObjective)
+        self.step_rows: list[int] = []
+        self.logged: dict[str, list[float]] = {}
+        self.last: tuple[dict, int, float] | None = None  # the step under way: its values, rows and share
+
+    def loss(self, batch) -> torch.Tensor:
+        n = self.n
+        rows = _rows(batch) or 1
+        split = n > 1 and rows >= n  # fewer rows than processes: each trains on the whole batch
+        part, parts = (self.rank, n) if split else (0, 1)
+        start, stop = _bounds(rows, parts)[part : part + 2]
+        if self.whole_batch:
+            self.objective.split = split
+        loss, extra = _losses_of(self.model(*_share(batch, part, parts, self.accel.device)))
+        share = (stop - start) / rows if split and not self.whole_batch else 1 / n
+        self.last = ({"loss": loss, **extra}, rows, share)
+        # a share's weight in DDP's gradient average: its rows' part of the batch (a whole-batch loss is the same
+        # everywhere, and each process contributes only its own rows' gradient)
+        weight = n if self.whole_batch and split else (n * (stop - start) / rows if split else 1)
+        return loss * weight if weight != 1 else loss
+
+    def stepped(self) -> str:
+        values, rows, share = self.last
+        self.last = None
+        for k, v in values.items():  # read after the step, as the loop always has
+            self.logged.setdefault(k, []).append(_number(v) * share)
+        self.step_rows.append(rows)
+        return f"loss {_number(values['loss']):.3f}"
+
+    def end_epoch(self, epoch: int, stopped: bool, seconds: float) -> tuple[dict, str | None]:
+        # one collective per epoch: every process's share of each step's loss and logged values, summed
+        keys = list(self.logged)
+        table = torch.tensor([self.logged[k] for k in keys], dtype=torch.float64)
+        if self.n > 1 and keys:  # every process took the same steps (the deadline is agreed)
+            table = self.accel.reduce(table.to(self.accel.device), "sum").cpu()
+        record = {"epoch": epoch, "rows": self.step_rows, **{k: table[i].tolist() for i, k in enumerate(keys)}}
+        record.setdefault("loss", [])
+        if stopped:
+            record["stopped"] = True
+        self.step_rows, self.logged = [], {}
+        return record, "time limit" if stopped else None
+
+
 def run_loop(
     objective: nn.Module,
     groups: list[dict],
@@ -163,77 +212,17 @@ def run_loop(
     opt = optimizer(groups)
     sched = scheduler(opt) if scheduler is not None else None
     model, opt = accel.prepare(objective, opt)
-    trainable = [p for g in groups for p in g["params"]]
-    n, rank = accel.num_processes, accel.process_index
-    whole_batch = isinstance(objective, WholeBatchObjective)
-    result = LoopResult()
-    saved = resumable.checkpointer.resume_for(0) if resumable is not None else None
-    if saved is not None:
-        objective.load_state_dict(saved.model)
-        opt.load_state_dict(saved.optimizer)
-        match_layouts(opt)
-        if sched is not None:
-            sched.load_state_dict(saved.scheduler)
-        set_rng_states(saved.rng, resumable.generator)
-        result.epochs = list(saved.stage_history)
-        result.step_losses = [loss for record in result.epochs for loss in record["loss"]]
-    with make_progress(settings.verbose and accel.is_main_process) as bar:
-        total = settings.epochs * steps_per_epoch if steps_per_epoch else None
-        task = bar.add_task(settings.name, total=total, info="")
-        if saved is not None and steps_per_epoch:
-            bar.update(task, completed=saved.epoch * steps_per_epoch)
-        for epoch in range(saved.epoch + 1 if saved is not None else 1, settings.epochs + 1):
-            (train_mode or objective.train)()
-            step_rows, logged = [], {}
-            for batch in batches(epoch):
-                if settings.deadline is not None and time_is_up(accel, settings.deadline):
-                    result.stopped = True
-                    break
-                rows = _rows(batch) or 1
-                split = n > 1 and rows >= n  # fewer rows than processes: each trains on the whole batch
-                part, parts = (rank, n) if split else (0, 1)
-                start, stop = _bounds(rows, parts)[part : part + 2]
-                if whole_batch:
-                    objective.split = split
-                with accel.autocast():
-                    loss, extra = _losses_of(model(*_share(batch, part, parts, accel.device)))
-                # a share's weight in DDP's gradient average: its rows' part of the batch (a whole-batch loss
-                # is the same everywhere, and each process contributes only its own rows' gradient)
-                weight = n if whole_batch and split else (n * (stop - start) / rows if split else 1)
-                optimizer_step(accel, opt, loss * weight if weight != 1 else loss, trainable, settings.grad_clip)
-                if sched is not None:
-                    sched.step()
-                share = (stop - start) / rows if split and not whole_batch else 1 / n
-                values = {"loss": loss, **extra}
-                for k, v in values.items():
-                    logged.setdefault(k, []).append(_number(v) * share)
-                step_rows.append(rows)
-                bar.update(task, advance=1, info=f"epoch {epoch} loss {_number(loss):.3f}")
-            # one collective per epoch: every process's share of each step's loss and logged values, summed
-            keys = list(logged)
-            table = torch.tensor([logged[k] for k in keys], dtype=torch.float64)
-            if n > 1 and keys:  # every process took the same steps (the deadline is agreed)
-                table = accel.reduce(table.to(accel.device), "sum").cpu()
-            record = {"epoch": epoch, "rows": step_rows, **{k: table[i].tolist() for i, k in enumerate(keys)}}
-            record.setdefault("loss", [])
-            if settings.deadline is not None and not result.stopped and time_is_up(accel, settings.deadline):
-                result.stopped = True  # no epoch starts past the deadline: it would stop before its first step
-            if result.stopped:
-                record["stopped"] = True
-            result.step_losses.extend(record["loss"])
-            result.epochs.append(record)
-            if resumable is not None:
-                resumable.checkpointer.save(TrainState(
-                    stage=0, epoch=epoch, step=len(result.step_losses), model=objective.state_dict(),
-                    optimizer=opt.state_dict(), scheduler=sched.state_dict() if sched is not None else {},
-                    rng=rng_states(resumable.generator), best_loss=math.nan, best_state=None, stale=0,
-                    stage_history=result.epochs))
-            if on_epoch is not None and accel.is_main_process:
-                on_epoch(record)
-            if result.stopped:
-                break
+    saving = None if resumable is None else Saving(resumable.checkpointer, objective, sched, resumable.generator,
+                                                   stage=0)
+    run = Pass(settings.name, settings.epochs, steps_per_epoch, settings.grad_clip, settings.verbose,
+               settings.deadline, deadline_between_epochs=True)
+    history, stopped = run_epochs(accel, opt, [p for g in groups for p in g["params"]], batches,
+                                  _SharedSteps(accel, model, objective), run,
+                                  scheduler_step=sched.step if sched is not None else None,
+                                  train_mode=train_mode or objective.train, on_epoch=on_epoch, saving=saving)
     unwrap(accel, model)
-    return result
+    return LoopResult(step_losses=[loss for record in history for loss in record["loss"]], epochs=history,
+                      stopped=stopped)
 
 
 def unwrap(accel: Accelerator, model: nn.Module) -> nn.Module:
