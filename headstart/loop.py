@@ -2,7 +2,7 @@
 
 A method contributes only what differs: an `nn.Module` objective whose `forward(*batch)` returns the batch's loss
 (or `(loss, {name: value})` to log more), the optimiser's parameter groups, a scheduler, and the batches. The loop
-does the rest, on Accelerate like `train.run_stage`, through the same step (`training_step.optimizer_step`): device
+does the rest, on Accelerate and through the same epoch loop as `train.run_stage` (`epochs.run_epochs`): device
 placement, mixed precision, DDP under `torchrun` / `accelerate launch`, gradient clipping, the progress bar, a
 deadline every process agrees on, and losses reduced over processes so every process sees one process's numbers.
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import Checkpointer, TrainState
 
 
-def batches_of(loader: DataLoader):
+def batches_of(loader: DataLoader) -> Iterator[tuple[torch.Tensor, Any]]:
     """A stage loader's non-empty batches, as (inputs, targets)."""
     for idx, x, y in loader:
         if x is not None and len(idx):
@@ -101,26 +102,31 @@ class StageSteps:
         self.last: tuple[torch.Tensor, int] | None = None  # the step under way: its loss and rows
         # The weights a stage starts from are a candidate too: a fine-tune that never beats the linear probe it
         # started from must not leave a worse model behind.
-        self.best_loss, self.best_state, self.stale = math.inf, None, 0
-        self.start_rows = None  # per-row validation losses of the starting weights while they are still the best
+        self.best_loss, self.stale = math.inf, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        # per-row validation losses of the starting weights while they are still the best
+        self.start_rows: torch.Tensor | None = None
         self.start_is_best = False  # the stage so far leaves its starting weights (a fine-tune that lost to its probe)
 
     def resume(self, saved: TrainState) -> None:
+        """The selection's state as a checkpoint left it (the loop restores the weights and the rest)."""
         self.best_loss, self.best_state, self.stale = saved.best_loss, saved.best_state, saved.stale
         self.start_rows = None if saved.start_losses is None else torch.tensor(saved.start_losses)
         self.start_is_best = self.start_rows is not None
 
     def keep_start(self) -> None:
+        """Make the starting weights the best so far: scored once, before the first epoch."""
         self.start_is_best = True
         scored = _val_outputs(self.model, self.val_loader, self.accel)
-        self.best_loss, self.start_rows = _scores(scored, self.loss_fn, self.task)["val_loss"], _row_losses(
-            scored, self.loss_fn)
+        self.best_loss = _scores(scored, self.loss_fn, self.task)["val_loss"]
+        self.start_rows = _row_losses(scored, self.loss_fn)
         self.best_state = self._weights()
 
     def _weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.accel.unwrap_model(self.model).state_dict().items()}
 
     def extra(self) -> dict:
+        """The checkpoint's fields beyond the loop's own (epochs.Saving.extra)."""
         return {"best_loss": self.best_loss, "best_state": self.best_state, "stale": self.stale,
                 "earlier_history": self.checkpointer.earlier_history if self.checkpointer is not None else [],
                 "start_losses": None if self.start_rows is None else self.start_rows.tolist()}

@@ -1,9 +1,9 @@
-"""The one training loop, on Hugging Face Accelerate: CPU, CUDA, mixed precision and multi-process alike.
+"""A strategy's stage, on Hugging Face Accelerate: CPU, CUDA, mixed precision and multi-process alike.
 
 One call runs one stage of a strategy's plan: it sets which groups train (and at which rate), keeps frozen
-BatchNorm in eval mode, runs a one-cycle schedule, validates each epoch, stops early on validation loss and
-leaves the best weights in the model. The Accelerate set-up, the optimiser step and the agreed deadline it shares
-with loop.run_loop are in training_step.py.
+BatchNorm in eval mode, runs a one-cycle schedule, and trains through the one epoch loop (epochs.run_epochs, which
+loop.run_loop runs through too), whose end-of-epoch hook (stage_epochs.StageSteps) validates each epoch, stops early
+on validation loss and keeps the best weights, which the stage leaves in the model.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""What both training loops share (`train.run_stage`, a plan's stage, and `loop.run_loop`, the methods' loop): the
-Accelerator, set up with the precision asked for (`make_accelerator`, `resolve_precision`); the one optimiser step
-every gradient goes through (`optimizer_step`); and a deadline every process agrees on (`time_is_up`).
+"""What every training shares (`train.run_stage`, a plan's stage, and `loop.run_loop`, the methods' loop, both
+through epochs.run_epochs): the Accelerator, set up with the precision asked for (`make_accelerator`,
+`resolve_precision`); the one optimiser step every gradient goes through (`optimizer_step`); and a deadline every
+process agrees on (`time_is_up`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def time_is_up(accel: Accelerator, moment: float) -> bool:
 
 def optimizer_step(accel: Accelerator, opt: torch.optim.Optimizer, loss: torch.Tensor, trainable: list,
                    grad_clip: float | None) -> None:
-    """One optimiser step, the same in every loop (this one and loop.run_loop): clear the gradients, back-propagate
+    """One optimiser step, the one every training takes (in epochs.run_epochs): clear the gradients, back-propagate
     through Accelerate (loss scaling under fp16, DDP's gradient average), clip, step."""
     opt.zero_grad(set_to_none=True)
     accel.backward(loss)
