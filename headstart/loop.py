@@ -58,6 +58,7 @@ class Resumable:
 
     checkpointer: Checkpointer
     generator: torch.Generator | None = None  # the batches' shuffling generator, saved with the other RNG states
+    stage: int = 0  # the checkpoint's stage: a run that trains other stages first (DANN after fit's plan) says which
 
 
 # --- a process's share of a batch ---------------------------------------------------------------------------------
@@ -167,7 +168,7 @@ def run_loop(
     n, rank = accel.num_processes, accel.process_index
     whole_batch = isinstance(objective, WholeBatchObjective)
     result = LoopResult()
-    saved = resumable.checkpointer.resume_for(0) if resumable is not None else None
+    saved = resumable.checkpointer.resume_for(resumable.stage) if resumable is not None else None
     if saved is not None:
         objective.load_state_dict(saved.model)
         opt.load_state_dict(saved.optimizer)
@@ -224,7 +225,7 @@ def run_loop(
             result.epochs.append(record)
             if resumable is not None:
                 resumable.checkpointer.save(TrainState(
-                    stage=0, epoch=epoch, step=len(result.step_losses), model=objective.state_dict(),
+                    stage=resumable.stage, epoch=epoch, step=len(result.step_losses), model=objective.state_dict(),
                     optimizer=opt.state_dict(), scheduler=sched.state_dict() if sched is not None else {},
                     rng=rng_states(resumable.generator), best_loss=math.nan, best_state=None, stale=0,
                     stage_history=result.epochs))
