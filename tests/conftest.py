@@ -134,3 +134,20 @@ def interrupted_after_first_checkpoint(monkeypatch, stage: int = 0):
         with pytest.raises(KeyboardInterrupt):
             yield saved
     assert saved[-1] == (stage, 1), saved
+
+
+@contextmanager
+def checkpoints_written(monkeypatch):
+    """The (stage, epoch) of every checkpoint the block writes: a resumed run's first is the epoch after the one it
+    resumed from (a run that silently started over would write epoch 1 again)."""
+    from headstart.checkpoint import Checkpointer
+
+    real_save, saved = Checkpointer.save, []
+
+    def save(self, state):
+        real_save(self, state)
+        saved.append((state.stage, state.epoch))
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpointer, "save", save)
+        yield saved

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, TINY_SIZE, interrupted_after_first_checkpoint, make_class_images
+from conftest import TINY, TINY_SIZE, checkpoints_written, interrupted_after_first_checkpoint, make_class_images
 
 import headstart as hs
 from headstart.heads import HeadConfig, build_head
@@ -122,7 +122,9 @@ def test_interrupted_extend_resumes_to_the_uninterrupted_head(folders, tmp_path,
     with pytest.raises(hs.HeadstartError, match=r"run/checkpoint/checkpoint.safetensors: written for different "
                                                 r"training data"):
         hs.load(bundle).extend(both, **options, resume=run)
-    resumed = hs.load(bundle).extend(new, **options, resume=run)
+    with checkpoints_written(monkeypatch) as saved:
+        resumed = hs.load(bundle).extend(new, **options, resume=run)
+    assert saved == [(0, 2), (0, 3), (0, 4)]
     for (name, a), b in zip(whole.model_.head.state_dict().items(), resumed.model_.head.state_dict().values()):
         assert torch.equal(a, b), name
     assert resumed.last_extension_ == whole.last_extension_

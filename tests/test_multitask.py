@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, TINY_SIZE, interrupted_after_first_checkpoint, make_class_images
+from conftest import TINY, TINY_SIZE, checkpoints_written, interrupted_after_first_checkpoint, make_class_images
 
 import headstart as hs
 from headstart.bundle import read_bundle
@@ -95,7 +95,9 @@ def test_interrupted_fit_resumes_to_the_uninterrupted_weights(tables, tmp_path, 
         _model(epochs=4).fit(test, resume=run)
     with pytest.raises(hs.HeadstartError, match="written for a different run"):
         _model(epochs=5).fit(train, resume=run)
-    resumed = _model(epochs=4).fit(train, resume=run)
+    with checkpoints_written(monkeypatch) as saved:
+        resumed = _model(epochs=4).fit(train, resume=run)
+    assert saved == [(0, 2), (0, 3), (0, 4)]
     for (name, a), b in zip(whole.heads_.state_dict().items(), resumed.heads_.state_dict().values()):
         assert torch.equal(a, b), name
     assert resumed.metrics_ == whole.metrics_
