@@ -187,7 +187,8 @@ class TransferEstimator(EstimatorInternals):
         planned = time.perf_counter()
         backbone_trained = run_plan(self, model, stages, train, val, solved, loop, log, ckpt)
         if unlabeled is not None:  # domain adaptation to the unlabeled target data
-            backbone_trained = adapt_to_target(self, model, train, val, unlabeled, stages, backbone_trained, log)
+            backbone_trained = adapt_to_target(self, model, train, val, unlabeled, stages, backbone_trained, log,
+                                               ckpt)
         self.model_ = model.eval()
         self.spec_ = backbone.spec
         self.backbone_trained_ = backbone_trained

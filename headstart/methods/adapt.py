@@ -24,11 +24,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .._runtime import adamw
+from ..checkpoint import Checkpointer
 from ..data.labeled import LabeledData
 from ..errors import DataError, HeadstartError
 from ..heads import Standardize, loss_for
 from ..inference import _device, _to, embed, run_over
-from ..loop import LoopSettings, run_loop
+from ..loop import LoopSettings, Resumable, run_loop
 from ..modalities import modality_of
 from ..progress import make_progress, say
 from ..strategies import HEAD, Stage
@@ -141,10 +142,13 @@ class _DannObjective(nn.Module):
 
 
 def dann_train(model: nn.Module, source: LabeledData, target_items: Sequence, *, epochs: int, lr: float,
-               batch_size: int, seed: int = 0, verbose: bool = True, mixed_precision: str = "no") -> list[dict]:
+               batch_size: int, seed: int = 0, verbose: bool = True, mixed_precision: str = "no",
+               checkpointer: Checkpointer | None = None, stage: int = 0) -> list[dict]:
     """Train backbone and head on the source labels while a domain classifier, behind a gradient-reversal layer,
     tries to tell source from target features. The reversal strength ramps 0 -> 1 (Ganin's schedule) so the
-    label loss shapes the features before the domain loss does. Pretrained BatchNorm statistics stay fixed."""
+    label loss shapes the features before the domain loss does. Pretrained BatchNorm statistics stay fixed.
+    With a `checkpointer`, the whole model and the domain classifier are checkpointed after every epoch (as
+    `stage`), and a loaded checkpoint of that stage is resumed to the weights an uninterrupted run ends with."""
     backbone, head = model.backbone, model.head
     norm = head[0] if isinstance(head, nn.Sequential) and isinstance(head[0], Standardize) else nn.Identity()
     discriminator = nn.Sequential(nn.Linear(backbone.feature_dim, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 1))
@@ -158,17 +162,22 @@ def dann_train(model: nn.Module, source: LabeledData, target_items: Sequence, *,
         for p in g["params"]:
             p.requires_grad_(True)
     steps = epochs * len(src)
-    cursor = {"target": iter(tgt), "step": 0}  # one shuffling generator for both: this order keeps its draws
+    saved = checkpointer.resume_for(stage) if checkpointer is not None else None
+    cursor = {"step": saved.step if saved is not None else 0}  # the reversal strength's position in its ramp
 
     def batches(_epoch: int):
+        # Each epoch starts its own target order: its batches then depend only on the shuffling generator (one for
+        # both loaders, in this order) as the epoch starts, which a checkpoint holds, not on an iterator carried
+        # over from the epoch before.
+        target = iter(tgt)
         for _, xs, ys in src:
             if xs is None:
                 continue
             try:
-                _, xt, _ = next(cursor["target"])
+                _, xt, _ = next(target)
             except StopIteration:  # the target set is cycled as often as the source needs
-                cursor["target"] = iter(tgt)
-                _, xt, _ = next(cursor["target"])
+                target = iter(tgt)
+                _, xt, _ = next(target)
             strength = 2.0 / (1.0 + math.exp(-10.0 * cursor["step"] / max(steps, 1))) - 1.0
             cursor["step"] += 1
             yield xs, ys, xt, strength
@@ -182,7 +191,8 @@ def dann_train(model: nn.Module, source: LabeledData, target_items: Sequence, *,
     result = run_loop(_DannObjective(backbone, head, norm, discriminator), groups, batches,
                       LoopSettings("dann", epochs, grad_clip=1.0, mixed_precision=mixed_precision, verbose=verbose),
                       optimizer=lambda g: adamw(g, weight_decay=1e-4), steps_per_epoch=len(src),
-                      train_mode=train_mode)
+                      train_mode=train_mode,
+                      resumable=None if checkpointer is None else Resumable(checkpointer, generator, stage))
     history = []
     for r in result.epochs:
         means = {k: _row_weighted(r[k], r["rows"]) for k in ("label", "domain", "domain_accuracy")}
@@ -238,10 +248,14 @@ def target_items(est, unlabeled) -> list:
 
 
 def adapt_to_target(est, model: nn.Module, train: LabeledData, val: LabeledData, unlabeled, stages: list,
-                    backbone_trained: bool, log) -> bool:
+                    backbone_trained: bool, log, ckpt: Checkpointer | None = None) -> bool:
     """Adapt the just-fitted `model` to the target domain with method `est.adapt`; appends what it did to
     `stages` and `est.history_`. Returns whether the backbone's weights or statistics now differ from the
-    pretrained ones (predictions must then run through the model, not the feature cache)."""
+    pretrained ones (predictions must then run through the model, not the feature cache).
+
+    With fit's checkpointer, `dann` checkpoints every epoch as the stage after the plan's (`fit(resume=DIR)` then
+    skips the plan, whose result the checkpoint's weights include), tied to the target inputs' content too. AdaBN
+    and CORAL take seconds and are run again."""
     if est._task != "classification":
         raise HeadstartError(f"domain adaptation supports classification only, not {est._task}")
     method = getattr(est, "adapt", "auto") or "auto"
@@ -273,8 +287,12 @@ def adapt_to_target(est, model: nn.Module, train: LabeledData, val: LabeledData,
         stages.append(stage)
         est.history_.extend(records)
         return backbone_trained
+    if ckpt is not None:
+        ckpt.earlier_history = list(est.history_)  # the plan's records, restored with the weights on resume
+        ckpt.bind_parts(est._modality, {"target": LabeledData(items, np.zeros(len(items), np.int64), [])})
     records = dann_train(model, train, items, epochs=max(1, est.epochs), lr=est.lr, batch_size=est.batch_size,
-                         seed=est.seed, verbose=est.verbose, mixed_precision=est.mixed_precision)
+                         seed=est.seed, verbose=est.verbose, mixed_precision=est.mixed_precision, checkpointer=ckpt,
+                         stage=len(stages))
     stages.append(Stage("dann", max(1, est.epochs), {HEAD: est.lr * 0.1}))
     est.history_.extend(records)
     if log is not None:
