@@ -114,6 +114,7 @@ def test_interrupted_dann_resumes_to_the_uninterrupted_weights(colour_folder, tm
     whole = hs.ImageClassifier(**params).fit(colour_folder, unlabeled=target)
     run = str(tmp_path / "run")
     dann = len(whole.strategy_["stages"]) - 1  # the stage after the plan's
+    # 18 target images in batches of 8, 4 source batches an epoch: epoch 2 starts mid-way through a target pass
     with interrupted_after_first_checkpoint(monkeypatch, stage=dann):
         hs.ImageClassifier(**params, out_dir=run).fit(colour_folder, unlabeled=target)
     with pytest.raises(hs.HeadstartError, match=r"run/checkpoint/checkpoint.safetensors: written for different "

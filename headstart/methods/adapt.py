@@ -34,6 +34,7 @@ from ..modalities import modality_of
 from ..progress import make_progress, say
 from ..strategies import HEAD, Stage
 from ..train import LoopConfig, run_stage
+from .target_cycle import TargetCycle, target_loader
 
 ADAPT_METHODS = ("auto", "adabn", "coral", "dann")
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
@@ -125,9 +126,11 @@ class _DannObjective(nn.Module):
     """The loop's objective: the label loss on source rows plus the domain classifier's loss on source and target
     features, reached through the gradient-reversal layer."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, norm: nn.Module, discriminator: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, norm: nn.Module, discriminator: nn.Module,
+                 target: TargetCycle | None = None) -> None:
         super().__init__()
         self.backbone, self.head, self.norm, self.discriminator = backbone, head, norm, discriminator
+        self.target = target  # its position in the target set is checkpointed with the weights
         self.label_loss, self.domain_loss = loss_for("classification"), nn.BCEWithLogitsLoss()
 
     def forward(self, xs, ys: torch.Tensor, xt, strength: float) -> tuple[torch.Tensor, dict]:
@@ -154,7 +157,7 @@ def dann_train(model: nn.Module, source: LabeledData, target_items: Sequence, *,
     discriminator = nn.Sequential(nn.Linear(backbone.feature_dim, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 1))
     generator = torch.Generator().manual_seed(seed)
     src = _loader(backbone, source.items, source.targets, True, batch_size, generator)
-    tgt = _loader(backbone, target_items, None, True, batch_size, generator)
+    target = TargetCycle(target_loader(backbone, target_items, batch_size, generator))
     groups = [{"params": list(head.parameters()), "lr": lr * 0.1},
               {"params": list(backbone.parameters()), "lr": lr * 0.1},
               {"params": list(discriminator.parameters()), "lr": lr}]
@@ -163,21 +166,15 @@ def dann_train(model: nn.Module, source: LabeledData, target_items: Sequence, *,
             p.requires_grad_(True)
     steps = epochs * len(src)
     saved = checkpointer.resume_for(stage) if checkpointer is not None else None
+    if saved is None:  # one shuffling generator for both loaders: this order keeps its draws
+        target.begin()
     cursor = {"step": saved.step if saved is not None else 0}  # the reversal strength's position in its ramp
 
     def batches(_epoch: int):
-        # Each epoch starts its own target order: its batches then depend only on the shuffling generator (one for
-        # both loaders, in this order) as the epoch starts, which a checkpoint holds, not on an iterator carried
-        # over from the epoch before.
-        target = iter(tgt)
         for _, xs, ys in src:
             if xs is None:
                 continue
-            try:
-                _, xt, _ = next(target)
-            except StopIteration:  # the target set is cycled as often as the source needs
-                target = iter(tgt)
-                _, xt, _ = next(target)
+            _, xt, _ = target.next()  # the target set is cycled as often as the source needs
             strength = 2.0 / (1.0 + math.exp(-10.0 * cursor["step"] / max(steps, 1))) - 1.0
             cursor["step"] += 1
             yield xs, ys, xt, strength
@@ -188,7 +185,7 @@ def dann_train(model: nn.Module, source: LabeledData, target_items: Sequence, *,
         for m in batchnorm_layers(backbone):
             m.eval()
 
-    result = run_loop(_DannObjective(backbone, head, norm, discriminator), groups, batches,
+    result = run_loop(_DannObjective(backbone, head, norm, discriminator, target), groups, batches,
                       LoopSettings("dann", epochs, grad_clip=1.0, mixed_precision=mixed_precision, verbose=verbose),
                       optimizer=lambda g: adamw(g, weight_decay=1e-4), steps_per_epoch=len(src),
                       train_mode=train_mode,

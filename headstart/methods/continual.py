@@ -24,13 +24,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._runtime import adamw, keeps_callers_rng
-from ..checkpoint import Checkpointer, open_checkpointer, tensors_digest
+from ..checkpoint import Checkpointer
 from ..data.labeled import stratified_split
 from ..errors import HeadstartError
 from ..inference import embed
 from ..loop import LoopSettings, Resumable, run_loop
 from ..progress import say
 from .exemplars import Memory, build_memory
+from .run_checkpoints import extend_checkpointer
 
 METHODS = ("finetune", "rehearsal", "lwf", "ewc")
 
@@ -273,7 +274,7 @@ def extend_estimator(est, data, settings: ContinualSettings, valid=None, old_dat
     feats, targets = feats[ok], train.targets[ok]
     val_feats, val_ok = _features(est, val.items)
     before = est.model_.head
-    checkpointer = _checkpointer(est, before, classes, memory, settings, (train, val), resume or out_dir, resume)
+    checkpointer = extend_checkpointer(est, before, classes, memory, settings, (train, val), resume or out_dir, resume)
     after = train_incremental(before, len(classes), feats, targets, settings, memory, verbose=est.verbose,
                               checkpointer=checkpointer)
     if checkpointer is not None:
@@ -288,20 +289,6 @@ def extend_estimator(est, data, settings: ContinualSettings, valid=None, old_dat
     est.continual_ = [*(getattr(est, "continual_", None) or []), report]
     say(est.verbose, describe(report))
     return report
-
-
-def _checkpointer(est, head: nn.Module, classes: list[str], memory: Memory | None, settings: ContinualSettings,
-                  data: tuple, folder: str | None, resume: str | None) -> Checkpointer | None:
-    """The extension's checkpointer, tied to what it starts from (the bundle's head, its exemplars, the options,
-    the classes) and to the data's content."""
-    if folder is None:
-        return None
-    fingerprint = {"extend": settings.to_dict(), "classes": classes, "head": tensors_digest(head.state_dict()),
-                   "memory": None if memory is None else tensors_digest(memory.to_tensors())}
-    checkpointer = open_checkpointer(folder, fingerprint, resume is not None, "`headstart extend` (or extend) "
-                                     "with this folder")
-    checkpointer.bind_data(est._modality, *data)
-    return checkpointer
 
 
 def describe(report: dict) -> str:

@@ -27,7 +27,7 @@ from ..advisor import few_shot_advice
 from ..backbone_choice import backbone_name
 from ..backbones import create_backbone, resolve_backbone
 from ..budget import TUNING_SHARE, Labeled, Tools, spend_on_setfit
-from ..checkpoint import Checkpointer, run_checkpointer
+from ..checkpoint import Checkpointer
 from ..data.labeled import LabeledData, stratified_split
 from ..distributed import is_main_process
 from ..errors import DataError, HeadstartError
@@ -37,9 +37,10 @@ from ..loop import LoopSettings, Resumable, WholeBatchObjective
 from ..plan_runner import open_run_log
 from ..probe import cross_validated_proba, fit_probe
 from ..progress import say
-from ..strategies import SetFit, Stage, get_strategy
+from ..strategies import SetFit, get_strategy
 from .classical import CLASSICAL_HEADS
 from .fewshot_validation import checked_on, held_out_setfit, validate_on_every_label
+from .run_checkpoints import tuning_checkpointer
 from .text_finetune import finetune_encoder, tune_text_encoder
 
 DEFAULT_SCALE = 10.0  # cosine in [-1, 1] times this: softmax probabilities neither flat nor saturated
@@ -262,7 +263,7 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
             backbone, est.history_, passes = spend_on_setfit(est, backbone, tune_set, held_out, passes, started,
                                                              advice, tools)
         else:
-            ckpt = _checkpointer(est, resume, full, split, valid, passes, log)
+            ckpt = tuning_checkpointer(est, resume, full, split, valid, passes, log)
             est.history_ = tune(backbone, tune_set.items, tune_set.targets, epochs=passes, seed=est.seed,
                                 deadline=None if est.time_limit is None else started + TUNING_SHARE * est.time_limit,
                                 checkpointer=ckpt)
@@ -305,15 +306,3 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     if ckpt is not None:
         ckpt.remove()  # the bundle now holds the tuned encoder
     return est
-
-
-def _checkpointer(est, resume: str | None, full: LabeledData, split, valid: LabeledData | None, passes: int,
-                  log: Callable[[dict], None] | None) -> Checkpointer | None:
-    """The tuning's checkpointer, as estimator.fit's (run_checkpointer), tied to the rows it tunes on and to the
-    validation rows (given, or held out by `split`)."""
-    val = valid if valid is not None else full.subset(split[1] if split is not None else [])
-    train = full.subset(split[0]) if split is not None else full
-    ckpt = run_checkpointer(est, resume, len(train), len(val), [Stage("setfit", passes)], log)
-    if ckpt is not None:
-        ckpt.bind_data(est._modality, train, val)
-    return ckpt
