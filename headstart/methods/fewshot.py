@@ -214,8 +214,8 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
 
     name = advice.strategy if advice is not None else est.strategy
     budgeted = name == "setfit" and est.quality == "best"  # several tunings, raced: not checkpointed
-    if resume and (budgeted or est.modality != "text"):  # refused, never ignored: the caller would believe the
-        # run went on from where it stopped
+    # refused, never ignored: the caller would believe the run went on from where it stopped
+    if resume and (budgeted or est.modality != "text"):
         why = "spends its time budget over several tunings" if budgeted else "computes prototypes in one pass"
         raise HeadstartError(f"strategy '{name}'{' (chosen by auto)' if advice is not None else ''} {why} and has "
                              "nothing to resume; run it again without --resume")
