@@ -274,7 +274,8 @@ def extend_estimator(est, data, settings: ContinualSettings, valid=None, old_dat
     feats, targets = feats[ok], train.targets[ok]
     val_feats, val_ok = _features(est, val.items)
     before = est.model_.head
-    checkpointer = extend_checkpointer(est, before, classes, memory, settings, (train, val), resume or out_dir, resume)
+    checkpointer = extend_checkpointer(est, before, classes, None if memory is None else memory.to_tensors(),
+                                       settings.to_dict(), (train, val), resume or out_dir, resume)
     after = train_incremental(before, len(classes), feats, targets, settings, memory, verbose=est.verbose,
                               checkpointer=checkpointer)
     if checkpointer is not None:

@@ -174,7 +174,7 @@ class MultiTaskModel:
             return None
         options = {k: v for k, v in vars(self).items() if not k.endswith("_") and k not in ("verbose", "out_dir")}
         checkpointer = open_checkpointer(folder, {"estimator": type(self).__name__, "params": options},
-                                         resume is not None, "MultiTaskModel.fit with this out_dir")
+                                         resume is not None, "`MultiTaskModel(out_dir=...).fit`")
         checkpointer.bind_parts(MODALITIES[self.modality], {f"'{n}' column": p for n, p in parts.items()})
         return checkpointer
 

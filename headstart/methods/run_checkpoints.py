@@ -4,17 +4,13 @@ what its run starts from and to its data's content, so that a resume with other 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from ..checkpoint import Checkpointer, open_checkpointer, run_checkpointer, tensors_digest
 from ..data.labeled import LabeledData
 from ..strategies import Stage
-
-if TYPE_CHECKING:
-    from .continual import ContinualSettings
-    from .exemplars import Memory
 
 
 def tuning_checkpointer(est, resume: str | None, full: LabeledData, split, valid: LabeledData | None,
@@ -29,15 +25,15 @@ def tuning_checkpointer(est, resume: str | None, full: LabeledData, split, valid
     return ckpt
 
 
-def extend_checkpointer(est, head: nn.Module, classes: list[str], memory: Memory | None, settings: ContinualSettings,
-                        data: tuple, folder: str | None, resume: str | None) -> Checkpointer | None:
-    """The extension's checkpointer, tied to what it starts from (the bundle's head, its exemplars, the options,
-    the classes) and to the data's content."""
+def extend_checkpointer(est, head: nn.Module, classes: list[str], memory: dict[str, torch.Tensor] | None,
+                        options: dict, data: tuple, folder: str | None, resume: str | None) -> Checkpointer | None:
+    """The extension's checkpointer, tied to what it starts from (the bundle's head, its exemplars' tensors, the
+    options, the classes) and to the data's content."""
     if folder is None:
         return None
-    fingerprint = {"extend": settings.to_dict(), "classes": classes, "head": tensors_digest(head.state_dict()),
-                   "memory": None if memory is None else tensors_digest(memory.to_tensors())}
-    checkpointer = open_checkpointer(folder, fingerprint, resume is not None, "`headstart extend` (or extend) "
-                                     "with this folder")
+    fingerprint = {"extend": options, "classes": classes, "head": tensors_digest(head.state_dict()),
+                   "memory": None if memory is None else tensors_digest(memory)}
+    checkpointer = open_checkpointer(folder, fingerprint, resume is not None,
+                                     "`headstart extend` without --resume (Python: `extend(out_dir=...)`)")
     checkpointer.bind_data(est._modality, *data)
     return checkpointer
