@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 FORMAT = "headstart.checkpoint"
 FORMAT_VERSION = 1
 FOLDER, FILE = "checkpoint", "checkpoint.safetensors"
+_PART_NAMES = {"train": "training", "validation": "validation", "target": "unlabeled target"}  # for messages
 
 
 # --- nested states (optimiser, scheduler, RNG) <-> flat tensors + JSON ------------------------------------------
@@ -151,7 +152,9 @@ class Checkpointer:
         header = {"format": FORMAT, "format_version": FORMAT_VERSION, "fingerprint": self.fingerprint,
                   "stage": state.stage, "epoch": state.epoch, "step": state.step, "best_loss": state.best_loss,
                   "stale": state.stale, "stage_history": state.stage_history,
-                  "earlier_history": state.earlier_history, "start_losses": state.start_losses, "states": meta,
+                  # a method's loop leaves it empty: the records of the stages before it are the checkpointer's
+                  "earlier_history": state.earlier_history or self.earlier_history,
+                  "start_losses": state.start_losses, "states": meta,
                   "data": self._data() if self._data is not None else None}
         os.makedirs(self.dir, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=self.dir)
@@ -165,11 +168,12 @@ class Checkpointer:
             if os.path.exists(tmp):
                 os.remove(tmp)
 
-    def load(self) -> TrainState:
-        """The saved state; a clear error if there is none, it is damaged, or it belongs to another run."""
+    def load(self, how: str = "`headstart fit` with this --out") -> TrainState:
+        """The saved state; a clear error if there is none, it is damaged, or it belongs to another run. `how`:
+        the run that writes this checkpoint, for the message when there is none."""
         if not os.path.isfile(self.path):
-            raise HeadstartError(f"{self.path}: no checkpoint to resume from; run `headstart fit` with this --out "
-                                 "first (checkpoints are written at the end of each epoch)")
+            raise HeadstartError(f"{self.path}: no checkpoint to resume from; run {how} first (checkpoints are "
+                                 "written at the end of each epoch)")
         try:
             with safe_open(self.path, framework="pt") as f:
                 header = json.loads((f.metadata() or {})["headstart"])
@@ -197,14 +201,23 @@ class Checkpointer:
         """Tie the checkpoint to the data's content, not just its row counts: when resuming, refuse a checkpoint
         written for other inputs or labels. The inputs are hashed (images read in full) only when needed: on
         resume, or at the first save; a plan that never checkpoints never pays for it."""
-        fingerprint: dict | None = None
+        self.bind_parts(modality, {"train": train, "validation": val})
+
+    def bind_parts(self, modality: Modality, parts: dict[str, LabeledData]) -> None:
+        """`bind_data` for any named parts, added to those already bound: a method that reads more data later in
+        the run (DANN's unlabeled target inputs, after the source's) binds it then. A part the loaded checkpoint
+        does not record was read only after it was written, so there is nothing to compare it with."""
+        fingerprints: dict[str, dict] = {}
+
+        def part(key: str) -> dict:
+            if key not in fingerprints:
+                fingerprints[key] = data_fingerprint(modality, parts[key])
+            return fingerprints[key]
+
+        earlier = self._data
 
         def compute() -> dict:
-            nonlocal fingerprint
-            if fingerprint is None:
-                fingerprint = {"train": data_fingerprint(modality, train),
-                               "validation": data_fingerprint(modality, val)}
-            return fingerprint
+            return {**(earlier() if earlier is not None else {}), **{key: part(key) for key in parts}}
 
         self._data = compute
         if self.resumed is None:
@@ -212,11 +225,11 @@ class Checkpointer:
         if self._saved_data is None:
             raise HeadstartError(f"{self.path}: written by a headstart that did not record its data's content, so "
                                  "it cannot be checked against this data; train from the start (use another --out)")
-        changed = [name for key, name in (("train", "training"), ("validation", "validation"))
-                   if self._saved_data.get(key) != compute()[key]]
+        changed = [_PART_NAMES.get(key, key) for key in parts
+                   if key in self._saved_data and self._saved_data[key] != part(key)]
         if changed:
             raise HeadstartError(f"{self.path}: written for different {' and '.join(changed)} data (other inputs "
-                                 "or labels, same number of rows); resume with the same data, or use another --out")
+                                 "or labels); resume with the same data, or use another --out")
 
     def resume_for(self, stage: int) -> TrainState | None:
         """The saved state if it belongs to `stage` (earlier stages are skipped by the estimator)."""
@@ -267,6 +280,28 @@ def run_checkpointer(estimator, resume: str | None, n_train: int, n_val: int, st
     if resume:
         saved = checkpointer.load()
         checkpointer.earlier_history = list(saved.earlier_history)
+        # the estimator's records name their stage; the methods' loop keeps its own (steps' losses and rows), and
+        # a method resumed from one logs its records itself
         for record in saved.earlier_history + saved.stage_history if log is not None else []:
-            log(record)
+            if "stage" in record:
+                log(record)
+    return checkpointer
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor | np.ndarray]) -> str:
+    """One digest of named tensors' values (a bundle's head, an exemplar buffer): for a fingerprint, so a resume
+    from other starting weights is refused rather than mixed in."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        value = np.ascontiguousarray(torch.as_tensor(tensors[name]).detach().cpu().numpy())
+        h.update(f"{name}:{value.dtype}:{list(value.shape)}\n".encode() + value.tobytes())
+    return h.hexdigest()
+
+
+def open_checkpointer(folder: str, fingerprint: dict, resume: bool, how: str) -> Checkpointer:
+    """A method's checkpointer in `folder` (written by the first process only); with `resume`, its saved state
+    loaded (`how`: the run that writes it, for the message when there is none)."""
+    checkpointer = Checkpointer(folder, fingerprint, write=is_main_process())
+    if resume:
+        checkpointer.load(how)
     return checkpointer

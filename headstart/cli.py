@@ -215,13 +215,19 @@ def extend(
     epochs: int = typer.Option(30, help="head epochs"),
     lr: float = typer.Option(1e-3),
     as_json: bool = typer.Option(False, "--json", help="the before/after report as JSON on stdout"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last finished epoch "
+                                "(same bundle, data and options; checkpoints are kept in OUT.partial/)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Teach a fitted classifier the new classes in DATA without forgetting the old ones."""
     model = _api().load(bundle)
     model.verbose = not (quiet or as_json)
-    model.extend(data, method=method, valid=valid, old_data=old_data, memory_per_class=memory, epochs=epochs, lr=lr)
     target = out or f"{bundle[:-3] if bundle.endswith('.hs') else bundle}-extended.hs"
+    folder = f"{target}.partial"  # per-epoch checkpoints, next to the bundle they lead to
+    model.extend(data, method=method, valid=valid, old_data=old_data, memory_per_class=memory, epochs=epochs, lr=lr,
+                 out_dir=folder, resume=folder if resume else None)
+    if _api().is_main_process() and os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)  # its checkpoint is gone with the run it served
     if _api().is_main_process():  # one writer when several processes train together (torchrun)
         model.save(target)
     if as_json:

@@ -187,7 +187,8 @@ class TransferEstimator(EstimatorInternals):
         planned = time.perf_counter()
         backbone_trained = run_plan(self, model, stages, train, val, solved, loop, log, ckpt)
         if unlabeled is not None:  # domain adaptation to the unlabeled target data
-            backbone_trained = adapt_to_target(self, model, train, val, unlabeled, stages, backbone_trained, log)
+            backbone_trained = adapt_to_target(self, model, train, val, unlabeled, stages, backbone_trained, log,
+                                               ckpt)
         self.model_ = model.eval()
         self.spec_ = backbone.spec
         self.backbone_trained_ = backbone_trained
@@ -254,10 +255,12 @@ class TransferEstimator(EstimatorInternals):
         return write_bundle(path, self._config(), {**self.model_.state_dict(), **extra, **memory},
                             backbone_files(self.model_.backbone))  # loading then needs no hub, cache or package
 
-    def extend(self, data, method: str = "rehearsal", valid=None, old_data=None, **options) -> TransferEstimator:
-        """Learn the new classes in `data` without forgetting the old (see methods/continual.py for the methods)."""
+    def extend(self, data, method: str = "rehearsal", valid=None, old_data=None, out_dir: str | None = None,
+               resume: str | None = None, **options) -> TransferEstimator:
+        """Learn the new classes in `data` without forgetting the old (see methods/continual.py for the methods).
+        `out_dir`: a checkpoint is written there after every epoch; `resume`: such a folder, to continue from."""
         self.last_extension_ = extend_estimator(self, data, ContinualSettings(method=method, **options),
-                                                valid=valid, old_data=old_data)
+                                                valid=valid, old_data=old_data, out_dir=out_dir, resume=resume)
         return self
 
 

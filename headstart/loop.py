@@ -57,6 +57,7 @@ class Resumable:
 
     checkpointer: Checkpointer
     generator: torch.Generator | None = None  # the batches' shuffling generator, saved with the other RNG states
+    stage: int = 0  # the checkpoint's stage: a run that trains other stages first (DANN after fit's plan) says which
 
 
 # --- a process's share of a batch ---------------------------------------------------------------------------------
@@ -213,7 +214,7 @@ def run_loop(
     sched = scheduler(opt) if scheduler is not None else None
     model, opt = accel.prepare(objective, opt)
     saving = None if resumable is None else Saving(resumable.checkpointer, objective, sched, resumable.generator,
-                                                   stage=0)
+                                                   stage=resumable.stage)
     run = Pass(settings.name, settings.epochs, steps_per_epoch, settings.grad_clip, settings.verbose,
                settings.deadline, deadline_between_epochs=True)
     history, stopped = run_epochs(accel, opt, [p for g in groups for p in g["params"]], batches,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -112,3 +113,41 @@ def fashion(tmp_path_factory) -> tuple[str, str]:
     train = fashion_mnist.export_subset(str(root / "train"), "train", 20, seed=0)
     test = fashion_mnist.export_subset(str(root / "test"), "test", 30, seed=1)
     return train, test
+
+
+@contextmanager
+def interrupted_after_first_checkpoint(monkeypatch, stage: int = 0):
+    """Runs the block as a process killed right after its first checkpoint of `stage` is on disk: the block must
+    raise (KeyboardInterrupt), and the positions every save wrote are yielded, to check what was checkpointed."""
+    from headstart.checkpoint import Checkpointer
+
+    real_save, saved = Checkpointer.save, []
+
+    def save_then_stop(self, state):
+        real_save(self, state)
+        saved.append((state.stage, state.epoch))
+        if state.stage == stage:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpointer, "save", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            yield saved
+    assert saved[-1] == (stage, 1), saved
+
+
+@contextmanager
+def checkpoints_written(monkeypatch):
+    """The (stage, epoch) of every checkpoint the block writes: a resumed run's first is the epoch after the one it
+    resumed from (a run that silently started over would write epoch 1 again)."""
+    from headstart.checkpoint import Checkpointer
+
+    real_save, saved = Checkpointer.save, []
+
+    def save(self, state):
+        real_save(self, state)
+        saved.append((state.stage, state.epoch))
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpointer, "save", save)
+        yield saved

@@ -5,7 +5,14 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import COLOURS, TINY, TINY_SIZE, make_class_images
+from conftest import (
+    COLOURS,
+    TINY,
+    TINY_SIZE,
+    checkpoints_written,
+    interrupted_after_first_checkpoint,
+    make_class_images,
+)
 from PIL import Image
 
 import headstart as hs
@@ -95,3 +102,28 @@ def test_dann_and_adabn_train_end_to_end_and_round_trip(colour_folder, tmp_path)
     with pytest.raises(hs.HeadstartError, match="unknown adapt method"):
         hs.ImageClassifier(backbone=TINY, pretrained=False, image_size=TINY_SIZE, strategy="features",
                            adapt="magic", verbose=False).fit(colour_folder, unlabeled=target)
+
+
+def test_interrupted_dann_resumes_to_the_uninterrupted_weights(colour_folder, tmp_path, monkeypatch):
+    target = make_class_images(str(tmp_path / "target"), {k: tuple(v // 2 for v in c) for k, c in COLOURS.items()},
+                               per_class=6, seed=1)
+    other = make_class_images(str(tmp_path / "other"), {k: tuple(v // 3 for v in c) for k, c in COLOURS.items()},
+                              per_class=6, seed=2)
+    params = dict(backbone=TINY, pretrained=False, image_size=TINY_SIZE, strategy="features", head_epochs=5,
+                  epochs=3, batch_size=8, adapt="dann", verbose=False)
+    whole = hs.ImageClassifier(**params).fit(colour_folder, unlabeled=target)
+    run = str(tmp_path / "run")
+    dann = len(whole.strategy_["stages"]) - 1  # the stage after the plan's
+    # 18 target images in batches of 8, 4 source batches an epoch: epoch 2 starts mid-way through a target pass
+    with interrupted_after_first_checkpoint(monkeypatch, stage=dann):
+        hs.ImageClassifier(**params, out_dir=run).fit(colour_folder, unlabeled=target)
+    with pytest.raises(hs.HeadstartError, match=r"run/checkpoint/checkpoint.safetensors: written for different "
+                                                r"unlabeled target data"):
+        hs.ImageClassifier(**params).fit(colour_folder, unlabeled=other, resume=run)
+    with checkpoints_written(monkeypatch) as saved:
+        resumed = hs.ImageClassifier(**params, out_dir=run).fit(colour_folder, unlabeled=target, resume=run)
+    assert saved == [(dann, 2), (dann, 3)], "resumed after the checkpointed epoch, the plan not run again"
+    for (name, a), b in zip(whole.model_.state_dict().items(), resumed.model_.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert [(r["stage"], r["epoch"]) for r in resumed.history_] == [(r["stage"], r["epoch"]) for r in whole.history_]
+    assert not os.path.exists(os.path.join(run, "checkpoint")) and os.path.isfile(os.path.join(run, "model.hs"))

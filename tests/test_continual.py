@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, TINY_SIZE, make_class_images
+from conftest import TINY, TINY_SIZE, checkpoints_written, interrupted_after_first_checkpoint, make_class_images
 
 import headstart as hs
 from headstart.heads import HeadConfig, build_head
@@ -109,3 +109,31 @@ def test_cli_extend_writes_a_bundle_and_a_report(folders, tmp_path):
     report = json.loads(proc.stdout)
     assert report["method"] == "lwf" and report["new_classes"] == ["blue", "yellow"]
     assert os.path.isfile(report["bundle"]) and hs.load(report["bundle"]).classes_ == ["green", "red", "blue", "yellow"]
+
+
+def test_interrupted_extend_resumes_to_the_uninterrupted_head(folders, tmp_path, monkeypatch):
+    old, new, both = folders
+    bundle = _fit(old, memory=3).save(str(tmp_path / "m.hs"))
+    options = dict(method="ewc", valid=both, epochs=4, lr=1e-2, memory_per_class=3)
+    whole = hs.load(bundle).extend(new, **options)
+    run = str(tmp_path / "run")
+    with interrupted_after_first_checkpoint(monkeypatch):
+        hs.load(bundle).extend(new, **options, out_dir=run)
+    with pytest.raises(hs.HeadstartError, match=r"run/checkpoint/checkpoint.safetensors: written for different "
+                                                r"training data"):
+        hs.load(bundle).extend(both, **options, resume=run)
+    with checkpoints_written(monkeypatch) as saved:
+        resumed = hs.load(bundle).extend(new, **options, resume=run)
+    assert saved == [(0, 2), (0, 3), (0, 4)]
+    for (name, a), b in zip(whole.model_.head.state_dict().items(), resumed.model_.head.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.last_extension_ == whole.last_extension_
+    assert not os.path.exists(os.path.join(run, "checkpoint")), "a finished extension removes its checkpoint"
+
+
+def test_cli_extend_resume_without_a_checkpoint_says_so(folders, tmp_path):
+    old, new, _ = folders
+    bundle = _fit(old, memory=3).save(str(tmp_path / "m.hs"))
+    proc = subprocess.run([sys.executable, "-m", "headstart.cli", "extend", bundle, new, "--resume", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "no checkpoint to resume from" in proc.stderr, proc.stderr[-2000:]

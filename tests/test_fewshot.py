@@ -8,7 +8,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import COLOURS, TINY, TINY_SIZE, make_class_images
+from conftest import (
+    COLOURS,
+    TINY,
+    TINY_SIZE,
+    checkpoints_written,
+    interrupted_after_first_checkpoint,
+    make_class_images,
+)
 
 import headstart as hs
 from headstart.methods.fewshot import PrototypeHead, leave_one_out_scores, pair_loss
@@ -246,12 +253,39 @@ def test_resume_on_a_fewshot_path_is_refused_not_ignored(tmp_path, strategy):
     assert not hasattr(clf, "model_")
 
 
-def test_resume_on_setfit_is_refused_before_any_tuning(tmp_path):
+def test_resume_on_setfit_at_quality_best_is_refused_before_any_tuning(tmp_path):
     from headstart.data import tweets
 
     train_csv, _, _ = tweets.export_split(str(tmp_path / "tw"), per_class_train=6, test_size=3, seed=0)
-    clf = hs.TextClassifier(strategy="setfit", out_dir=str(tmp_path / "run"), verbose=False)
-    with pytest.raises(hs.HeadstartError, match=r"strategy 'setfit' trains in one short pass .*nothing to resume; "
-                                                r"run it again without --resume"):
+    clf = hs.TextClassifier(strategy="setfit", quality="best", out_dir=str(tmp_path / "run"), verbose=False)
+    with pytest.raises(hs.HeadstartError, match=r"strategy 'setfit' spends its time budget over several tunings "
+                                                r"and has nothing to resume; run it again without --resume"):
         clf.fit(train_csv, resume=str(tmp_path / "run"))
     assert not hasattr(clf, "model_") and not os.path.exists(tmp_path / "run" / "model.hs")
+
+
+def test_interrupted_setfit_resumes_to_the_uninterrupted_encoder(tmp_path, monkeypatch):
+    from headstart.data import tweets
+
+    train_csv, _, _ = tweets.export_split(str(tmp_path / "tw"), per_class_train=6, test_size=3, seed=0)
+    other_csv, _, _ = tweets.export_split(str(tmp_path / "other"), per_class_train=6, test_size=3, seed=1)
+    params = dict(strategy="setfit", pretrained=False, verbose=False)  # a random MiniLM: its weights still move
+    whole = hs.TextClassifier(**params).fit(train_csv)
+    run = str(tmp_path / "run")
+    with interrupted_after_first_checkpoint(monkeypatch):
+        hs.TextClassifier(**params, out_dir=run).fit(train_csv)
+    with pytest.raises(hs.HeadstartError, match=r"run/checkpoint/checkpoint.safetensors: written for different "
+                                                r"training and validation data"):
+        hs.TextClassifier(**params).fit(other_csv, resume=run)
+    with checkpoints_written(monkeypatch) as saved:
+        resumed = hs.TextClassifier(**params, out_dir=run).fit(train_csv, resume=run)
+    assert saved == [(0, 2), (0, 3), (0, 4)]
+    for (name, a), b in zip(whole.model_.state_dict().items(), resumed.model_.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    passes = [r for r in resumed.history_ if r["stage"] == "setfit"]
+    assert [r["epoch"] for r in passes] == [1, 2, 3, 4] and passes == whole.history_[:4]
+    logged, _ = _run_outputs(run)
+    assert [r["epoch"] for r in logged if r.get("stage") == "setfit"] == [1, 2, 3, 4], "resumed passes logged again"
+    assert not os.path.exists(os.path.join(run, "checkpoint")) and os.path.isfile(os.path.join(run, "model.hs"))
+
+

@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import TINY, TINY_SIZE, make_class_images
+import torch
+from conftest import TINY, TINY_SIZE, checkpoints_written, interrupted_after_first_checkpoint, make_class_images
 
 import headstart as hs
 from headstart.bundle import read_bundle
@@ -81,3 +82,23 @@ def test_bad_task_definitions_are_user_errors(tables):
         _model(loss_weights={"size": 1.0}).fit(train)
     with pytest.raises(hs.DataError, match="missing column 'shape'"):
         _model(tasks={"shape": "classification"}).fit(train)
+
+
+def test_interrupted_fit_resumes_to_the_uninterrupted_weights(tables, tmp_path, monkeypatch):
+    train, test = tables
+    whole = _model(epochs=4).fit(train)
+    run = str(tmp_path / "run")
+    with interrupted_after_first_checkpoint(monkeypatch):
+        _model(epochs=4, out_dir=run).fit(train)
+    with pytest.raises(hs.HeadstartError, match=r"written for different 'colour' column and 'warmth' column and "
+                                                r"'red_level' column data"):
+        _model(epochs=4).fit(test, resume=run)
+    with pytest.raises(hs.HeadstartError, match="written for a different run"):
+        _model(epochs=5).fit(train, resume=run)
+    with checkpoints_written(monkeypatch) as saved:
+        resumed = _model(epochs=4).fit(train, resume=run)
+    assert saved == [(0, 2), (0, 3), (0, 4)]
+    for (name, a), b in zip(whole.heads_.state_dict().items(), resumed.heads_.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.metrics_ == whole.metrics_
+    assert not os.path.exists(os.path.join(run, "checkpoint")), "a finished fit removes its checkpoint"

@@ -24,15 +24,17 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .._runtime import adamw
+from ..checkpoint import Checkpointer
 from ..data.labeled import LabeledData
 from ..errors import DataError, HeadstartError
 from ..heads import Standardize, loss_for
 from ..inference import _device, _to, embed, run_over
-from ..loop import LoopSettings, run_loop
+from ..loop import LoopSettings, Resumable, run_loop
 from ..modalities import modality_of
 from ..progress import make_progress, say
 from ..strategies import HEAD, Stage
 from ..train import LoopConfig, run_stage
+from .target_cycle import TargetCycle, target_loader
 
 ADAPT_METHODS = ("auto", "adabn", "coral", "dann")
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
@@ -124,9 +126,11 @@ class _DannObjective(nn.Module):
     """The loop's objective: the label loss on source rows plus the domain classifier's loss on source and target
     features, reached through the gradient-reversal layer."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, norm: nn.Module, discriminator: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, norm: nn.Module, discriminator: nn.Module,
+                 target: TargetCycle | None = None) -> None:
         super().__init__()
         self.backbone, self.head, self.norm, self.discriminator = backbone, head, norm, discriminator
+        self.target = target  # its position in the target set is checkpointed with the weights
         self.label_loss, self.domain_loss = loss_for("classification"), nn.BCEWithLogitsLoss()
 
     def forward(self, xs, ys: torch.Tensor, xt, strength: float) -> tuple[torch.Tensor, dict]:
@@ -141,16 +145,19 @@ class _DannObjective(nn.Module):
 
 
 def dann_train(model: nn.Module, source: LabeledData, target_items: Sequence, *, epochs: int, lr: float,
-               batch_size: int, seed: int = 0, verbose: bool = True, mixed_precision: str = "no") -> list[dict]:
+               batch_size: int, seed: int = 0, verbose: bool = True, mixed_precision: str = "no",
+               checkpointer: Checkpointer | None = None, stage: int = 0) -> list[dict]:
     """Train backbone and head on the source labels while a domain classifier, behind a gradient-reversal layer,
     tries to tell source from target features. The reversal strength ramps 0 -> 1 (Ganin's schedule) so the
-    label loss shapes the features before the domain loss does. Pretrained BatchNorm statistics stay fixed."""
+    label loss shapes the features before the domain loss does. Pretrained BatchNorm statistics stay fixed.
+    With a `checkpointer`, the whole model and the domain classifier are checkpointed after every epoch (as
+    `stage`), and a loaded checkpoint of that stage is resumed to the weights an uninterrupted run ends with."""
     backbone, head = model.backbone, model.head
     norm = head[0] if isinstance(head, nn.Sequential) and isinstance(head[0], Standardize) else nn.Identity()
     discriminator = nn.Sequential(nn.Linear(backbone.feature_dim, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 1))
     generator = torch.Generator().manual_seed(seed)
     src = _loader(backbone, source.items, source.targets, True, batch_size, generator)
-    tgt = _loader(backbone, target_items, None, True, batch_size, generator)
+    target = TargetCycle(target_loader(backbone, target_items, batch_size, generator))
     groups = [{"params": list(head.parameters()), "lr": lr * 0.1},
               {"params": list(backbone.parameters()), "lr": lr * 0.1},
               {"params": list(discriminator.parameters()), "lr": lr}]
@@ -158,17 +165,16 @@ def dann_train(model: nn.Module, source: LabeledData, target_items: Sequence, *,
         for p in g["params"]:
             p.requires_grad_(True)
     steps = epochs * len(src)
-    cursor = {"target": iter(tgt), "step": 0}  # one shuffling generator for both: this order keeps its draws
+    saved = checkpointer.resume_for(stage) if checkpointer is not None else None
+    if saved is None:  # one shuffling generator for both loaders: this order keeps its draws
+        target.begin()
+    cursor = {"step": saved.step if saved is not None else 0}  # the reversal strength's position in its ramp
 
     def batches(_epoch: int):
         for _, xs, ys in src:
             if xs is None:
                 continue
-            try:
-                _, xt, _ = next(cursor["target"])
-            except StopIteration:  # the target set is cycled as often as the source needs
-                cursor["target"] = iter(tgt)
-                _, xt, _ = next(cursor["target"])
+            _, xt, _ = target.next()  # the target set is cycled as often as the source needs
             strength = 2.0 / (1.0 + math.exp(-10.0 * cursor["step"] / max(steps, 1))) - 1.0
             cursor["step"] += 1
             yield xs, ys, xt, strength
@@ -179,10 +185,11 @@ def dann_train(model: nn.Module, source: LabeledData, target_items: Sequence, *,
         for m in batchnorm_layers(backbone):
             m.eval()
 
-    result = run_loop(_DannObjective(backbone, head, norm, discriminator), groups, batches,
+    result = run_loop(_DannObjective(backbone, head, norm, discriminator, target), groups, batches,
                       LoopSettings("dann", epochs, grad_clip=1.0, mixed_precision=mixed_precision, verbose=verbose),
                       optimizer=lambda g: adamw(g, weight_decay=1e-4), steps_per_epoch=len(src),
-                      train_mode=train_mode)
+                      train_mode=train_mode,
+                      resumable=None if checkpointer is None else Resumable(checkpointer, generator, stage))
     history = []
     for r in result.epochs:
         means = {k: _row_weighted(r[k], r["rows"]) for k in ("label", "domain", "domain_accuracy")}
@@ -238,10 +245,14 @@ def target_items(est, unlabeled) -> list:
 
 
 def adapt_to_target(est, model: nn.Module, train: LabeledData, val: LabeledData, unlabeled, stages: list,
-                    backbone_trained: bool, log) -> bool:
+                    backbone_trained: bool, log, ckpt: Checkpointer | None = None) -> bool:
     """Adapt the just-fitted `model` to the target domain with method `est.adapt`; appends what it did to
     `stages` and `est.history_`. Returns whether the backbone's weights or statistics now differ from the
-    pretrained ones (predictions must then run through the model, not the feature cache)."""
+    pretrained ones (predictions must then run through the model, not the feature cache).
+
+    With fit's checkpointer, `dann` checkpoints every epoch as the stage after the plan's (`fit(resume=DIR)` then
+    skips the plan, whose result the checkpoint's weights include), tied to the target inputs' content too. AdaBN
+    and CORAL take seconds and are run again."""
     if est._task != "classification":
         raise HeadstartError(f"domain adaptation supports classification only, not {est._task}")
     method = getattr(est, "adapt", "auto") or "auto"
@@ -273,8 +284,12 @@ def adapt_to_target(est, model: nn.Module, train: LabeledData, val: LabeledData,
         stages.append(stage)
         est.history_.extend(records)
         return backbone_trained
+    if ckpt is not None:
+        ckpt.earlier_history = list(est.history_)  # the plan's records, restored with the weights on resume
+        ckpt.bind_parts(est._modality, {"target": LabeledData(items, np.zeros(len(items), np.int64), [])})
     records = dann_train(model, train, items, epochs=max(1, est.epochs), lr=est.lr, batch_size=est.batch_size,
-                         seed=est.seed, verbose=est.verbose, mixed_precision=est.mixed_precision)
+                         seed=est.seed, verbose=est.verbose, mixed_precision=est.mixed_precision, checkpointer=ckpt,
+                         stage=len(stages))
     stages.append(Stage("dann", max(1, est.epochs), {HEAD: est.lr * 0.1}))
     est.history_.extend(records)
     if log is not None:

@@ -24,12 +24,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._runtime import adamw, keeps_callers_rng
+from ..checkpoint import Checkpointer
 from ..data.labeled import stratified_split
 from ..errors import HeadstartError
 from ..inference import embed
-from ..loop import LoopSettings, run_loop
+from ..loop import LoopSettings, Resumable, run_loop
 from ..progress import say
 from .exemplars import Memory, build_memory
+from .run_checkpoints import extend_checkpointer
 
 METHODS = ("finetune", "rehearsal", "lwf", "ewc")
 
@@ -151,8 +153,10 @@ def train_incremental(
     settings: ContinualSettings,
     memory: Memory | None = None,
     verbose: bool = False,
+    checkpointer: Checkpointer | None = None,
 ) -> nn.Module:
-    """Grow `head` to `n_classes` outputs and train it on new features/labels with the chosen method."""
+    """Grow `head` to `n_classes` outputs and train it on new features/labels with the chosen method. With a
+    `checkpointer`, a checkpoint is written after every epoch, and one it loaded is resumed from its epoch."""
     torch.manual_seed(settings.seed)
     old_head = copy.deepcopy(head).eval()
     for p in old_head.parameters():  # the distillation target and EWC's anchor: never trained
@@ -187,7 +191,8 @@ def train_incremental(
              optimizer=lambda groups: adamw(groups, lr=settings.lr, weight_decay=settings.weight_decay),
              scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(
                  opt, T_max=settings.epochs * steps_per_epoch),
-             steps_per_epoch=steps_per_epoch, train_mode=new_head.train)
+             steps_per_epoch=steps_per_epoch, train_mode=new_head.train,
+             resumable=None if checkpointer is None else Resumable(checkpointer, gen))
     for p in params:
         p.requires_grad_(False)
     return new_head.cpu().eval()
@@ -244,8 +249,13 @@ def remember(est, data) -> Memory | None:
     return build_memory(feats[ok], data.targets[ok], est.memory)
 
 
-def extend_estimator(est, data, settings: ContinualSettings, valid=None, old_data=None) -> dict:
-    """Add the classes of `data` to a fitted classifier in place; returns the before/after report."""
+def extend_estimator(est, data, settings: ContinualSettings, valid=None, old_data=None, out_dir: str | None = None,
+                     resume: str | None = None) -> dict:
+    """Add the classes of `data` to a fitted classifier in place; returns the before/after report.
+
+    With `out_dir`, a checkpoint is written under `out_dir/checkpoint/` after every epoch (removed once the head
+    is trained); `resume=DIR` continues an interrupted extension from DIR's, with the same bundle, data and
+    options, to the same head."""
     _check_extendable(est)
     incoming = est._load(data)
     old_classes = list(est.classes_)
@@ -264,7 +274,12 @@ def extend_estimator(est, data, settings: ContinualSettings, valid=None, old_dat
     feats, targets = feats[ok], train.targets[ok]
     val_feats, val_ok = _features(est, val.items)
     before = est.model_.head
-    after = train_incremental(before, len(classes), feats, targets, settings, memory, verbose=est.verbose)
+    checkpointer = extend_checkpointer(est, before, classes, None if memory is None else memory.to_tensors(),
+                                       settings.to_dict(), (train, val), resume or out_dir, resume)
+    after = train_incremental(before, len(classes), feats, targets, settings, memory, verbose=est.verbose,
+                              checkpointer=checkpointer)
+    if checkpointer is not None:
+        checkpointer.remove()  # the head is trained: the caller saves the bundle that holds it
     report = incremental_report(before, after, val_feats[val_ok], val.targets[val_ok], len(old_classes), settings)
     report.update(old_classes=old_classes, new_classes=classes[len(old_classes):], n_train=int(len(targets)),
                   memory_used=int(len(memory)) if memory is not None and settings.method != "finetune" else 0)

@@ -27,18 +27,20 @@ from ..advisor import few_shot_advice
 from ..backbone_choice import backbone_name
 from ..backbones import create_backbone, resolve_backbone
 from ..budget import TUNING_SHARE, Labeled, Tools, spend_on_setfit
+from ..checkpoint import Checkpointer
 from ..data.labeled import LabeledData, stratified_split
 from ..distributed import is_main_process
 from ..errors import DataError, HeadstartError
 from ..heads import HeadConfig, TransferModel, build_head
 from ..inference import _device, _to, embed, run_over
-from ..loop import LoopSettings, WholeBatchObjective
+from ..loop import LoopSettings, Resumable, WholeBatchObjective
 from ..plan_runner import open_run_log
 from ..probe import cross_validated_proba, fit_probe
 from ..progress import say
 from ..strategies import SetFit, get_strategy
 from .classical import CLASSICAL_HEADS
 from .fewshot_validation import checked_on, held_out_setfit, validate_on_every_label
+from .run_checkpoints import tuning_checkpointer
 from .text_finetune import finetune_encoder, tune_text_encoder
 
 DEFAULT_SCALE = 10.0  # cosine in [-1, 1] times this: softmax probabilities neither flat nor saturated
@@ -122,16 +124,20 @@ class _PairObjective(WholeBatchObjective):
 def contrastive_tune(backbone: nn.Module, texts: Sequence[str], labels: np.ndarray, *, epochs: int = SetFit.epochs,
                      lr: float = SETFIT_LR, batch_size: int = SETFIT_BATCH, seed: int = 0,
                      verbose: bool = True, deadline: float | None = None,
-                     log: Callable[[dict], None] | None = None, mixed_precision: str = "no") -> list[dict]:
+                     log: Callable[[dict], None] | None = None, mixed_precision: str = "no",
+                     checkpointer: Checkpointer | None = None) -> list[dict]:
     """Fine-tune a text backbone so that same-class texts embed close (cosine -> 1), others apart (-> 0): `epochs`
     passes over the texts in shuffled batches, `pair_loss` on each. Returns one record per pass (mean loss), each
     also given to `log` as its pass ends (metrics.jsonl). No batch starts after `deadline` (a time.perf_counter()
-    value: the estimator's time limit)."""
+    value: the estimator's time limit). With a `checkpointer`, a checkpoint is written after every pass, and one
+    it loaded is resumed after its pass, to the weights an uninterrupted tuning ends with."""
     labels = torch.as_tensor(np.asarray(labels))
-    rng = np.random.default_rng(seed)
+    rng, drawn = np.random.default_rng(seed), [0]
 
-    def rows_of(_epoch: int):
-        order = rng.permutation(len(texts))
+    def rows_of(epoch: int):
+        # one permutation per pass, in order: a resumed tuning draws (and drops) those of the passes it skips
+        while drawn[0] < epoch:
+            order, drawn[0] = rng.permutation(len(texts)), drawn[0] + 1
         # batches of at most batch_size, of near-equal sizes: never a last batch of one text, which has no pair
         return np.array_split(order, -(-len(order) // batch_size))
 
@@ -139,7 +145,8 @@ def contrastive_tune(backbone: nn.Module, texts: Sequence[str], labels: np.ndarr
         backbone, texts, labels, _PairObjective(backbone), [{"params": list(backbone.parameters())}], rows_of,
         stage="setfit", settings=LoopSettings("setfit", epochs, mixed_precision=mixed_precision, verbose=verbose,
                                               deadline=deadline),
-        optimizer=lambda groups: adamw(groups, lr=lr), steps_per_epoch=-(-len(texts) // batch_size), log=log)
+        optimizer=lambda groups: adamw(groups, lr=lr), steps_per_epoch=-(-len(texts) // batch_size), log=log,
+        resumable=None if checkpointer is None else Resumable(checkpointer))
 
 
 # --- fit(strategy="fewshot") -------------------------------------------------------------------------------------
@@ -193,8 +200,11 @@ def estimate_setfit_seconds(backbone: nn.Module, texts: Sequence[str], passes: i
 def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unlabeled=None, resume=None):
     """`fewshot`: prototypes on the frozen (or, for text, contrastively tuned) backbone; `setfit` (texts): the
     tuned encoder with a logistic-regression head (probe.py). Both use every labeled example. With `out_dir`, the
-    run folder holds what every strategy's does (run_outputs.write_run_outputs); `resume` is refused: nothing here
-    is checkpointed, the few passes being cheaper to run again than to save.
+    run folder holds what every strategy's does (run_outputs.write_run_outputs), and the contrastive tuning of
+    texts writes a checkpoint under `out_dir/checkpoint/` after every pass: `resume=DIR` continues it from its last
+    finished pass to the encoder an uninterrupted run ends with. That is the plain tuning (`setfit` or `fewshot`
+    on texts) only: `quality="best"` spends its budget over several tunings (budget.spend_on_setfit) and refuses
+    `resume`, as do prototypes on images (nothing trains).
 
     With no `valid` set, the validation metrics are leave-one-out (prototypes) or cross-validated (setfit) on the
     tuned embeddings: with few labels, holding examples out would cost more than it tells, but the encoder has seen
@@ -203,9 +213,12 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     from ..run_outputs import write_run_outputs  # the report's plotting (matplotlib) loads only when a run writes one
 
     name = advice.strategy if advice is not None else est.strategy
-    if resume:  # refused, never ignored: the caller would believe the run went on from where it stopped
-        raise HeadstartError(f"strategy '{name}'{' (chosen by auto)' if advice is not None else ''} trains in one "
-                             "short pass and has nothing to resume; run it again without --resume")
+    budgeted = name == "setfit" and est.quality == "best"  # several tunings, raced: not checkpointed
+    # refused, never ignored: the caller would believe the run went on from where it stopped
+    if resume and (budgeted or est.modality != "text"):
+        why = "spends its time budget over several tunings" if budgeted else "computes prototypes in one pass"
+        raise HeadstartError(f"strategy '{name}'{' (chosen by auto)' if advice is not None else ''} {why} and has "
+                             "nothing to resume; run it again without --resume")
     if est._task != "classification":
         raise HeadstartError(f"strategy '{name}' classifies; for {est._task} use 'features' or 'two-stage'")
     if unlabeled is not None:
@@ -236,6 +249,7 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     # under `auto`), then the head is solved again on every row, as the probe's refit does.
     split = stratified_split(full, est.val_fraction, est.seed) if setfit is not None and valid is None else None
     tune_rows = split[0] if split is not None else np.arange(len(full))
+    ckpt: Checkpointer | None = None
     tuning = time.perf_counter()  # the candidate's own time starts here (the advisor's measurements are before)
     log = open_run_log(est.out_dir, is_main_process())
     if tuned:  # SetFit: the labels reshape the embedding itself before the head is fitted on it
@@ -249,8 +263,10 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
             backbone, est.history_, passes = spend_on_setfit(est, backbone, tune_set, held_out, passes, started,
                                                              advice, tools)
         else:
+            ckpt = tuning_checkpointer(est, resume, full, split, valid, passes, log)
             est.history_ = tune(backbone, tune_set.items, tune_set.targets, epochs=passes, seed=est.seed,
-                                deadline=None if est.time_limit is None else started + TUNING_SHARE * est.time_limit)
+                                deadline=None if est.time_limit is None else started + TUNING_SHARE * est.time_limit,
+                                checkpointer=ckpt)
         feats, ok = run_over(backbone, full.items, est.batch_size, est.num_workers, est.verbose)
     else:
         feats, ok = embed(backbone, full.items, batch_size=est.batch_size, num_workers=est.num_workers,
@@ -287,4 +303,6 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
         val, val_scores = validate_on_every_label(est, full, valid, ok, scored, how, started)
     if est.out_dir and is_main_process():  # one writer, as in estimator.fit
         write_run_outputs(est, val, val_scores)
+    if ckpt is not None:
+        ckpt.remove()  # the bundle now holds the tuned encoder
     return est

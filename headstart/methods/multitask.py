@@ -21,11 +21,12 @@ from torch.nn import functional as F
 from .._runtime import adamw, keeps_callers_rng, seed_everything
 from ..backbones import BackboneSpec, backbone_files, create_backbone, rebuild_backbone, resolve_backbone
 from ..bundle import write_bundle
+from ..checkpoint import Checkpointer, open_checkpointer
 from ..data.labeled import LabeledData, stratified_split
 from ..errors import DataError, HeadstartError
 from ..heads import Standardize
 from ..inference import embed
-from ..loop import LoopSettings, run_loop
+from ..loop import LoopSettings, Resumable, run_loop
 from ..metrics import task_metrics
 from ..modalities import MODALITIES
 from ..progress import say
@@ -64,7 +65,8 @@ class MultiTaskModel:
     def __init__(self, backbone: str | None = None, tasks: dict[str, str] | None = None, *, modality: str = "image",
                  loss_weights: dict[str, float] | None = None, input_col: str | None = None, hidden: int = 256,
                  epochs: int = 60, lr: float = 1e-3, batch_size: int = 64, val_fraction: float = 0.2,
-                 image_size: int | None = None, pretrained: bool = True, seed: int = 0, verbose: bool = True) -> None:
+                 image_size: int | None = None, pretrained: bool = True, seed: int = 0, verbose: bool = True,
+                 out_dir: str | None = None) -> None:
         self.backbone = backbone
         self.tasks = tasks
         self.modality = modality
@@ -79,6 +81,7 @@ class MultiTaskModel:
         self.pretrained = pretrained
         self.seed = seed
         self.verbose = verbose
+        self.out_dir = out_dir  # a checkpoint is written under out_dir/checkpoint/ after every epoch
 
     # --- data -------------------------------------------------------------------------------------------
     def _check(self) -> dict[str, str]:
@@ -123,10 +126,13 @@ class MultiTaskModel:
 
     # --- fit --------------------------------------------------------------------------------------------
     @keeps_callers_rng  # seeds the global generators; the caller's own random draws must not notice
-    def fit(self, data) -> MultiTaskModel:
-        """Train the trunk and every head together on the table `data`; hold out a validation split."""
+    def fit(self, data, resume: str | None = None) -> MultiTaskModel:
+        """Train the trunk and every head together on the table `data`; hold out a validation split.
+        `resume`: the `out_dir` of an interrupted fit; training continues from its last finished epoch (same table
+        and options) to the weights an uninterrupted fit ends with."""
         gen = seed_everything(self.seed)
         parts = self._load(data)
+        checkpointer = self._checkpointer(resume, parts)
         spec = resolve_backbone(self.backbone or ("minilm_l6" if self.modality == "text" else "efficientnet_lite0"),
                                 self.modality)
         self.backbone_ = create_backbone(spec, pretrained=self.pretrained,
@@ -144,7 +150,9 @@ class MultiTaskModel:
         outputs = {n: len(self.classes_[n]) if n in self.classes_ else 1 for n in self.tasks}
         self.heads_ = MultiTaskHeads(x.shape[1], self.hidden, outputs)
         self.heads_.trunk[0].set_statistics(x[tr])
-        self._train(x, y, torch.as_tensor(tr), gen)
+        self._train(x, y, torch.as_tensor(tr), gen, checkpointer)
+        if checkpointer is not None:
+            checkpointer.remove()  # the weights are all in the model now
         self.metrics_ = {"validation": self._score(feats[va], {n: t[va] for n, t in y.items()})}
         say(self.verbose, "validation: " + ", ".join(f"{n} {self._headline(m)}"
                                                      for n, m in self.metrics_["validation"].items()))
@@ -159,7 +167,19 @@ class MultiTaskModel:
             total = total + weights.get(name, 1.0) * task_loss
         return total
 
-    def _train(self, x: torch.Tensor, y: dict[str, torch.Tensor], rows: torch.Tensor, gen: torch.Generator) -> None:
+    def _checkpointer(self, resume: str | None, parts: dict[str, LabeledData]) -> Checkpointer | None:
+        """Tied to the options and to every task column's content: a resume on other data is refused."""
+        folder = resume or self.out_dir
+        if folder is None:
+            return None
+        options = {k: v for k, v in vars(self).items() if not k.endswith("_") and k not in ("verbose", "out_dir")}
+        checkpointer = open_checkpointer(folder, {"estimator": type(self).__name__, "params": options},
+                                         resume is not None, "`MultiTaskModel(out_dir=...).fit`")
+        checkpointer.bind_parts(MODALITIES[self.modality], {f"'{n}' column": p for n, p in parts.items()})
+        return checkpointer
+
+    def _train(self, x: torch.Tensor, y: dict[str, torch.Tensor], rows: torch.Tensor, gen: torch.Generator,
+               checkpointer: Checkpointer | None = None) -> None:
         steps_per_epoch = -(-len(rows) // self.batch_size)
 
         def batches(_epoch: int):
@@ -171,7 +191,8 @@ class MultiTaskModel:
                  optimizer=lambda groups: adamw(groups, lr=self.lr, weight_decay=1e-4),
                  scheduler=lambda opt: torch.optim.lr_scheduler.OneCycleLR(
                      opt, max_lr=self.lr, total_steps=max(self.epochs * steps_per_epoch, 1)),
-                 steps_per_epoch=steps_per_epoch)
+                 steps_per_epoch=steps_per_epoch,
+                 resumable=None if checkpointer is None else Resumable(checkpointer, gen))
         self.heads_.cpu().eval()
 
     # --- predict and score ------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from torch import nn
 from .._runtime import adamw
 from ..advisor import TEXT_FINETUNE
 from ..errors import HeadstartError
-from ..loop import LoopSettings, run_loop
+from ..loop import LoopSettings, Resumable, run_loop
 
 
 class _Classify(nn.Module):
@@ -41,11 +41,13 @@ class _Classify(nn.Module):
 def tune_text_encoder(backbone: nn.Module, texts: Sequence[str], targets: torch.Tensor, objective: nn.Module,
                       groups: list[dict], rows_of: Callable[[int], Iterable[np.ndarray]], *, stage: str,
                       settings: LoopSettings, optimizer: Callable, steps_per_epoch: int,
-                      scheduler: Callable | None = None, log: Callable[[dict], None] | None = None) -> list[dict]:
+                      scheduler: Callable | None = None, log: Callable[[dict], None] | None = None,
+                      resumable: Resumable | None = None) -> list[dict]:
     """What both text tunings share (this recipe and fewshot.contrastive_tune): every encoder weight trains through
     the methods' loop on `objective(tokenised texts, targets[rows])` for the rows `rows_of(epoch)` yields, and is
     left frozen and in eval mode. Returns one record per pass (`stage`, mean loss), each also given to `log` as its
-    pass ends (metrics.jsonl)."""
+    pass ends (metrics.jsonl). With `resumable`, a checkpoint is written after every pass, and a loaded one is
+    resumed (its passes' records logged again: metrics.jsonl starts afresh with every run)."""
     if getattr(backbone, "tokenizer", None) is None:
         raise HeadstartError(f"tuning on texts ({stage}) needs a text backbone; '{backbone.spec.name}' has no "
                              "tokenizer")
@@ -62,10 +64,14 @@ def tune_text_encoder(backbone: nn.Module, texts: Sequence[str], targets: torch.
                 "texts": len(texts)}
         return {**done, "stopped": "time limit"} if r.get("stopped") else done
 
+    saved = resumable.checkpointer.resume_for(resumable.stage) if resumable is not None else None
+    for r in saved.stage_history if saved is not None and log is not None else []:
+        log(record(r))
     for p in backbone.parameters():
         p.requires_grad_(True)
     result = run_loop(objective, groups, batches, settings, optimizer=optimizer, scheduler=scheduler,
-                      steps_per_epoch=steps_per_epoch, on_epoch=None if log is None else lambda r: log(record(r)))
+                      steps_per_epoch=steps_per_epoch, on_epoch=None if log is None else lambda r: log(record(r)),
+                      resumable=resumable)
     for p in backbone.parameters():
         p.requires_grad_(False)
     backbone.eval()
