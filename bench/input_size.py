@@ -6,8 +6,14 @@ rows training did not use) and per size, one fit of Lite0 with a fixed recipe (`
 frozen features and the solved logistic head; `two-stage` at `--epochs`), then its test accuracy and the wall
 time of fit + predict (a fresh, empty feature cache for each fit: what a user's first fit pays).
 
-With `--auto`, one more fit per task: strategy `auto` with no backbone and no image size (the default a user gets),
-recording the candidates `auto` scored (backbone @ size), the one it chose, and its test accuracy and time.
+With `--forward`, the bare forward pass of the backbone at each size, timed on a batch of random inputs (the
+median of FORWARD_REPEATS), in this process: the arithmetic a size costs, without the decoding and loading that
+the fits' wall times include and that the machine's other jobs make noisy.
+
+With `--auto`, more fits per task with strategy `auto`, for each of `--auto-backbones` (`none`: no backbone, the
+default a user gets): with no image size (`auto` may choose a smaller one), and at the native size given explicitly
+(what `auto` fitted before it chose sizes), recording the candidates it scored (backbone @ size), the one it chose,
+and the test accuracy and time of both.
 
 Run:
   MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 PYTHONPATH=. .venv/bin/python bench/input_size.py \\
@@ -37,6 +43,7 @@ import headstart as hs  # noqa: E402
 from headstart._allocator import tune_allocator  # noqa: E402
 
 console = Console(width=150)
+FORWARD_BATCH, FORWARD_REPEATS = 32, 5
 
 
 def warm_up(sizes: list[int]) -> None:
@@ -44,6 +51,24 @@ def warm_up(sizes: list[int]) -> None:
     for size in sizes:
         bb = hs.create_backbone("efficientnet_lite0", image_size=size)
         bb.train()(torch.zeros(4, 3, size, size)).sum().backward()
+
+
+def time_forward(name: str, sizes: list[int]) -> dict[int, float]:
+    """Milliseconds per image of a bare inference forward pass at each size (median of FORWARD_REPEATS batches)."""
+    out = {}
+    for size in sizes:
+        bb = hs.create_backbone(name, image_size=size).eval()
+        x = torch.randn(FORWARD_BATCH, 3, size, size)
+        times = []
+        with torch.inference_mode():
+            bb(x)  # untimed: the first pass at a shape is slower
+            for _ in range(FORWARD_REPEATS):
+                t = time.perf_counter()
+                bb(x)
+                times.append((time.perf_counter() - t) / FORWARD_BATCH)
+        out[size] = round(1000 * float(sorted(times)[len(times) // 2]), 3)
+        console.print(f"  forward {name} {size:>4} px: {out[size]:.2f} ms per image")
+    return out
 
 
 def run_sizes(task: str, strategy: str, args: argparse.Namespace, tmp: str, out: dict) -> None:
@@ -63,20 +88,23 @@ def run_sizes(task: str, strategy: str, args: argparse.Namespace, tmp: str, out:
                       (f"  {row['error']}" if row["error"] else ""))
 
 
-def run_auto(task: str, args: argparse.Namespace, tmp: str, out: dict) -> None:
-    """`auto` with no backbone and no image size, as a user gets it: what it chose, and how it did."""
+def run_auto(task: str, backbone: str | None, size: int | None, args: argparse.Namespace, tmp: str,
+             out: dict) -> None:
+    """`auto` with `backbone` (None: none given) at `size` (None: `auto` may choose): what it chose, how it did."""
     train, test = suite_data.TASKS[task].split(args.per_class, args.seed, args.test_size)
-    args.image_size = None
-    fit = run_fit("image", train, test, args, tmp, strategy="auto")
+    args.image_size = size
+    fit = run_fit("image", train, test, args, tmp, strategy="auto", **({"backbone": backbone} if backbone else {}))
     choice = (fit.get("measurements") or {}).get("backbone_choice", {})
-    out["auto"].append({"task": task, "accuracy": fit.get("accuracy"), "fit_s": round(fit.get("fit_s", 0.0), 2),
+    out["auto"].append({"task": task, "backbone_given": backbone, "image_size_given": size,
+                        "accuracy": fit.get("accuracy"), "fit_s": round(fit.get("fit_s", 0.0), 2),
                         "eval_s": round(fit.get("eval_s", 0.0), 2), "chosen": choice.get("chosen"),
                         "chosen_size": choice.get("image_size"), "strategy": fit.get("chosen"),
                         "candidates": choice.get("candidates"), "reasons": fit.get("reasons"),
                         "error": fit.get("error")})
     save(out, args.json)
     a = out["auto"][-1]
-    console.print(f"  {task} auto: chose {a['chosen']} @ {a['chosen_size']} px, {a['strategy']}, acc "
+    console.print(f"  {task} auto ({backbone or 'no backbone'}, {size or 'no'} size given): chose {a['chosen']} @ "
+                  f"{a['chosen_size']} px, {a['strategy']}, acc "
                   f"{a['accuracy'] or float('nan'):.3f}, fit {a['fit_s']:.1f} s" +
                   (f"  {a['error']}" if a["error"] else ""))
 
@@ -105,25 +133,35 @@ def main() -> int:
     ap.add_argument("--test-size", type=int, default=500)
     ap.add_argument("--epochs", type=int, default=2, help="two-stage's fine-tuning epochs")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--auto", action="store_true", help="also fit `auto` with no backbone and no image size")
+    ap.add_argument("--auto", action="store_true", help="also fit `auto`: see --auto-backbones")
+    ap.add_argument("--auto-backbones", default="efficientnet_lite0", help="for --auto; `none`: no backbone given")
+    ap.add_argument("--forward", action="store_true", help="also time the bare forward pass at each size")
     ap.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "input_size.json"))
     args = ap.parse_args()
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
     args.strategies = [s for s in args.strategies.split(",") if s]
+    args.auto_backbones = [b for b in args.auto_backbones.split(",") if b]
     tuned = tune_allocator()
     warm_up(args.sizes)
     started = time.perf_counter()
     out: dict = {"benchmark": "input_size", "code": headstart_state(), "machine": machine(),
                  "args": {k: v for k, v in vars(args).items() if k != "image_size"}, "allocator_tuned": tuned,
                  "rows": [], "auto": []}
+    if args.forward:
+        out["forward_ms_per_image"] = time_forward(args.backbone, args.sizes)
+        save(out, args.json)
     with tempfile.TemporaryDirectory(prefix="headstart-input-size-") as tmp:
         os.environ["HEADSTART_CACHE"] = os.path.join(tmp, "cache")
         for strategy in args.strategies:  # the cheap recipe on every task first: a stopped run keeps it
             for task in args.tasks:
                 run_sizes(task, strategy, args, tmp, out)
         for task in args.tasks if args.auto else []:
-            run_auto(task, args, tmp, out)
+            for name in args.auto_backbones:
+                backbone = None if name == "none" else name
+                run_auto(task, backbone, None, args, tmp, out)
+                if backbone is not None:  # the same at its native size, given: what `auto` fitted before
+                    run_auto(task, backbone, hs.create_backbone(backbone).spec.preprocess.size, args, tmp, out)
     out["total_seconds"] = round(time.perf_counter() - started, 1)
     save(out, args.json)
     table(out)
