@@ -230,10 +230,10 @@ def choose_for_fit(est, full: LabeledData, valid, started: float) -> Choice | No
     if est.strategy != "auto" or not est.pretrained or est._task != "classification":
         return None
     side = median_side(full.items) if est.modality == "image" and est.image_size is None else None
-    if est.backbone is not None:
-        spec = resolve_backbone(est.backbone, est.modality)
-        if spec.modality != est.modality or not smaller_sizes(spec.preprocess.size, side):
-            return None  # nothing to choose (a backbone for the other modality: fit_backbone says so)
+    if est.backbone is not None:  # texts, or a size given: side is None, nothing to choose
+        spec = None if side is None else resolve_backbone(est.backbone, est.modality)
+        if spec is None or spec.modality != est.modality or not smaller_sizes(spec.preprocess.size, side):
+            return None  # (a backbone for the other modality: fit_backbone says so)
     rows = list(range(len(full))) if valid is not None else stratified_split(full, est.val_fraction, est.seed)[0]
     choice = choose_backbone(est, full.subset(rows), len(full), started, side)
     for line in choice.reasons:
