@@ -149,7 +149,8 @@ def choose_backbone(est, train: LabeledData, n_all: int, started: float, side: i
     installed = [s for s in specs if s not in absent]
     asked = est.image_size if est.modality == "image" else None  # the user's size, else each one's native size
     pairs = size_candidates(installed, asked, side)
-    if len(pairs) > len(installed):
+    sized = len(pairs) > len(installed)  # smaller sizes are tried: every candidate is named with its size
+    if sized:
         lines.append(f"input size: the images' median shorter side is {side} px, under half of "
                      f"{' / '.join(sorted({f'{s.preprocess.size}' for s in installed}))} px (native): each backbone "
                      "is also scored at " + ", ".join(f"{k} px" for k in sorted({k for _, k in pairs if k})) +
@@ -173,7 +174,7 @@ def choose_backbone(est, train: LabeledData, n_all: int, started: float, side: i
     if est.time_limit is not None:  # scoring a slow candidate must not eat the time limit itself
         cheapest, allowed = int(np.argmin(costs)), RANK_SHARE * est.time_limit
         keep = [i for i in range(len(built)) if i == cheapest or per_item[i] * len(rows) <= allowed]
-        lines += [f"backbone {tag(pairs[i], asked)}: not scored: {1000 * per_item[i]:.1f} ms per input here, so "
+        lines += [f"backbone {tag(built[i], sized)}: not scored: {1000 * per_item[i]:.1f} ms per input here, so "
                   f"{per_item[i] * len(rows):.0f} s for {len(rows)} rows, over {RANK_SHARE:.0%} of the time limit"
                   for i in range(len(built)) if i not in keep]
         pairs, built, per_item, costs = ([x[i] for i in keep] for x in (pairs, built, per_item, costs))
@@ -187,7 +188,7 @@ def choose_backbone(est, train: LabeledData, n_all: int, started: float, side: i
     for pair, b, (f, _), secs, rel in zip(pairs, built, feats, per_item, costs):
         scores = probe_rows(f[ok], labels[ok], seed=est.seed)
         candidates.append({
-            "name": pair[0].name, "label": tag(pair, asked),
+            "name": pair[0].name, "label": tag(b, sized),
             "image_size": b.spec.preprocess.size if est.modality == "image" else None,
             "rows": scores, "accuracy": float(scores.mean()), "relative_cost": rel / min(costs),
             "interval": interval(scores), "logme": round(logme(f[ok], labels[ok]), 4),
@@ -208,9 +209,10 @@ def choose_backbone(est, train: LabeledData, n_all: int, started: float, side: i
                    "ranking_seconds": round(spent, 2), "margin_se": CHOICE_MARGIN_SE}, image_size=size)
 
 
-def tag(pair: tuple[BackboneSpec, int | None], asked: int | None) -> str:
-    """A candidate's name in the reasons: `backbone @ size` where the size is a smaller one tried here."""
-    return label(pair[0].name, None if pair[1] == asked else pair[1])
+def tag(backbone: Backbone, sized: bool) -> str:
+    """A candidate's name in the reasons: `backbone @ size` for every candidate where smaller sizes are `sized`
+    (tried), else the backbone's name."""
+    return label(backbone.spec.name, backbone.spec.preprocess.size if sized else None)
 
 
 def candidate_line(c: dict, rows: int, epochs: int) -> str:
