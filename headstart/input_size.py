@@ -1,6 +1,7 @@
 """Resolution as a cost knob: where a user's images are far smaller than a backbone's native input size (28 px
-digits fed to a 224 px network), `auto` also scores the backbone at smaller sizes, as candidates like any other
-backbone (backbone_choice.py: the same subsample, folds, paired probe and cost), and fits the one it chooses.
+digits fed to a 224 px network), `auto` also scores the backbone it chose at smaller sizes, as candidates like
+the backbones (backbone_choice.py: the same subsample, folds, paired probe, cost and rule), and fits the one it
+chooses.
 
 - The images' size: the median shorter side of up to SIDE_SAMPLE training images, read from their headers (PIL
   opens lazily: nothing is decoded), spread over the rows. The shorter side, because the preprocessing resizes it.

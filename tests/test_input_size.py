@@ -56,10 +56,11 @@ def test_small_images_add_size_candidates_and_the_chosen_size_is_fitted_saved_an
     data = make_class_images(str(tmp_path / "train"), COLOURS, per_class=10)  # 24 px
     clf = hs.ImageClassifier(backbone=TINY, epochs=1, head_epochs=5, verbose=False).fit(data)
     choice = clf.advice_.measurements["backbone_choice"]
-    assert [c["label"] for c in choice["candidates"]] == [f"{TINY} @ {k} px" for k in (160, 64, 96)]
-    assert [c["image_size"] for c in choice["candidates"]] == [160, 64, 96]
+    assert [c["label"] for c in choice["candidates"]] == [TINY]  # the backbone given, then its sizes
+    assert [c["label"] for c in choice["size_candidates"]] == [f"{TINY} @ {k} px" for k in (160, 64, 96)]
+    assert [c["image_size"] for c in choice["size_candidates"]] == [160, 64, 96]
     assert choice["median_side"] == 24 and choice["image_size"] == 64 and clf.backbone_choice_.image_size == 64
-    for c in choice["candidates"]:  # every candidate named with its score and cost
+    for c in choice["size_candidates"]:  # every candidate named with its score and cost
         line = next(r for r in clf.advice_.reasons if r.startswith(f"backbone {c['label']}: probe accuracy"))
         assert "x the cheapest's" in line
     assert any(r.startswith("input size: the images' median shorter side is 24 px") for r in clf.advice_.reasons)
@@ -101,3 +102,19 @@ def test_large_images_or_an_explicit_size_add_no_candidates(tmp_path, monkeypatc
     clf.image_size = None
     with pytest.raises(AssertionError, match="nothing to choose"):  # the same small images without a size do
         bc.choose_for_fit(clf, clf._load(small), None, 0.0)
+
+
+def test_without_a_backbone_the_sizes_are_tried_for_the_chosen_one_only(tmp_path, monkeypatch, tiny_as_pretrained):
+    import dataclasses
+
+    tiny = resolve_backbone(TINY)
+    other = dataclasses.replace(tiny, name="tiny_other")
+    monkeypatch.setattr(bc, "candidate_specs", lambda modality: [tiny, other])
+    monkeypatch.setattr(bc, "available_offline", lambda spec: True)
+    data = make_class_images(str(tmp_path / "train"), COLOURS, per_class=10)
+    clf = hs.ImageClassifier(epochs=1, head_epochs=5, verbose=False).fit(data)
+    choice = clf.advice_.measurements["backbone_choice"]
+    assert [c["label"] for c in choice["candidates"]] == [TINY, "tiny_other"]
+    picked = next(r for r in clf.advice_.reasons if r.startswith("-> backbone ")).split()[2].rstrip(":")
+    assert [c["name"] for c in choice["size_candidates"]] == [picked] * 3
+    assert clf.spec_.name == picked and clf.spec_.preprocess.size == choice["image_size"]
