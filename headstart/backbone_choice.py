@@ -20,8 +20,18 @@ choice made for accuracy within the time budget.
   paired per-row differences (verdicts.py) is chosen. So a cheaper model is preferred only where the
   measurements cannot tell the two apart.
 
+Input size (input_size.py): where no `image_size` is given and the images are under half the chosen backbone's
+native size, that backbone is then scored at smaller sizes on the same rows and folds, each size a candidate like
+the backbones (probe, cost, the rule above), and the fit uses the size chosen (`Choice.image_size`; the bundle's
+preprocessing keeps it). Two steps, not one pool: the backbone choice stays what it was, and the size is chosen
+among three candidates, not nine (in one pool on Fashion-MNIST, bench/input_size.py, Lite1 at 128 px won within
+the noise of 100 rows, and the fit scored 0.778 on the test rows against 0.828 for Lite0 with only its size
+chosen). The subsample is sized from the backbones and the cheapest one's smaller sizes, against that backbone's
+native cost (`subsample_size`'s `reference`).
+
 Only classification is chosen for (the probe is an accuracy); regression and multi-label keep the default
-backbone, and so do explicit strategies and an explicit backbone (estimator.fit decides when this runs).
+backbone, and so do explicit strategies; an explicit backbone under `auto` has only its input size chosen, where
+its images call for one (choose_for_fit decides when this runs).
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .advisor import FINETUNE_COST, Advice
+from .advisor import Advice
 from .advisor_measures import time_forward
 from .backbones import (
     Backbone,
@@ -43,12 +53,12 @@ from .backbones import (
     resolve_backbone,
     scratch_spec,
 )
+from .choice_scores import candidate_line, features, name_of, relative_cost, rounded, scored
 from .data.labeled import LabeledData, stratified_split, stratified_subsample
 from .errors import HeadstartError
-from .inference import embed
+from .input_size import median_side, size_candidates, smaller_sizes
 from .progress import say
-from .rank import logme, probe_rows
-from .verdicts import challenger_wins, interval, paired
+from .verdicts import challenger_wins, paired
 
 # The subsample scored: at least CHOICE_MIN_ROWS (at 100 rows the paired standard error of a difference in
 # accuracy is already 4-5 points, about what the Lites differed by on Fashion-MNIST), at most CHOICE_MAX_ROWS
@@ -64,7 +74,6 @@ CHOICE_MARGIN_SE = 1.0
 # Fewer labels than this in the smallest training class: the probe's folds hold one or two rows of that class, so
 # the candidates cannot be told apart; the default backbone stays (and prototypes or the head decide, rule 0-1).
 CHOICE_MIN_PER_CLASS = 4
-SOLVE_SECONDS = 1.0  # the head's solve in a frozen-feature fit, as race_untuned.frozen_head_seconds counts it
 
 
 @dataclass
@@ -73,6 +82,7 @@ class Choice:
     backbone: Backbone | None = None  # the chosen one, built as the fit builds it (None: not built here)
     reasons: list[str] = field(default_factory=list)
     measurements: dict = field(default_factory=dict)
+    image_size: int | None = None  # the input size chosen below the backbone's native one (None: native or given)
 
 
 def candidate_specs(modality: str) -> list[BackboneSpec]:
@@ -80,20 +90,14 @@ def candidate_specs(modality: str) -> list[BackboneSpec]:
     return [s for s in list_backbones(modality) if s.offline]
 
 
-def relative_cost(backbone: Backbone) -> float:
-    """A forward pass's arithmetic, up to a constant, from the model alone: the weights each input meets, times
-    the pixels for images (a convolution's weights meet every position); texts: the same tokens for every
-    encoder. On this CPU it orders the candidates as their timings do (Lite0 < Lite1 < Lite2, MiniLM < mpnet)."""
-    params = float(sum(p.numel() for p in backbone.parameters()))
-    pre = backbone.spec.preprocess
-    return params * (pre.size**2 if backbone.spec.modality == "image" else 1)
-
-
-def subsample_size(n_train: int, n_all: int, costs: list[float]) -> int:
+def subsample_size(n_train: int, n_all: int, costs: list[float], reference: float | None = None) -> int:
     """Rows to score every candidate on (the constants above say why): the candidates not chosen cost at most
-    (sum - cheapest) a row, to be kept within RANK_SHARE of n_all rows at the cheapest's cost."""
+    (sum - cheapest) a row, to be kept within RANK_SHARE of n_all rows at the `reference` cost (default: the
+    cheapest's; with smaller input sizes among the candidates, the cheapest at its native size: what the fit
+    would cost without them)."""
     waste = sum(costs) - min(costs)
-    budget = RANK_SHARE * n_all * min(costs) / waste if waste > 0 else CHOICE_MAX_ROWS
+    reference = min(costs) if reference is None else reference
+    budget = RANK_SHARE * n_all * reference / waste if waste > 0 else CHOICE_MAX_ROWS
     return int(min(n_train, max(CHOICE_MIN_ROWS, min(CHOICE_MAX_ROWS, budget))))
 
 
@@ -104,96 +108,114 @@ def pick(candidates: list[dict], seconds_left: float | None) -> tuple[int, str]:
     fits = [i for i in order if seconds_left is None or candidates[i]["fit_seconds_estimate"] <= seconds_left]
     if not fits:
         quickest = min(order, key=lambda i: candidates[i]["fit_seconds_estimate"])
-        return quickest, (f"{candidates[quickest]['name']}: none fits the {seconds_left:.0f} s left of the time "
+        return quickest, (f"{name_of(candidates[quickest])}: none fits the {seconds_left:.0f} s left of the time "
                           "limit, and its fit is estimated the shortest")
     best = max(fits, key=lambda i: (candidates[i]["accuracy"], -fits.index(i)))  # a tie goes to the cheaper
     within = "" if seconds_left is None else f", among those that fit the {seconds_left:.0f} s left"
     for i in fits:  # cheapest first: the first the best does not clearly beat
         if i == best:
-            return best, f"{candidates[best]['name']}: the best probe accuracy{within}"
+            return best, f"{name_of(candidates[best])}: the best probe accuracy{within}"
         verdict = paired(candidates[i]["rows"], candidates[best]["rows"])
         if not challenger_wins(verdict, CHOICE_MARGIN_SE):
-            return i, (f"{candidates[i]['name']}: cheaper than {candidates[best]['name']}, whose probe leads it by "
+            return i, (f"{name_of(candidates[i])}: cheaper than {name_of(candidates[best])}, whose probe leads it by "
                        f"{100 * verdict['difference']:.1f} points, within {CHOICE_MARGIN_SE:g} standard error "
                        f"({100 * verdict['standard_error']:.1f}) of the paired rows: noise{within}")
     return best, ""  # unreachable: the loop meets `best`
 
 
-def choose_backbone(est, train: LabeledData, n_all: int, started: float) -> Choice:
-    """Score the installed candidates on `train` (the fit's training rows) and choose one for a fit over `n_all`
-    inputs (training and validation) that began at `started` (perf_counter), under `est.time_limit`."""
+def choose_backbone(est, train: LabeledData, n_all: int, started: float, side: int | None = None) -> Choice:
+    """Score the candidates on `train` (the fit's training rows) and choose one for a fit over `n_all` inputs
+    (training and validation) that began at `started` (perf_counter), under `est.time_limit`: first the installed
+    backbones (or the one given) at their native size, then the chosen one at the smaller sizes `side` (the
+    images' median shorter side, input_size.median_side; None: not measured) calls for, if any. In two steps: the
+    backbone choice stays what it was, and the size is chosen among few candidates (scored on 100 rows, nine at
+    once let a larger backbone at a smaller size win within noise and cost Fashion-MNIST 5 points)."""
     t0 = time.perf_counter()
-    specs = candidate_specs(est.modality)
-    default = est.default_backbone
-    absent = [s for s in specs if not available_offline(s)]
+    given = est.backbone is not None  # only its input size is chosen
+    specs = [resolve_backbone(est.backbone, est.modality)] if given else candidate_specs(est.modality)
+    default = est.backbone or est.default_backbone
+    absent = [s for s in specs if not given and not available_offline(s)]
     lines = [f"backbone {s.name}: not installed: {install_command(s)}" for s in absent]
     installed = [s for s in specs if s not in absent]
+    asked = est.image_size if est.modality == "image" else None  # the user's size, else each one's native size
+    sizes = {s.name: [k for _, k in size_candidates([s], asked, side)[1:]] for s in installed}
     smallest = min(train.class_counts().values()) if train.classes else 0
-    if len(installed) < 2 or smallest < CHOICE_MIN_PER_CLASS:
+    if (len(installed) < 2 and not any(sizes.values())) or smallest < CHOICE_MIN_PER_CLASS:
         why = (f"only {installed[0].name if installed else default} is installed: nothing to choose"
-               if len(installed) < 2 else f"fewer than {CHOICE_MIN_PER_CLASS} examples in a training class: "
-               "the candidates' probes could not be told apart; the default")
+               if smallest >= CHOICE_MIN_PER_CLASS else f"fewer than {CHOICE_MIN_PER_CLASS} examples in a training "
+               "class: the candidates' probes could not be told apart; " + ("its own size" if given else "the default"))
         name = installed[0].name if len(installed) == 1 else default
         return Choice(name, None, [*lines, f"-> backbone {name}: {why}"],
-                      {"chosen": name, "not_installed": [s.name for s in absent]})
+                      {"chosen": name, "not_installed": [s.name for s in absent], "median_side": side})
     modality = est._modality
-    size = est.image_size if est.modality == "image" else None
-    built = [create_backbone(s, pretrained=est.pretrained, image_size=size) for s in installed]
+    built = [create_backbone(s, pretrained=est.pretrained, image_size=asked) for s in installed]
     time_forward(built[0], modality, train.items[:8], seed=est.seed)  # untimed: the process's first passes are slow
     per_item = [time_forward(b, modality, train.items, seed=est.seed) for b in built]  # a few batches each
     costs = [relative_cost(b) for b in built]
-    rows = stratified_subsample(len(train), train.targets, est.seed, subsample_size(len(train), n_all, costs))
+    cheapest = int(np.argmin(costs))  # its smaller sizes cost the ranking too (cost: pixels, input_size.py)
+    extra = [costs[cheapest] * (k / built[cheapest].spec.preprocess.size) ** 2 for k in sizes[installed[cheapest].name]]
+    rows = stratified_subsample(len(train), train.targets, est.seed,
+                                subsample_size(len(train), n_all, costs + extra, min(costs)))
     if est.time_limit is not None:  # scoring a slow candidate must not eat the time limit itself
-        cheapest, allowed = int(np.argmin(costs)), RANK_SHARE * est.time_limit
+        allowed = RANK_SHARE * est.time_limit
         keep = [i for i in range(len(built)) if i == cheapest or per_item[i] * len(rows) <= allowed]
         lines += [f"backbone {installed[i].name}: not scored: {1000 * per_item[i]:.1f} ms per input here, so "
                   f"{per_item[i] * len(rows):.0f} s for {len(rows)} rows, over {RANK_SHARE:.0%} of the time limit"
                   for i in range(len(built)) if i not in keep]
-        installed, built, per_item, costs = ([x[i] for i in keep] for x in (installed, built, per_item, costs))
+        installed, built, per_item = ([x[i] for i in keep] for x in (installed, built, per_item))
     items, labels = [train.items[i] for i in rows], train.targets[rows]
-    feats = [embed(b, items, batch_size=est.batch_size, num_workers=est.num_workers, use_cache=est.use_cache,
-                   cache_dir=est.cache_dir, verbose=False) for b in built]
-    ok = np.logical_and.reduce([k for _, k in feats])  # the rows every candidate read: the comparison is paired
-    cached = len(rows) if est.use_cache else 0  # the chosen one's subsample is in the cache for the fit
-    cost = FINETUNE_COST.get(est.modality, 3)
-    candidates = []
-    for spec, (f, _), secs, rel in zip(installed, feats, per_item, costs):
-        scores = probe_rows(f[ok], labels[ok], seed=est.seed)
-        candidates.append({
-            "name": spec.name, "rows": scores, "accuracy": float(scores.mean()), "relative_cost": rel / min(costs),
-            "interval": interval(scores), "logme": round(logme(f[ok], labels[ok]), 4),
-            "seconds_per_item": secs, "fit_seconds_estimate": secs * max(n_all - cached, 0) + SOLVE_SECONDS,
-            "finetune_seconds_estimate": cost * est.epochs * n_all * secs})
+    feats = [features(est, b, items) for b in built]
+    candidates, ok = scored(est, built, feats, per_item, labels, n_all, False)
+    chosen, why = 0, ""
+    if len(candidates) > 1:
+        chosen, why = pick(candidates, seconds_left(est, started))
+        lines += [candidate_line(c, int(ok.sum()), est.epochs) for c in candidates]
+        lines.append(f"-> backbone {why}")
+    measured = {"candidates": [rounded(c) for c in candidates]}
+    size, backbone, final = None, built[chosen], candidates[chosen]
+    if sizes[installed[chosen].name]:  # the chosen backbone at smaller sizes, on the same rows
+        more = [create_backbone(installed[chosen], pretrained=est.pretrained, image_size=k)
+                for k in sizes[installed[chosen].name]]
+        pool = [built[chosen], *more]
+        pool_seconds = [per_item[chosen], *(time_forward(b, modality, train.items, seed=est.seed) for b in more)]
+        sized, ok = scored(est, pool, [feats[chosen], *(features(est, b, items) for b in more)], pool_seconds,
+                           labels, n_all, True)
+        index, why = pick(sized, seconds_left(est, started))
+        lines.append(f"input size: the images' median shorter side is {side} px, under half of "
+                     f"{built[chosen].spec.preprocess.size} px: {installed[chosen].name} also scored at "
+                     + ", ".join(f"{k} px" for k in sizes[installed[chosen].name])
+                     + " (2-4x that side); upsampling further adds pixels, not detail")
+        lines += [candidate_line(c, int(ok.sum()), est.epochs) for c in sized]
+        lines.append(f"-> input size {why}")
+        measured["size_candidates"] = [rounded(c) for c in sized]
+        size, backbone, final = sized[index]["image_size"] if index else None, pool[index], sized[index]
     spent = time.perf_counter() - t0
-    left = None if est.time_limit is None else est.time_limit - (time.perf_counter() - started)
-    chosen, why = pick(candidates, left)
-    lines += [candidate_line(c, int(ok.sum()), est.epochs) for c in candidates]
-    lines.append(f"-> backbone {why}; ranking took {spent:.1f} s")
-    measured = [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in c.items() if k != "rows"}
-                for c in candidates]
-    return Choice(candidates[chosen]["name"], built[chosen], lines,
-                  {"chosen": candidates[chosen]["name"], "candidates": measured, "rows": int(ok.sum()),
-                   "not_installed": [s.name for s in absent], "ranking_seconds": round(spent, 2),
-                   "margin_se": CHOICE_MARGIN_SE})
+    lines.append(f"ranking took {spent:.1f} s")
+    return Choice(final["name"], backbone, lines,
+                  {"chosen": final["name"], "image_size": final["image_size"], "label": final["label"],
+                   "median_side": side, **measured, "rows": int(ok.sum()), "not_installed": [s.name for s in absent],
+                   "ranking_seconds": round(spent, 2), "margin_se": CHOICE_MARGIN_SE}, image_size=size)
 
 
-def candidate_line(c: dict, rows: int, epochs: int) -> str:
-    return (f"backbone {c['name']}: probe accuracy {c['accuracy']:.3f} (95% interval {c['interval'][0]:.3f}-"
-            f"{c['interval'][1]:.3f}) on {rows} training rows, LogME {c['logme']:.3f}; cost {c['relative_cost']:.2f}x "
-            f"the cheapest's, {1000 * c['seconds_per_item']:.1f} ms per input here, so about "
-            f"{c['fit_seconds_estimate']:.0f} s for a head on frozen features "
-            f"({c['finetune_seconds_estimate']:.0f} s to fine-tune {epochs} epoch(s))")
+def seconds_left(est, started: float) -> float | None:
+    return None if est.time_limit is None else est.time_limit - (time.perf_counter() - started)
 
 
 def choose_for_fit(est, full: LabeledData, valid, started: float) -> Choice | None:
-    """The choice for `est.fit(full)`, or None where it does not run: a backbone given, a strategy other than
-    `auto` (the user fixed the recipe: today's default keeps its cost predictable), random weights, or a task
-    other than classification. Scored on the training rows the fit will use (its own seeded split), so the
-    validation figures stay out of sample for the chosen model."""
-    if est.backbone is not None or est.strategy != "auto" or not est.pretrained or est._task != "classification":
+    """The choice for `est.fit(full)`, or None where it does not run: a strategy other than `auto` (the user fixed
+    the recipe: today's default keeps its cost predictable), random weights, a task other than classification, or
+    a backbone given whose images call for no smaller input size (input_size.py; an `image_size` given calls for
+    none). Scored on the training rows the fit will use (its own seeded split), so the validation figures stay
+    out of sample for the chosen model."""
+    if est.strategy != "auto" or not est.pretrained or est._task != "classification":
         return None
+    side = median_side(full.items) if est.modality == "image" and est.image_size is None else None
+    if est.backbone is not None:  # texts, or a size given: side is None, nothing to choose
+        spec = None if side is None else resolve_backbone(est.backbone, est.modality)
+        if spec is None or spec.modality != est.modality or not smaller_sizes(spec.preprocess.size, side):
+            return None  # (a backbone for the other modality: fit_backbone says so)
     rows = list(range(len(full))) if valid is not None else stratified_split(full, est.val_fraction, est.seed)[0]
-    choice = choose_backbone(est, full.subset(rows), len(full), started)
+    choice = choose_backbone(est, full.subset(rows), len(full), started, side)
     for line in choice.reasons:
         say(est.verbose, f"auto: {line}")
     return choice
@@ -216,9 +238,17 @@ def fit_backbone(est, train: LabeledData) -> Backbone:
                              f"works on {est.modality}s; see `headstart models`")
     backbone = take_backbone(est.backbone_choice_)  # built by the ranking, else built here
     if backbone is None:
-        backbone = create_backbone(spec, pretrained=est.pretrained,
-                                   image_size=est.image_size if est.modality == "image" else None)
+        backbone = create_backbone(spec, pretrained=est.pretrained, image_size=fit_image_size(est))
     return backbone
+
+
+def fit_image_size(est) -> int | None:
+    """The input size a fit builds its backbone at: the user's, else the smaller one `auto` chose, else None (the
+    backbone's native size). Where a fit rebuilds the backbone (methods/fewshot.py), it must read it here."""
+    if est.modality != "image":
+        return None
+    choice = getattr(est, "backbone_choice_", None)
+    return est.image_size if est.image_size is not None or choice is None else choice.image_size
 
 
 def take_backbone(choice: Choice | None) -> Backbone | None:

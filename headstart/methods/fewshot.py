@@ -24,7 +24,7 @@ from torch import nn
 
 from .._runtime import adamw, seed_everything
 from ..advisor import few_shot_advice
-from ..backbone_choice import backbone_name
+from ..backbone_choice import backbone_name, fit_image_size
 from ..backbones import create_backbone, resolve_backbone
 from ..budget import TUNING_SHARE, Labeled, Tools, spend_on_setfit
 from ..checkpoint import Checkpointer
@@ -236,8 +236,7 @@ def fit_fewshot(est, full: LabeledData, valid, started: float, advice=None, unla
     # the validation set given, read once (and before minutes of tuning): the checks and the metrics use it
     valid = None if valid is None else est._align(est._load(valid), est.classes_)
     spec = resolve_backbone(backbone_name(est), est.modality)
-    backbone = create_backbone(spec, pretrained=est.pretrained,
-                               image_size=est.image_size if est.modality == "image" else None)
+    backbone = create_backbone(spec, pretrained=est.pretrained, image_size=fit_image_size(est))
     setfit = get_strategy("setfit", **(advice.options if advice is not None else {})) if name == "setfit" else None
     passes = setfit.epochs if setfit is not None else max(1, est.epochs)
     say(est.verbose, f"data: {len(full)} labeled {est._modality.noun}, {len(est.classes_)} classes, smallest "
