@@ -59,11 +59,18 @@ def write_atomic(path: str, write) -> None:
 
 class FeatureCache:
     """Rows of features keyed by file content hash, for one model key. Its index of where each digest's row is
-    (cache_index.DigestIndex: sorted NumPy records, 20 bytes a row) is read once, on the first look-up."""
+    (cache_index.DigestIndex: sorted NumPy records, 20 bytes a row) is read once, on the first look-up, and each
+    shard this object writes is merged into it (a rebuild would read every shard again)."""
 
     def __init__(self, root: str, key: str) -> None:
         self.dir = os.path.join(root, "features", key)
         self._index: DigestIndex | None = None
+        self._spare = 0
+
+    def reserve(self, rows: int) -> None:
+        """Room in the index for `rows` more, so that merging the shards put later copies no index (a caller
+        about to write that many rows, a shard at a time: inference.cached_rows)."""
+        self._spare = max(self._spare, rows)
 
     def _load_index(self) -> DigestIndex:
         if self._index is not None:
@@ -93,7 +100,7 @@ class FeatureCache:
                 return None
             return digests if len(digests) == shards[s].shape[0] else None
 
-        self._index = DigestIndex.build([rows.filename for rows in shards], shards, read)
+        self._index = DigestIndex.build([rows.filename for rows in shards], shards, read, spare=self._spare)
         return self._index
 
     def digests(self) -> list[str]:
@@ -128,7 +135,10 @@ class FeatureCache:
         arr = np.ascontiguousarray(features, dtype=np.float32)
         write_atomic(base + ".npy", lambda f: np.save(f, arr))
         write_atomic(base + ".json", lambda f: f.write(json.dumps({"digests": list(digests)}).encode()))
-        self._index = None
+        if self._index is not None:
+            rows = np.load(base + ".npy", mmap_mode="r")
+            if not self._index.add(rows.filename, rows, list(digests)):
+                self._index = None  # not mergeable (cache_index.DigestIndex.add): read again on the next look-up
 
 
 # Rows per read: a batch of at most this many bytes (32 MiB: 6,553 rows of 1,280 Lite0 features), so memory per
