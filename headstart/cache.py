@@ -135,10 +135,13 @@ class FeatureCache:
         arr = np.ascontiguousarray(features, dtype=np.float32)
         write_atomic(base + ".npy", lambda f: np.save(f, arr))
         write_atomic(base + ".json", lambda f: f.write(json.dumps({"digests": list(digests)}).encode()))
-        if self._index is not None:
-            rows = np.load(base + ".npy", mmap_mode="r")
-            if not self._index.add(rows.filename, rows, list(digests)):
-                self._index = None  # not mergeable (cache_index.DigestIndex.add): read again on the next look-up
+        if self._index is None:
+            return
+        rows = np.load(base + ".npy", mmap_mode="r")
+        if not len(self._index):  # nothing indexed yet: this shard alone is the index, with none to read again
+            self._index = DigestIndex.build([rows.filename], [rows], lambda _: list(digests), spare=self._spare)
+        elif not self._index.add(rows.filename, rows, list(digests)):
+            self._index = None  # not mergeable (cache_index.DigestIndex.add): read again on the next look-up
 
 
 # Rows per read: a batch of at most this many bytes (32 MiB: 6,553 rows of 1,280 Lite0 features), so memory per

@@ -61,13 +61,14 @@ def test_a_shard_sorting_first_sets_the_width_and_text_digests_merge_too(tmp_pat
     merged_answers_as_rebuilt(tmp_path, cache, [f"row{i}" for i in range(100)])
 
 
-def test_what_cannot_be_merged_is_read_again(tmp_path, monkeypatch):
+def test_a_first_shard_is_the_index_and_what_cannot_be_merged_is_read_again(tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
     cache = FeatureCache(str(tmp_path), "k")
-    assert cache.get(hexes(0, 3))[0] is None  # an empty index: the first shard is read again
+    assert cache.get(hexes(0, 3))[0] is None
     put_as(monkeypatch, cache, "b00000000000", hexes(0, 30), rng.normal(size=(30, 2)))
-    assert cache._index is None
-    index = cache._load_index()
+    index = cache._index  # an empty index: the shard alone is the index, built from what was just written
+    assert index is not None and index.hex_length == 32
+    merged_answers_as_rebuilt(tmp_path, cache, hexes(0, 40))
     put_as(monkeypatch, cache, "c00000000000", ["not hexadecimal", *hexes(30, 32)], rng.normal(size=(3, 2)))
     assert cache._index is None  # packed keys cannot hold it: built again, as text
     merged_answers_as_rebuilt(tmp_path, cache, hexes(0, 40) + ["not hexadecimal"])
