@@ -96,7 +96,10 @@ def streamed_rows(est, backbone: Backbone, part: LabeledData) -> tuple[ShardRows
     """This process's share of `part`'s feature rows, cached and left on disk, and their targets."""
     source, positions = cached_rows(backbone, part.items, est.batch_size, est.num_workers, est.cache_dir,
                                     est.verbose)
-    return source, est._target_tensor(part.targets[positions]).numpy()
+    targets = est._target_tensor(part.targets[positions]).numpy()
+    # class numbers in 2 bytes a row where they fit, not 8 (stream.batch_targets widens each batch's)
+    narrow = np.int16 if not len(targets) or int(targets.max()) <= np.iinfo(np.int16).max else np.int32
+    return source, targets.astype(narrow)
 
 
 def feature_loaders(est, backbone: Backbone, train: LabeledData, val: LabeledData,
