@@ -2,12 +2,12 @@
 
 The same problem and the same choice: ridge with an unpenalised intercept on the head's scaled features, the
 scaling (standardised, or as given) and alpha from probe_heads.ALPHA_GRID chosen together by exact leave-one-out
-error. Where rows outnumber features (always, above stream.STREAM_MIN_ROWS), fit_ridge's path needs only the
-centred Gram matrix Xc^T Xc and Xc^T y, summed here in float64 a batch at a time (cache.ShardRows), then one
-eigendecomposition of that features x features matrix; each row's leave-one-out residual needs its own hat
-diagonal, so a second pass sums their squares for every alpha at once. Both scalings: five passes in all (the
-statistics, then the Gram and leave-one-out passes of each). Several processes sum their passes
-(`distributed.all_reduce_sum`), as stream.py's logistic head does.
+error. Where rows outnumber features (as above stream.STREAM_MIN_ROWS they do, for every backbone here),
+fit_ridge's path is that of the centred Gram matrix Xc^T Xc and Xc^T y, summed here in float64 a batch at a
+time (cache.ShardRows), then one eigendecomposition of that features x features matrix; each row's leave-one-out
+residual needs its own hat diagonal, so a further pass sums their squares for every alpha at once. Passes: the
+statistics, then for each scaling its means, Gram matrix and leave-one-out errors. Several processes sum their
+passes (`distributed.all_reduce_sum`), as stream.py's logistic head does.
 """
 
 from __future__ import annotations
