@@ -105,7 +105,10 @@ def child(args: argparse.Namespace) -> None:
     everything = ShardRows.of_shards(shards)
     source, share = everything.split(rank(), num_processes()), my_share(len(everything))  # the same cut
     labels = np.load(os.path.join(args.folder, "labels.npy"), mmap_mode="r")
-    targets = np.array(labels[share.start:share.stop], dtype=np.int64)
+    # int16, as stored and as plan_runner.streamed_rows keeps them (stream.batch_targets widens a batch at a time);
+    # copied out, and the mapping closed so its pages leave this process
+    targets = np.array(labels[share.start:share.stop], dtype=np.int16)
+    del labels
     head = build_head(HeadConfig(), source.dim, args.classes)
     chosen = fit_streamed_probe(head, source, targets, args.classes, seed=0)
     fitted = time.perf_counter() - started

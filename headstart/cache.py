@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cache_index import DigestIndex
+from .shard_io import float32_layout, read_exact
 
 
 def file_digest(path: str) -> str:
@@ -59,11 +60,18 @@ def write_atomic(path: str, write) -> None:
 
 class FeatureCache:
     """Rows of features keyed by file content hash, for one model key. Its index of where each digest's row is
-    (cache_index.DigestIndex: sorted NumPy records, 20 bytes a row) is read once, on the first look-up."""
+    (cache_index.DigestIndex: sorted NumPy records, 20 bytes a row) is read once, on the first look-up, and each
+    shard this object writes is merged into it (a rebuild would read every shard again)."""
 
     def __init__(self, root: str, key: str) -> None:
         self.dir = os.path.join(root, "features", key)
         self._index: DigestIndex | None = None
+        self._spare = 0
+
+    def reserve(self, rows: int) -> None:
+        """Room in the index for `rows` more, so that merging the shards put later copies no index (a caller
+        about to write that many rows, a shard at a time: inference.cached_rows)."""
+        self._spare = max(self._spare, rows)
 
     def _load_index(self) -> DigestIndex:
         if self._index is not None:
@@ -93,7 +101,7 @@ class FeatureCache:
                 return None
             return digests if len(digests) == shards[s].shape[0] else None
 
-        self._index = DigestIndex.build([rows.filename for rows in shards], shards, read)
+        self._index = DigestIndex.build([rows.filename for rows in shards], shards, read, spare=self._spare)
         return self._index
 
     def digests(self) -> list[str]:
@@ -128,7 +136,13 @@ class FeatureCache:
         arr = np.ascontiguousarray(features, dtype=np.float32)
         write_atomic(base + ".npy", lambda f: np.save(f, arr))
         write_atomic(base + ".json", lambda f: f.write(json.dumps({"digests": list(digests)}).encode()))
-        self._index = None
+        if self._index is None:
+            return
+        rows = np.load(base + ".npy", mmap_mode="r")
+        if not len(self._index):  # nothing indexed yet: this shard alone is the index, with none to read again
+            self._index = DigestIndex.build([rows.filename], [rows], lambda _: list(digests), spare=self._spare)
+        elif not self._index.add(rows.filename, rows, list(digests)):
+            self._index = None  # not mergeable (cache_index.DigestIndex.add): read again on the next look-up
 
 
 # Rows per read: a batch of at most this many bytes (32 MiB: 6,553 rows of 1,280 Lite0 features), so memory per
@@ -187,25 +201,46 @@ class ShardRows:
     def batch_rows(self) -> int:
         return max(256, BATCH_BYTES // (4 * max(1, self.dim)))
 
-    def _read(self, path: str, rows: range | np.ndarray) -> np.ndarray:
-        """Rows of one shard (a range, or sorted indices)."""
-        shard = np.load(path, mmap_mode="r")
-        if isinstance(rows, range):
-            out = np.array(shard[rows.start:rows.stop], dtype=np.float32)
+    def _read(self, path: str, rows: range | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows of one shard (a range, or sorted indices), into `out`'s first rows where given.
+
+        Read with read(2) from the file, not through a mapping: a mapped shard's pages count in the process's
+        resident memory while mapped (the fault-around of a few thousand scattered rows maps many MiB), and
+        reading into a caller's buffer allocates nothing per batch (see batches)."""
+        layout = float32_layout(path)
+        if layout is None:  # not a C-ordered float32 matrix (never written by put): through a mapping, copied
+            shard = np.load(path, mmap_mode="r")
+            got = np.array(shard[rows.start:rows.stop] if isinstance(rows, range) else shard[rows], dtype=np.float32)
+            del shard  # unmapped here, not whenever the collector gets to it
+            if out is None:
+                out = got
+            else:
+                out = out[:len(got)]
+                out[:] = got
         else:
-            out = np.array(shard[rows], dtype=np.float32)
-        del shard  # unmapped here, not whenever the collector gets to it
+            offset, dim = layout
+            out = np.empty((len(rows), dim), dtype=np.float32) if out is None else out[:len(rows)]
+            with open(path, "rb", buffering=0) as f:
+                if isinstance(rows, range):
+                    read_exact(f, offset + rows.start * dim * 4, out)
+                else:
+                    for i, r in enumerate(np.asarray(rows).tolist()):  # a subsample's scattered rows: one read each
+                        read_exact(f, offset + r * dim * 4, out[i])
         self.most_rows_read = max(self.most_rows_read, len(out))
         return out
 
-    def batches(self, batch_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """(position of the batch's first row, rows [k, dim] float32), in order, k <= batch_rows."""
+    def batches(self, batch_rows: int | None = None, reuse: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+        """(position of the batch's first row, rows [k, dim] float32), in order, k <= batch_rows. `reuse`: every
+        batch is read into one buffer, which the next batch overwrites (for a caller done with each batch before
+        the next): a new array per batch, freed a batch later, left glibc's heap (its large allocations are not
+        mapped: _allocator.py) holding some 450 MiB more at 10^7 rows (bench/scale.py)."""
         size = batch_rows or self.batch_rows()
+        buffer = np.empty((min(size, len(self)), self.dim), dtype=np.float32) if reuse else None
         position = 0
         for path, rows in self.parts:
             for i in range(0, len(rows), size):
                 chunk = rows[i:i + size]
-                yield position, self._read(path, chunk)
+                yield position, self._read(path, chunk, buffer)
                 position += len(chunk)
 
     def take(self, positions: np.ndarray) -> np.ndarray:
@@ -217,7 +252,7 @@ class ShardRows:
             mine = np.flatnonzero((positions >= offset) & (positions < offset + len(rows)))
             if len(mine):
                 local = rows.start + positions[mine] - offset
-                order = np.argsort(local, kind="stable")  # a mapping reads fastest front to back
+                order = np.argsort(local, kind="stable")  # a file reads fastest front to back
                 for i in range(0, len(order), self.batch_rows()):  # no read larger than a batch, here either
                     some = order[i:i + self.batch_rows()]
                     out[mine[some]] = self._read(path, local[some])

@@ -105,28 +105,39 @@ def embed(
 
     if not local:
         found = found_everywhere(found)  # processes must agree on what to compute (their caches may differ)
-    missing = [i for i in range(len(items)) if not found[i]]
     if feats is None:
         feats = np.zeros((len(items), backbone.feature_dim), dtype=np.float32)
     ok = found.copy()
-    if missing:
-        def run(part: list) -> tuple[np.ndarray, np.ndarray]:
-            return run_over(backbone, part, batch_size, num_workers, verbose)
-
-        # several processes (accelerate launch / torchrun) each compute a share and gather the rest, unless local
-        todo = [items[i] for i in missing]
-        new, new_ok = run(todo) if local else run_sharded(run, todo)
-        good = [j for j in range(len(missing)) if new_ok[j]]
-        # Identical inputs share one digest: store each digest once.
-        unique: dict[str, int] = {}
-        for j in good:
-            unique.setdefault(digests[missing[j]], j)
-        if local or is_main_process():  # one writer per cache; per shard, when each process caches its own rows
-            cache.put(list(unique), new[list(unique.values())])
-        for j in good:
-            feats[missing[j]] = new[j]
-            ok[missing[j]] = True
+    missing = np.flatnonzero(~found)
+    new, good = compute_missing(backbone, items, digests, missing, cache, batch_size, num_workers, verbose, local)
+    if len(good):  # none readable: `new` may be zero features wide (run_over)
+        feats[missing[good]] = new[good]
+        ok[missing[good]] = True
     return feats, ok
+
+
+def compute_missing(backbone: Backbone, items: Sequence, digests: Sequence[str], missing: np.ndarray,
+                    cache: FeatureCache, batch_size: int, num_workers: int | None, verbose: bool,
+                    local: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Features of `items[missing]`, computed and written to `cache` once per digest: (their rows, the indices
+    into `missing` of those whose input could be read). `local`: as embed's."""
+    if not len(missing):
+        return np.zeros((0, backbone.feature_dim), dtype=np.float32), np.zeros(0, dtype=np.int64)
+
+    def run(part: list) -> tuple[np.ndarray, np.ndarray]:
+        return run_over(backbone, part, batch_size, num_workers, verbose)
+
+    # several processes (accelerate launch / torchrun) each compute a share and gather the rest, unless local
+    todo = [items[i] for i in missing]
+    new, new_ok = run(todo) if local else run_sharded(run, todo)
+    good = np.flatnonzero(new_ok)
+    # Identical inputs share one digest: store each digest once.
+    unique: dict[str, int] = {}
+    for j in good.tolist():
+        unique.setdefault(digests[missing[j]], j)
+    if unique and (local or is_main_process()):  # one writer per cache; per shard, when each caches its own rows
+        cache.put(list(unique), new[list(unique.values())])
+    return new, good
 
 
 # Inputs embedded (and their shard written) per call of cached_rows: its memory holds one chunk's features, and a
@@ -138,15 +149,40 @@ def cached_rows(backbone: Backbone, items: Sequence, batch_size: int = 32, num_w
                 cache_dir: str | None = None, verbose: bool = True) -> tuple[ShardRows, np.ndarray]:
     """This process's share of `items` (all of them in a single process) embedded into the cache a chunk at a
     time, never gathered: (where their rows are on disk, the positions in `items` of the rows found, in the
-    rows' order). Under several processes each extracts, caches and keeps only its own share."""
+    rows' order). Under several processes each extracts, caches and keeps only its own share.
+
+    One FeatureCache for the whole call: its index is read once and each chunk's new shard merged into it
+    (cache_index.DigestIndex.add), where an index read again per chunk made the time quadratic in the rows. Each
+    chunk's digests are dropped once its rows are located, so what the call holds per input is its place on
+    disk (a few parts, where the cache was written in the inputs' order) and a found flag."""
     share = my_share(len(items))
-    mine = [items[i] for i in share]
-    digests = modality_of(backbone).digests(mine)
-    for start in range(0, len(mine), STREAM_CHUNK):
-        embed(backbone, mine[start:start + STREAM_CHUNK], batch_size, num_workers, True, cache_dir, verbose,
-              local=True, digests=digests[start:start + STREAM_CHUNK])
-    source, found = feature_cache_for(backbone, cache_dir).locate(digests)
-    return source, np.asarray(share)[found]
+    modality = modality_of(backbone)
+    cache = feature_cache_for(backbone, cache_dir)
+    cache.reserve(len(share))  # room for every row this call may write: the index is never copied to grow
+    parts: list[tuple[str, range]] = []
+    found = np.zeros(len(share), dtype=bool)
+    dim = 0
+    for start in range(0, len(share), STREAM_CHUNK):
+        chunk = [items[i] for i in share[start:start + STREAM_CHUNK]]
+        digests = modality.digests(chunk)
+        missing = np.flatnonzero(~cache.locate(digests)[1])
+        compute_missing(backbone, chunk, digests, missing, cache, batch_size, num_workers, verbose, local=True)
+        source, found[start:start + len(chunk)] = cache.locate(digests)
+        parts.extend(source.parts)
+        dim = max(dim, source.dim)
+    return ShardRows(joined_runs(parts), dim), share.start + np.flatnonzero(found)
+
+
+def joined_runs(parts: list[tuple[str, range]]) -> list[tuple[str, range]]:
+    """Parts with each run that continues the one before it (same shard, next rows) joined to it: one chunk's
+    rows often go on where the last chunk's stopped."""
+    out: list[tuple[str, range]] = []
+    for path, rows in parts:
+        if out and out[-1][0] == path and out[-1][1].stop == rows.start:
+            out[-1] = (path, range(out[-1][1].start, rows.stop))
+        else:
+            out.append((path, rows))
+    return out
 
 
 embed_images = embed  # the name the image benchmarks and older callers use

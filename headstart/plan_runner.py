@@ -31,6 +31,7 @@ from .probe_heads import SOLVERS, refit_head, solved_stage
 from .progress import say
 from .strategies import Stage
 from .stream import concat_rows, refit_streamed, streamed_probe_stage
+from .stream_ridge import refit_streamed_ridge, streamed_ridge_stage
 from .train import LoopConfig, run_stage
 
 
@@ -51,8 +52,9 @@ def run_plan(est, model: TransferModel, stages: list[Stage], train: LabeledData,
         generator = seed_everything(est.seed + i)  # each stage repeatable whatever the cache held
         stage_loop = dataclasses.replace(loop, keep_start=i > 0)
         if stage.backbone_frozen and not backbone_trained and solved and streams(est, backbone, train):
-            records = streamed_probe_stage(head, stage.name, streamed_rows(est, backbone, train),
-                                           streamed_rows(est, backbone, val), len(est.classes_), est.seed, log)
+            rows = streamed_rows(est, backbone, train), streamed_rows(est, backbone, val)
+            records = (streamed_ridge_stage(head, stage.name, *rows, log) if est._task == "regression" else
+                       streamed_probe_stage(head, stage.name, *rows, len(est.classes_), est.seed, log))
         elif stage.backbone_frozen and not backbone_trained:
             loaders = feature_loaders(est, backbone, train, val, generator)
             if solved:  # logistic or ridge regression, its penalty by cross-validation
@@ -86,9 +88,10 @@ def describe_plan(stages: list[Stage], solved: bool, batch_size: int, task: str 
 
 
 def streams(est, backbone: Backbone, train: LabeledData) -> bool:
-    """Whether the head stage streams its rows from the cache (stream.py) instead of holding them: a
-    classification probe on at least STREAM_MIN_ROWS cached rows (read at call time, so a test can lower it)."""
-    return (est._task == "classification" and len(train) >= stream.STREAM_MIN_ROWS and est.use_cache
+    """Whether the head stage streams its rows from the cache (stream.py, stream_ridge.py) instead of holding
+    them: a classification or regression head on at least STREAM_MIN_ROWS cached rows (read at call time, so a
+    test can lower it). Multi-label heads are solved in memory."""
+    return (est._task in ("classification", "regression") and len(train) >= stream.STREAM_MIN_ROWS and est.use_cache
             and backbone.cache_features and backbone.spec.source != "pair")
 
 
@@ -96,7 +99,12 @@ def streamed_rows(est, backbone: Backbone, part: LabeledData) -> tuple[ShardRows
     """This process's share of `part`'s feature rows, cached and left on disk, and their targets."""
     source, positions = cached_rows(backbone, part.items, est.batch_size, est.num_workers, est.cache_dir,
                                     est.verbose)
-    return source, est._target_tensor(part.targets[positions]).numpy()
+    targets = est._target_tensor(part.targets[positions]).numpy()
+    if est._task != "classification":
+        return source, targets
+    # class numbers in 2 bytes a row where they fit, not 8 (stream.batch_targets widens each batch's)
+    narrow = np.int16 if not len(targets) or int(targets.max()) <= np.iinfo(np.int16).max else np.int32
+    return source, targets.astype(narrow)
 
 
 def feature_loaders(est, backbone: Backbone, train: LabeledData, val: LabeledData,
@@ -140,8 +148,10 @@ def refit_final_probe(est, backbone: Backbone, train: LabeledData, val: LabeledD
         return
     if streams(est, backbone, train):
         sources, targets = zip(streamed_rows(est, backbone, train), streamed_rows(est, backbone, val))
-        refit = est.metrics_["refit"] = refit_streamed(est.model_.head, concat_rows(list(sources)),
-                                                       np.concatenate(targets), len(est.classes_), chosen)
+        rows, labels = concat_rows(list(sources)), np.concatenate(targets)
+        refit = est.metrics_["refit"] = (
+            refit_streamed_ridge(est.model_.head, rows, labels) if est._task == "regression" else
+            refit_streamed(est.model_.head, rows, labels, len(est.classes_), chosen))
     else:
         parts = [loader.dataset.tensors[1:] for loader in feature_loaders(est, backbone, train, val, None)]
         refit = est.metrics_["refit"] = refit_head(est._task, est.model_.head, parts, len(est.classes_), chosen)

@@ -23,7 +23,7 @@ from torch import nn
 from .cache import ShardRows
 from .data.labeled import stratified_subsample
 from .distributed import all_reduce_sum, gather_small, num_processes
-from .probe import MAX_ITER, MAX_SELECT_ROWS, _solve, choose_scaling
+from .probe import MAX_ITER, MAX_SELECT_ROWS, _solve, choose_scaling, is_probe_head
 
 # Below this many training rows the head stage keeps probe.py's in-memory solver (so every result measured so far
 # is unchanged). By reading the code (not measured), that path holds about four float32 copies of the matrix at
@@ -43,12 +43,20 @@ STREAM_MAX_ITER = MAX_ITER
 PRESAMPLE_ROWS = 200_000
 
 
+def batch_targets(targets: np.ndarray, position: int, rows: int) -> torch.Tensor:
+    """One batch's class numbers as int64: the caller's array may be narrower (2 bytes a row, where int64 for
+    every row of 10^7 is 80 MB); int64 arrays are not copied."""
+    return torch.as_tensor(targets[position:position + rows], dtype=torch.long)
+
+
 def feature_statistics(source: ShardRows) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(mean, std, rows) of every process's rows, as Standardize.set_statistics computes them on one matrix (its
     floor on the spread included), from float64 sums over the stream."""
     total = torch.zeros(2 * source.dim + 1, dtype=torch.float64)
-    for _, x in source.batches():
-        xb = torch.from_numpy(x).double()
+    # one float64 buffer for every batch, as the batches share one (ShardRows.batches says why)
+    wide = torch.empty((min(source.batch_rows(), len(source)), source.dim), dtype=torch.float64)
+    for _, x in source.batches(reuse=True):
+        xb = wide[: len(x)].copy_(torch.from_numpy(x))
         total[: source.dim] += xb.sum(0)
         total[source.dim: -1] += xb.square_().sum(0)  # in place: one float64 copy of the batch at a time
         total[-1] += len(x)
@@ -73,16 +81,16 @@ def solve_streamed(source: ShardRows, targets: np.ndarray, n_classes: int, c_val
     bias = start[1].clone().float().requires_grad_(True)
     opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-6,
                             line_search_fn="strong_wolfe")
-    y_all = torch.as_tensor(targets, dtype=torch.long)
     passes = [0]
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
         data_loss = 0.0
-        for position, x in source.batches():
+        for position, x in source.batches(reuse=True):  # each batch done with (backward taken) before the next
             # scaled in place: the batch is this pass's own copy, and two temporaries fewer bound the peak
             logits = torch.from_numpy(x).sub_(mean).div_(std) @ weight.T + bias
-            loss = nn.functional.cross_entropy(logits, y_all[position:position + len(x)], reduction="sum") / n_total
+            loss = nn.functional.cross_entropy(logits, batch_targets(targets, position, len(x)),
+                                               reduction="sum") / n_total
             loss.backward()
             data_loss += float(loss.detach())
         # one message a pass: this process's share of the loss and its gradient, summed over the processes
@@ -106,9 +114,10 @@ def solve_streamed(source: ShardRows, targets: np.ndarray, n_classes: int, c_val
 def _subsample(source: ShardRows, targets: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A stratified subsample of every process's rows, in memory on every process (each draws its share)."""
     share = max(1, MAX_SELECT_ROWS // num_processes())
-    pool = np.arange(len(targets))
-    if len(targets) > PRESAMPLE_ROWS:  # see PRESAMPLE_ROWS
+    if len(targets) > PRESAMPLE_ROWS:  # see PRESAMPLE_ROWS (and no index of every row: 8 bytes a row)
         pool = np.sort(np.random.default_rng(seed).choice(len(targets), PRESAMPLE_ROWS, replace=False))
+    else:
+        pool = np.arange(len(targets))
     picked = pool[stratified_subsample(len(pool), targets[pool], seed, share)] if len(pool) else pool
     parts = gather_small((source.take(picked), targets[picked]))
     x = torch.as_tensor(np.concatenate([p[0] for p in parts]))
@@ -141,11 +150,14 @@ def fit_streamed_probe(head: nn.Sequential, source: ShardRows, targets: np.ndarr
 def streamed_scores(head: nn.Module, source: ShardRows, targets: np.ndarray) -> dict:
     """Mean log loss and accuracy of `head` on every process's rows, a batch at a time."""
     sums = torch.zeros(3, dtype=torch.float64)  # summed log loss, correct, rows
-    y_all = torch.as_tensor(targets, dtype=torch.long)
     head.eval()
-    for position, x in source.batches():
-        logits = head(torch.from_numpy(x))
-        y = y_all[position:position + len(x)]
+    probe_head = is_probe_head(head)
+    for position, x in source.batches(reuse=True):
+        if probe_head:  # Standardize's (x - mean) / std in place on the batch's buffer, not in two new arrays
+            logits = head[2](torch.from_numpy(x).sub_(head[0].mean).div_(head[0].std))
+        else:
+            logits = head(torch.from_numpy(x))
+        y = batch_targets(targets, position, len(x))
         sums += torch.tensor([float(nn.functional.cross_entropy(logits, y, reduction="sum")),
                               float((logits.argmax(-1) == y).sum()), float(len(x))], dtype=torch.float64)
     all_reduce_sum(sums)
