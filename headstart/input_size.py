@@ -5,10 +5,10 @@ chooses.
 
 - The images' size: the median shorter side of up to SIDE_SAMPLE training images, read from their headers (PIL
   opens lazily: nothing is decoded), spread over the rows. The shorter side, because the preprocessing resizes it.
-- The sizes tried: UPSAMPLES times that side, rounded to a multiple of SIZE_STEP, at least MIN_SIZE, and only those
-  below the backbone's native size. So there is no separate gate: sizes are tried exactly where the images are
-  under half the native size (at 2x or more of the side, the native size upsamples them further, adding
-  interpolated pixels, not detail), and which size wins is measured per data set by the paired probe.
+- The size tried: UPSAMPLES times that side, rounded to a multiple of SIZE_STEP, at least MIN_SIZE, and only those
+  below the backbone's native size. So there is no separate gate: a size is tried exactly where the images are
+  under a quarter of the native size (at 4x or more of the side, the native size upsamples them further, adding
+  interpolated pixels, not detail), and whether it wins is measured per data set by the paired probe.
 - An explicit `image_size` is the user's decision: nothing else is tried. An explicit backbone under `auto` gets
   its size chosen too (choose_for_fit): the user named the model, not the resolution, and a 28 px image at 224 px
   costs 12x the arithmetic of 64 px for what the probe measures.
@@ -26,9 +26,13 @@ from PIL import Image
 from .backbones import BackboneSpec
 
 SIDE_SAMPLE = 32  # headers read: the median of 32 sides is stable for a folder of one kind of image, and costs ms
-# From 2x the side: at 1x, the stem's stride-2 convolution halves the images' own detail before any block sees
-# it. Up to 4x: beyond, the network's receptive fields cover interpolated pixels of the same few source pixels.
-UPSAMPLES = (2, 4)
+# 4x the side: at 1x the stem's stride-2 convolution halves the images' own detail before any block sees it, and
+# at 2x Lite0 lost 3-5 points on all three Fashion-MNIST tasks (bench/results/input_size.json: 64 px 0.778 / 0.944
+# vs 224 px 0.830 / 0.974), a loss a 100-row probe cannot see near the ceiling (`auto` chose 64 px on the coarse
+# task, 0.944); 4x (128 px) stayed within 0.6 points at a quarter of the arithmetic. Beyond 4x, the receptive
+# fields cover interpolated pixels of the same few source pixels. Set on Fashion-MNIST; checked on scikit-learn's
+# 8 px digits (docs/decisions.md, "Input size").
+UPSAMPLES = (4,)
 SIZE_STEP = 32  # the Lites' (and most ImageNet CNNs') total stride: a size in steps of it keeps the maps whole
 MIN_SIZE = 64  # at stride 32, a 2x2 final map: smaller leaves the pooled features one position
 

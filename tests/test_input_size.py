@@ -16,13 +16,14 @@ from headstart.input_size import median_side, size_candidates, smaller_sizes
 
 
 def test_sizes_tried_are_2_to_4x_the_side_below_the_native_size():
-    assert smaller_sizes(224, 28) == [64, 128]  # Fashion-MNIST at Lite0
-    assert smaller_sizes(160, 24) == [64, 96]
-    assert smaller_sizes(224, 100) == [192]  # 4x is over the native size
-    assert smaller_sizes(224, 112) == []  # half the native size or more: nothing smaller to try
+    assert smaller_sizes(224, 28) == [128]  # Fashion-MNIST at Lite0
+    assert smaller_sizes(160, 24) == [96]
+    assert smaller_sizes(224, 8) == [64]  # scikit-learn's digits: at least MIN_SIZE
+    assert smaller_sizes(224, 50) == [192]
+    assert smaller_sizes(224, 100) == []  # 4x is over the native size: nothing smaller to try
     assert smaller_sizes(224, None) == []
     spec = resolve_backbone(TINY)
-    assert size_candidates([spec], None, 24) == [(spec, None), (spec, 64), (spec, 96)]
+    assert size_candidates([spec], None, 24) == [(spec, None), (spec, 96)]
     assert size_candidates([spec], 32, 24) == [(spec, 32)]  # the user's size: nothing else
 
 
@@ -52,23 +53,23 @@ def force_size(monkeypatch, size: int) -> None:
 
 def test_small_images_add_size_candidates_and_the_chosen_size_is_fitted_saved_and_loaded(
         tmp_path, monkeypatch, tiny_as_pretrained):
-    force_size(monkeypatch, 64)
+    force_size(monkeypatch, 96)
     data = make_class_images(str(tmp_path / "train"), COLOURS, per_class=10)  # 24 px
     clf = hs.ImageClassifier(backbone=TINY, epochs=1, head_epochs=5, verbose=False).fit(data)
     choice = clf.advice_.measurements["backbone_choice"]
     assert [c["label"] for c in choice["candidates"]] == [TINY]  # the backbone given, then its sizes
-    assert [c["label"] for c in choice["size_candidates"]] == [f"{TINY} @ {k} px" for k in (160, 64, 96)]
-    assert [c["image_size"] for c in choice["size_candidates"]] == [160, 64, 96]
-    assert choice["median_side"] == 24 and choice["image_size"] == 64 and clf.backbone_choice_.image_size == 64
+    assert [c["label"] for c in choice["size_candidates"]] == [f"{TINY} @ {k} px" for k in (160, 96)]
+    assert [c["image_size"] for c in choice["size_candidates"]] == [160, 96]
+    assert choice["median_side"] == 24 and choice["image_size"] == 96 and clf.backbone_choice_.image_size == 96
     for c in choice["size_candidates"]:  # every candidate named with its score and cost
         line = next(r for r in clf.advice_.reasons if r.startswith(f"backbone {c['label']}: probe accuracy"))
         assert "x the cheapest's" in line
     assert any(r.startswith("input size: the images' median shorter side is 24 px") for r in clf.advice_.reasons)
-    assert clf.spec_.preprocess.size == 64 and clf.model_.backbone.spec.preprocess.size == 64
+    assert clf.spec_.preprocess.size == 96 and clf.model_.backbone.spec.preprocess.size == 96
     assert clf.image_size is None  # the parameter stays the user's: the fitted spec carries the size
     probe = [os.path.join(data, "red", "red_0.png"), os.path.join(data, "blue", "blue_1.png")]
     loaded = hs.load(clf.save(str(tmp_path / "model.hs")))
-    assert loaded.spec_.preprocess.size == 64
+    assert loaded.spec_.preprocess.size == 96
     np.testing.assert_allclose(loaded.predict_proba(probe), clf.predict_proba(probe), atol=1e-5)
 
 
@@ -116,5 +117,5 @@ def test_without_a_backbone_the_sizes_are_tried_for_the_chosen_one_only(tmp_path
     choice = clf.advice_.measurements["backbone_choice"]
     assert [c["label"] for c in choice["candidates"]] == [TINY, "tiny_other"]
     picked = next(r for r in clf.advice_.reasons if r.startswith("-> backbone ")).split()[2].rstrip(":")
-    assert [c["name"] for c in choice["size_candidates"]] == [picked] * 3
+    assert [c["name"] for c in choice["size_candidates"]] == [picked] * 2
     assert clf.spec_.name == picked and clf.spec_.preprocess.size == choice["image_size"]
